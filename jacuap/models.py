@@ -1,0 +1,156 @@
+"""Classifiers: an MLP, a small CNN and a ResNet, and a registry by name.
+
+Every model takes images in pixel units (``[0, 1]``, NHWC) and normalises
+them itself with the dataset's per-channel mean and std, so a perturbation
+budget ``eps`` is always in pixel units and the Jacobian is taken with
+respect to pixels.
+
+No model uses BatchNorm: batch statistics would make one example's logits
+depend on the others, and the Jacobian kernels require per-example
+independence (SPEC §5).  The ResNet uses GroupNorm, which normalises within
+each example, so ``apply_fn(params, x)`` is the same function in training
+and evaluation and there is no mutable state to carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, constants fixed at construction."""
+
+    mean: Sequence[float] = (0.5,)
+    std: Sequence[float] = (0.5,)
+
+    @nn.compact
+    def __call__(self, x):
+        mean = jnp.asarray(self.mean, x.dtype)
+        std = jnp.asarray(self.std, x.dtype)
+        return (x - mean) / std
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network: flatten -> hidden layers -> logits."""
+
+    num_classes: int = 10
+    hidden: Sequence[int] = (256, 256)
+    mean: Sequence[float] = (0.5,)
+    std: Sequence[float] = (0.5,)
+
+    @nn.compact
+    def __call__(self, x):
+        x = Normalize(self.mean, self.std)(x)
+        x = x.reshape((x.shape[0], -1))
+        for i, width in enumerate(self.hidden):
+            x = nn.relu(nn.Dense(width, name=f"dense{i}")(x))
+        return nn.Dense(self.num_classes, name="logits")(x)
+
+
+class CNN(nn.Module):
+    """The small CNN of Flax's MNIST example: conv32-conv64-dense128-logits.
+
+    3x3 convolutions with ReLU and 2x2 average pooling (smooth, so the
+    input Jacobian is well defined almost everywhere as with max pooling,
+    but without its winner-takes-all gradient).
+    """
+
+    num_classes: int = 10
+    features: Sequence[int] = (32, 64)
+    dense: int = 128
+    mean: Sequence[float] = (0.5,)
+    std: Sequence[float] = (0.5,)
+
+    @nn.compact
+    def __call__(self, x):
+        x = Normalize(self.mean, self.std)(x)
+        for i, feat in enumerate(self.features):
+            x = nn.relu(nn.Conv(feat, (3, 3), name=f"conv{i}")(x))
+            x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(self.dense, name="dense")(x))
+        return nn.Dense(self.num_classes, name="logits")(x)
+
+
+class ResidualBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016) with GroupNorm."""
+
+    features: int
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        groups = min(8, self.features)
+        y = nn.relu(nn.GroupNorm(num_groups=groups)(x))
+        shortcut = x
+        if self.strides != 1 or x.shape[-1] != self.features:
+            shortcut = nn.Conv(self.features, (1, 1), (self.strides,) * 2, use_bias=False)(y)
+        y = nn.Conv(self.features, (3, 3), (self.strides,) * 2, use_bias=False)(y)
+        y = nn.relu(nn.GroupNorm(num_groups=groups)(y))
+        y = nn.Conv(self.features, (3, 3), use_bias=False)(y)
+        return shortcut + y
+
+
+class ResNet(nn.Module):
+    """A pre-activation ResNet for 32x32x3 (ResNet-18 layout by default)."""
+
+    num_classes: int = 10
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    width: int = 64
+    mean: Sequence[float] = (0.5, 0.5, 0.5)
+    std: Sequence[float] = (0.5, 0.5, 0.5)
+
+    @nn.compact
+    def __call__(self, x):
+        x = Normalize(self.mean, self.std)(x)
+        x = nn.Conv(self.width, (3, 3), use_bias=False, name="stem")(x)
+        for stage, num_blocks in enumerate(self.stage_sizes):
+            for block in range(num_blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = ResidualBlock(self.width * 2**stage, strides)(x)
+        x = nn.relu(nn.GroupNorm(num_groups=min(8, x.shape[-1]))(x))
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, name="logits")(x)
+
+
+MODELS: Dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "cnn": CNN,
+    "resnet": ResNet,
+    # A narrow, shallow ResNet for tests and CPU smoke runs.
+    "resnet_tiny": lambda **kw: ResNet(stage_sizes=(1, 1), width=8, **kw),
+}
+
+
+class ModelError(ValueError):
+    """An unknown model name or bad model arguments."""
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> nn.Module:
+    """Builds the registered model ``name`` for a dataset's classes and statistics."""
+    if name not in MODELS:
+        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
+    return MODELS[name](num_classes=num_classes, mean=tuple(mean), std=tuple(std))
+
+
+def make_apply_fn(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
+    """``apply_fn(params, x) -> logits``: the pure function the kernels take."""
+
+    def apply_fn(params, x):
+        return model.apply({"params": params}, x)
+
+    return apply_fn
+
+
+def init_params(model: nn.Module, key: jax.Array, image_shape: Tuple[int, ...]) -> Any:
+    """Initial parameters for inputs of shape ``image_shape`` (no batch axis)."""
+    return model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))["params"]
