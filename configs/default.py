@@ -1,0 +1,35 @@
+"""Default configuration: a small CNN with Jacobian regularization on Fashion-MNIST."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    # Data: digits | mnist | fashion_mnist | cifar10 (see jacuap.data).
+    config.dataset = "fashion_mnist"
+    config.data_dir = ""  # local IDX / CIFAR binary files; "" = the usual places
+    # Model: mlp | cnn | resnet | resnet_tiny (see jacuap.models).
+    config.model = "cnn"
+    # Loss = CE + jr_lambda * (1/2) * mean ||J||_F^2, Hoffman et al.'s convention;
+    # J w.r.t. the normalised input (jr_space="normalized") or pixels ("pixels").
+    config.jr_lambda = 0.5
+    config.jr_space = "normalized"
+    # Random projections for the penalty; None = exact (K VJPs).
+    config.jr_num_proj = ml_collections.config_dict.placeholder(object)
+    config.jr_num_proj = 1
+
+    # Optimisation.
+    config.optimizer = "adam"  # adam | sgd (Nesterov momentum)
+    config.learning_rate = 1e-3
+    config.lr_schedule = "cosine"  # cosine | constant
+    config.momentum = 0.9
+    config.batch_size = 128
+    config.num_epochs = 5
+    config.seed = 0
+    # Checkpoints: every epoch, plus every N steps when N > 0.
+    config.checkpoint_every_steps = 0
+    config.max_to_keep = 2
+    # Summary: Jacobian bounds on the first N test inputs.
+    config.eval_num_inputs = 1000
+    config.progress = True
+    return config

@@ -1,0 +1,11 @@
+"""MNIST (28x28x1): the small CNN."""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.dataset = "mnist"
+    config.model = "cnn"
+    config.num_epochs = 10
+    return config
