@@ -5,8 +5,19 @@ Adversarial Perturbations" (ICANN 2021), as a JAX/Flax library.  Data flows
 one way: ``data -> models -> jacobian -> (training | attacks | metrics)``.
 """
 
-from jacuap import checkpoints, data, jacobian, models, training
+from jacuap import attacks, checkpoints, data, evaluation, jacobian, metrics, models, training
+from jacuap.attacks import deepfool_uap, fgsm, pgd, sgd_uap, singular_vector_uap
 from jacuap.checkpoints import CheckpointError
+from jacuap.metrics import (
+    accuracy,
+    fooling_rate,
+    gram_cosine,
+    jacobian_cosine,
+    jacobian_metrics,
+    shared_perturbation_strength,
+    universal_evasion_rate,
+    universality_ratio,
+)
 from jacuap.data import DATASETS, Dataset, DataError, load_dataset
 from jacuap.jacobian import (
     frobenius_sq,

@@ -14,10 +14,11 @@ from typing import Any, Callable, Dict, NoReturn
 
 from absl import app, flags, logging
 
-from jacuap import checkpoints, data, models, training
+from jacuap import checkpoints, data, evaluation, models, training
 
 USER_ERRORS = (
     training.ConfigError,
+    evaluation.AttackError,
     data.DataError,
     models.ModelError,
     checkpoints.CheckpointError,

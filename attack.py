@@ -1,0 +1,47 @@
+"""Attacks a trained workdir with universal (and per-input) perturbations.
+
+    python attack.py --workdir=runs/fmnist --attack=sgd_uap,sv_uap,deepfool_uap \
+        --norm=linf --eps=0.05,0.1,0.2 --out=runs/fmnist/attack
+
+Crafts each UAP on the training split (``--craft_split``) and evaluates it on
+the test split; writes ``out/results.json``, one ``.npy`` per UAP and
+``out/uaps.png``.
+"""
+
+import sys
+
+from absl import app, flags
+
+from jacuap import cli
+from jacuap import evaluation
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A train.py workdir (its config and newest checkpoint).")
+flags.DEFINE_list("attack", ["sgd_uap", "sv_uap"], f"Comma list of {', '.join(evaluation.ATTACKS)}.")
+flags.DEFINE_string("norm", "linf", "linf or l2.")
+flags.DEFINE_list("eps", ["0.1"], "Comma list of budgets in pixel units.")
+flags.DEFINE_integer("num_craft", 5000, "Inputs the UAPs are crafted on.")
+flags.DEFINE_integer("num_eval", 10000, "Test inputs the attacks are evaluated on.")
+flags.DEFINE_enum("craft_split", "train", ["train", "test"],
+                  "Split to craft on; 'test' uses test inputs disjoint from the evaluation ones.")
+flags.DEFINE_integer("num_metrics", 500, "Test inputs for the Jacobian metrics (0 = skip).")
+flags.DEFINE_integer("sgd_epochs", 5, "SGD-UAP epochs over the crafting set.")
+flags.DEFINE_integer("deepfool_passes", 5, "DeepFool-UAP maximum passes.")
+flags.DEFINE_integer("seed", 0, "Seed of the crafting subset, shuffles and random starts.")
+flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/attack).")
+flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    with cli.user_errors():
+        request = evaluation.AttackRequest.from_flags(FLAGS)
+        results = evaluation.run_attacks(request)
+    evaluation.print_results(results)
+    print(f"outputs in {request.out}: results.json, uaps.png, *.npy")
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
