@@ -18,6 +18,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.jr_num_proj = ml_collections.config_dict.placeholder(object)
     config.jr_num_proj = 1
 
+    # Baselines the paper does not compare against (SPEC §4, reproduce.py):
+    # none | pgd (Madry et al. PGD adversarial training) | uat (Shafahi et al.
+    # universal adversarial training); l_inf budget, steps, step (0 = default).
+    config.adv_training = "none"
+    config.adv_eps = 0.1
+    config.adv_steps = 7
+    config.adv_step_size = 0.0
     # Optimisation.
     config.optimizer = "adam"  # adam | sgd (Nesterov momentum)
     config.learning_rate = 1e-3

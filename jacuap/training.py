@@ -36,7 +36,7 @@ import os
 import signal
 import tempfile
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jacuap import checkpoints, data, jacobian, models
+from jacuap import attacks, checkpoints, data, jacobian, models
 
 __all__ = [
     "ConfigError",
@@ -67,6 +67,7 @@ __all__ = [
 
 OPTIMIZERS = ("adam", "sgd")
 JR_SPACES = ("normalized", "pixels")
+ADV_TRAINING = ("none", "pgd", "uat")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -83,7 +84,30 @@ class Preempted(Exception):
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState (step, params, opt_state); ``apply_fn`` is our pure one."""
+    """Flax's TrainState (step, params, opt_state) plus ``uap``.
+
+    ``uap`` (shape of one input) is the universal perturbation that universal
+    adversarial training (``adv_training="uat"``) maintains across steps; it
+    stays zero otherwise.  ``apply_fn`` is our pure one.
+    """
+
+    uap: jax.Array = None
+
+
+class Adversary(NamedTuple):
+    """Static settings of the adversarial-training baselines (hashable, for jit).
+
+    ``kind``: ``"none"``; ``"pgd"`` (Madry et al. 2018: train on per-input
+    l_inf PGD examples, ``steps`` steps of ``step_size``); ``"uat"`` (Shafahi
+    et al. 2020, FGSM-UAT: one shared ``delta`` ascends the loss by
+    ``delta <- P_eps(delta + step_size * sign(grad_delta L))`` at every step
+    while the model trains on ``clip(x + delta)``).
+    """
+
+    kind: str = "none"
+    eps: float = 0.0
+    steps: int = 0
+    step_size: float = 0.0
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -113,6 +137,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
          f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     need(config.lr_schedule in LR_SCHEDULES,
          f"unknown lr_schedule {config.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    need(config.adv_training in ADV_TRAINING,
+         f"unknown adv_training {config.adv_training!r}; choose one of {', '.join(ADV_TRAINING)}")
+    need(_is_number(config.adv_eps) and 0 <= config.adv_eps <= 1,
+         f"adv_eps must be in [0, 1] (pixel units), got {config.adv_eps!r}")
+    need(_is_int(config.adv_steps) and config.adv_steps >= 1,
+         f"adv_steps must be a positive integer, got {config.adv_steps!r}")
+    need(_is_number(config.adv_step_size) and config.adv_step_size >= 0,
+         f"adv_step_size must be >= 0 (0 = default), got {config.adv_step_size!r}")
     need(_is_int(config.checkpoint_every_steps) and config.checkpoint_every_steps >= 0,
          f"checkpoint_every_steps must be an integer >= 0, got {config.checkpoint_every_steps!r}")
     if config.data_dir:
@@ -145,7 +177,23 @@ def create_train_state(
 ) -> TrainState:
     """Fresh parameters and optimizer state for ``model``."""
     params = models.init_params(model, key, image_shape)
-    return TrainState.create(apply_fn=models.make_apply_fn(model), params=params, tx=tx)
+    return TrainState.create(apply_fn=models.make_apply_fn(model), params=params, tx=tx,
+                             uap=jnp.zeros(image_shape, jnp.float32))
+
+
+def make_adversary(config: ml_collections.ConfigDict) -> Adversary:
+    """The ``Adversary`` of a config; default step sizes where ``adv_step_size == 0``.
+
+    PGD: ``2.5 * eps / steps`` (Madry et al.).  UAT: ``eps / 4``, so the shared
+    ``delta`` can cross the ball in a few steps yet does not flip at every one.
+    """
+    if config.adv_training == "none":
+        return Adversary()
+    eps = float(config.adv_eps)
+    step = float(config.adv_step_size)
+    if not step:
+        step = 2.5 * eps / config.adv_steps if config.adv_training == "pgd" else eps / 4
+    return Adversary(config.adv_training, eps, int(config.adv_steps), step)
 
 
 def loss_fn(
@@ -195,16 +243,31 @@ def train_step(
     jr_lambda: float,
     jr_num_proj: Optional[int],
     input_std: Optional[Tuple[float, ...]] = None,
+    adversary: Adversary = Adversary(),
 ) -> Tuple[TrainState, Dict[str, jax.Array]]:
     """One optimizer step on a batch ``images (B, *S)``, ``labels (B,)``.
 
-    Jit with ``static_argnames=("jr_lambda", "jr_num_proj", "input_std")`` and donate the
-    state.  ``key`` is the step's own key (see ``_step_key``).
+    Jit with ``static_argnames=("jr_lambda", "jr_num_proj", "input_std",
+    "adversary")`` and donate the state.  ``key`` is the step's own key
+    (see ``_step_key``): it draws the random projections and PGD's start.
     """
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, aux), grads = grad_fn(
-        state.params, state.apply_fn, images, labels, jr_lambda, key, jr_num_proj, input_std)
-    return state.apply_gradients(grads=grads), aux
+    jr_key, adv_key = jax.random.split(key)
+    if adversary.kind == "pgd":
+        images = jax.lax.stop_gradient(attacks.pgd(
+            state.apply_fn, state.params, images, labels, eps=adversary.eps, norm="linf",
+            step_size=adversary.step_size, num_steps=adversary.steps, key=adv_key))
+
+    def objective(params, uap):
+        inputs = jnp.clip(images + uap, 0.0, 1.0) if adversary.kind == "uat" else images
+        return loss_fn(params, state.apply_fn, inputs, labels, jr_lambda, jr_key, jr_num_proj, input_std)
+
+    argnums = (0, 1) if adversary.kind == "uat" else 0
+    (_, aux), grads = jax.value_and_grad(objective, argnums=argnums, has_aux=True)(state.params, state.uap)
+    uap = state.uap
+    if adversary.kind == "uat":
+        grads, uap_grad = grads
+        uap = attacks.project(uap + adversary.step_size * jnp.sign(uap_grad), "linf", adversary.eps)
+    return state.apply_gradients(grads=grads, uap=uap), aux
 
 
 def eval_step(params: Any, apply_fn: Callable, images: jax.Array, labels: jax.Array, mask: jax.Array):
@@ -323,7 +386,7 @@ class _StopSignals:
 def _config_fingerprint(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     """The settings a resumed run must share with the run that wrote the checkpoint."""
     keys = ("dataset", "model", "jr_lambda", "jr_num_proj", "jr_space", "num_epochs", "batch_size", "learning_rate",
-            "optimizer", "lr_schedule", "seed")
+            "optimizer", "lr_schedule", "seed", "adv_training", "adv_eps", "adv_steps", "adv_step_size")
     return {k: config[k] for k in keys}
 
 
@@ -371,8 +434,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     os.makedirs(workdir, exist_ok=True)
     _write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
-    step_fn = jax.jit(train_step, static_argnames=("jr_lambda", "jr_num_proj", "input_std"),
+    step_fn = jax.jit(train_step, static_argnames=("jr_lambda", "jr_num_proj", "input_std", "adversary"),
                       donate_argnums=0)
+    adversary = make_adversary(config)
     input_std = tuple(dataset.std) if config.jr_space == "normalized" else None
     total_steps = config.num_epochs * steps_per_epoch
     start_step = int(state.step)
@@ -396,7 +460,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
             for i in range(offset, steps_per_epoch):
                 idx = np.sort(perm[i * batch_size : (i + 1) * batch_size])
                 state, aux = step_fn(state, dataset.train_images[idx], dataset.train_labels[idx],
-                                     _step_key(config.seed, step), jr_lambda, jr_num_proj, input_std)
+                                     _step_key(config.seed, step), jr_lambda, jr_num_proj, input_std,
+                                     adversary)
                 acc = {k: acc[k] + aux[k] for k in acc}
                 step += 1
                 bar.update(1)
@@ -478,6 +543,8 @@ def _summary(config, state: TrainState, dataset: data.Dataset, meta: Dict[str, A
         "jr_lambda": float(config.jr_lambda),
         "jr_num_proj": config.jr_num_proj,
         "jr_space": config.jr_space,
+        "adv_training": config.adv_training,
+        "adv_eps": float(config.adv_eps) if config.adv_training != "none" else None,
         "num_epochs": config.num_epochs,
         "steps": int(state.step),
         "seed": config.seed,

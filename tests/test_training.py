@@ -175,6 +175,9 @@ BAD_CONFIGS = [
     (dict(jr_num_proj=0), "jr_num_proj"),
     (dict(optimizer="lbfgs"), "optimizer"),
     (dict(data_dir="/nonexistent/dir"), "data_dir"),
+    (dict(adv_training="trades"), "adv_training"),
+    (dict(adv_eps=1.5), "adv_eps"),
+    (dict(jr_space="logits"), "jr_space"),
 ]
 
 
@@ -247,3 +250,41 @@ def test_readme_library_example(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert (tmp_path / "runs" / "readme_example" / "summary.json").exists()
     assert namespace["v"].shape == (8, 8, 1)
+
+
+def _digits_state(batch=64):
+    ds = jacuap.load_dataset("digits")
+    model = jacuap.create_model("mlp", 10, ds.mean, ds.std)
+    import optax
+    state = training.create_train_state(model, jax.random.PRNGKey(0), ds.image_shape, optax.adam(1e-3))
+    return state, ds.train_images[:batch], ds.train_labels[:batch]
+
+
+def test_uat_step_keeps_a_shared_perturbation_in_the_ball():
+    state, x, y = _digits_state()
+    adversary = training.Adversary("uat", 0.1, 1, 0.025)
+    step = jax.jit(training.train_step, static_argnames=("jr_lambda", "jr_num_proj", "input_std", "adversary"))
+    losses = []
+    for i in range(6):
+        state, aux = step(state, x, y, jax.random.PRNGKey(i), 0.0, None, None, adversary)
+        losses.append(float(aux["ce"]))
+    assert state.uap.shape == (8, 8, 1)
+    assert 0 < float(jnp.max(jnp.abs(state.uap))) <= 0.1 + 1e-7
+    # Sign steps of 0.025: after 6 steps every pixel moved, and some hit the bound.
+    assert float(jnp.max(jnp.abs(state.uap))) == pytest.approx(0.1)
+
+
+def test_pgd_training_step_trains_on_harder_inputs():
+    state, x, y = _digits_state()
+    plain = training.train_step(state, x, y, jax.random.PRNGKey(0), 0.0, None)[1]
+    adv = training.train_step(state, x, y, jax.random.PRNGKey(0), 0.0, None, None,
+                              training.Adversary("pgd", 0.2, 5, 0.1))[1]
+    assert float(adv["ce"]) > float(plain["ce"])
+
+
+@pytest.mark.parametrize("kind", ["pgd", "uat"])
+def test_adversarial_training_runs_end_to_end(tmp_path, kind):
+    summary = training.train_and_evaluate(
+        tiny_config(jr_lambda=0.0, adv_training=kind, adv_eps=0.1, adv_steps=3, num_epochs=1),
+        str(tmp_path / kind))
+    assert summary["adv_training"] == kind and summary["test_accuracy"] > 0.3
