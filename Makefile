@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 RUN_DIR ?= runs/demo
-RUN_EPOCHS ?= 3
+RUN_EPOCHS ?= 4
 
 .PHONY: install data run test test-fast clean
 

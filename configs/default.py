@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "cnn"
     # Loss = CE + jr_lambda * (1/2) * mean ||J||_F^2, Hoffman et al.'s convention;
     # J w.r.t. the normalised input (jr_space="normalized") or pixels ("pixels").
-    config.jr_lambda = 0.5
+    config.jr_lambda = 0.1
     config.jr_space = "normalized"
     # Random projections for the penalty; None = exact (K VJPs).
     config.jr_num_proj = ml_collections.config_dict.placeholder(object)
