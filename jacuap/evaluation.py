@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jacuap import attacks, checkpoints, data, metrics, training
+from jacuap import attacks, checkpoints, data, jacobian, metrics, training
 
 ATTACKS = ("sgd_uap", "sv_uap", "deepfool_uap", "pgd", "fgsm")
 NORMS = ("linf", "l2")
@@ -116,13 +116,28 @@ def craft_and_eval_sets(dataset: data.Dataset, request: AttackRequest):
     return x_craft, y_craft, dataset.test_images[eval_idx], dataset.test_labels[eval_idx]
 
 
-def craft(name: str, apply_fn, params, x, y, eps: float, request: AttackRequest, key, progress=None):
-    """The universal perturbation of attack ``name`` (shape of one input)."""
+_stacked_spectral_norm = jax.jit(jacobian.stacked_spectral_norm, static_argnums=0,
+                                 static_argnames=("num_iters", "batch_size", "method"))
+
+
+def craft(name: str, apply_fn, params, x, y, eps: float, request: AttackRequest, key, progress=None,
+          cache: Optional[Dict[str, Any]] = None):
+    """The universal perturbation of attack ``name`` (shape of one input).
+
+    ``cache`` (a dict kept across the budgets of one crafting set) holds the
+    singular vector, which depends on the model and the set but not on eps.
+    """
     if name == "sgd_uap":
         v, _ = attacks.sgd_uap(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
                                num_epochs=request.sgd_epochs)
     elif name == "sv_uap":
-        v = attacks.singular_vector_uap(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key)
+        cache = {} if cache is None else cache
+        if "sv_direction" not in cache:
+            batch = min(256, len(x))
+            _, cache["sv_direction"] = _stacked_spectral_norm(apply_fn, params, jnp.asarray(x), key,
+                                                              batch_size=batch, method="auto")
+        v = attacks.singular_vector_uap(apply_fn, params, x, y, eps=eps, norm=request.norm,
+                                        direction=cache["sv_direction"])
     elif name == "deepfool_uap":
         v, _ = attacks.deepfool_uap(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
                                     max_passes=request.deepfool_passes, progress=progress)
@@ -173,6 +188,7 @@ def run_attacks(request: AttackRequest) -> Dict[str, Any]:
     tasks = [(a, e) for a in request.attacks for e in request.eps]
     rows: List[Dict[str, Any]] = []
     uaps: Dict[str, np.ndarray] = {}
+    cache: Dict[str, Any] = {}
     bar = tqdm(tasks, desc="attacks", disable=not request.progress, dynamic_ncols=True)
     for name, eps in bar:
         bar.set_postfix_str(f"{name} eps={eps:g}")
@@ -181,7 +197,7 @@ def run_attacks(request: AttackRequest) -> Dict[str, Any]:
         if name in attacks.UNIVERSAL_ATTACKS:
             progress = (lambda i, rate: bar.set_postfix_str(
                 f"{name} eps={eps:g} pass {i + 1} fooling {rate:.3f}"))
-            v = craft(name, apply_fn, params, x_craft, y_craft, eps, request, task_key, progress)
+            v = craft(name, apply_fn, params, x_craft, y_craft, eps, request, task_key, progress, cache)
             pred = metrics.predict(apply_fn, params, np.clip(x_eval + v, 0.0, 1.0))
             file = f"{name}_{request.norm}_eps{eps:g}.npy"
             np.save(os.path.join(request.out, file), v)
