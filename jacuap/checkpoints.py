@@ -6,18 +6,30 @@ A checkpoint is one orbax step directory holding two items:
 needs to resume exactly).  Orbax writes each step into a temporary directory
 and renames it when complete, so a write cut short is never taken for a
 checkpoint; ``restore`` additionally turns any unreadable or mismatching
-checkpoint into a one-line ``CheckpointError``.
+checkpoint into a one-line ``CheckpointError`` (naming the older checkpoint
+to fall back to when the newest one is damaged).  ``save`` checks the free
+space first and turns a full disk into an ``OSError`` with ``errno`` set.
+On several processes (``jax.distributed``) every process calls ``save`` and
+``restore``; orbax writes each array once and commits with a barrier.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import shutil
 from typing import Any, Dict, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "manager", "latest_step", "save", "restore", "restore_meta"]
+from jacuap import parallel
+
+__all__ = ["CheckpointError", "manager", "latest_step", "save", "restore", "restore_meta", "disk_errno"]
+
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -61,13 +73,86 @@ def latest_step(workdir: str) -> Optional[int]:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: Dict[str, Any]) -> None:
-    """Writes ``state`` and the JSON ``meta`` as checkpoint ``step`` (blocking)."""
-    mngr.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=True,
-    )
-    mngr.wait_until_finished()
+    """Writes ``state`` and the JSON ``meta`` as checkpoint ``step`` (blocking).
+
+    On several processes every one must call it (orbax writes each array
+    once and commits with a barrier).
+
+    Before writing, the free space of a local checkpoint directory is
+    compared with the size of the newest checkpoint (or of ``state``'s arrays
+    for the first): a disk too full to hold one more fails cleanly, before
+    any byte is written.
+
+    Raises:
+      OSError: the disk is full, over quota or read-only (``errno`` set; a
+        partial step directory is never taken for a checkpoint).  Orbax's own
+        error logs are folded into this one exception.
+    """
+    directory = str(mngr.directory)
+    need = _expected_size(directory, state)
+    free = shutil.disk_usage(directory).free if os.path.isdir(directory) else None
+    if parallel.any_process(free is not None and free < need):
+        raise OSError(errno.ENOSPC, f"checkpoint {step} needs about {need // 1024} KiB in {directory}, "
+                                    f"{(free or 0) // 1024} KiB free ({os.strerror(errno.ENOSPC)})")
+    try:
+        with _quiet_orbax_errors():
+            mngr.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
+            mngr.wait_until_finished()
+    except Exception as exc:
+        code = disk_errno(exc)
+        if code is None:
+            raise
+        raise OSError(code, f"checkpoint {step} could not be written to {mngr.directory} "
+                            f"({errno.errorcode.get(code, code)}: {os.strerror(code)})") from exc
+
+
+def _expected_size(directory: str, state: Any) -> int:
+    """Bytes the next checkpoint will take: the newest one's size, else the arrays' plus 10%."""
+    steps = [n for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+    if steps:
+        newest = os.path.join(directory, max(steps, key=int))
+        return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(newest) for f in files)
+    arrays = sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(state))
+    return int(arrays * 1.1) + 65536
+
+
+def disk_errno(exc: Optional[BaseException]) -> Optional[int]:
+    """The errno of a disk-full / over-quota / read-only error in ``exc``'s chain, else None.
+
+    Orbax (through TensorStore) reports these as ``ValueError``s whose text
+    carries ``os_error_code``; plain writes raise ``OSError``.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            return exc.errno
+        text = str(exc)
+        for code in DISK_ERRNOS:
+            if f"os_error_code='{code}'" in text or f"[Errno {code}]" in text or os.strerror(code) in text:
+                return code
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class _DropOrbaxErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in (record.pathname or ""))
+
+
+@contextlib.contextmanager
+def _quiet_orbax_errors():
+    """Orbax logs each failure (a traceback per writer thread) before raising; we report once."""
+    logger, drop = logging.getLogger("absl"), _DropOrbaxErrors()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def restore_meta(workdir: str, step: Optional[int] = None) -> Tuple[int, Dict[str, Any]]:
@@ -75,13 +160,15 @@ def restore_meta(workdir: str, step: Optional[int] = None) -> Tuple[int, Dict[st
     step = latest_step(workdir) if step is None else step
     if step is None:
         raise CheckpointError(f"no checkpoint in {_directory(workdir)}")
+    args = ocp.args.Composite(meta=ocp.args.JsonRestore())
     try:
-        with manager(workdir, create=False) as mngr:
-            out = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        with _quiet_orbax_errors(), manager(workdir, create=False) as mngr:
+            out = mngr.restore(step, args=args)
         return step, dict(out["meta"])
     except Exception as exc:  # orbax raises many types; the user needs one line
         raise CheckpointError(
             f"checkpoint {step} in {_directory(workdir)} is unreadable: {_one_line(exc)}"
+            f"{_fallback(workdir, step, args)}"
         ) from None
 
 
@@ -96,17 +183,14 @@ def restore(workdir: str, target: Any, step: Optional[int] = None) -> Tuple[int,
     if step is None:
         raise CheckpointError(f"no checkpoint in {_directory(workdir)}")
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
     try:
-        with manager(workdir, create=False) as mngr:
-            out = mngr.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-                ),
-            )
+        with _quiet_orbax_errors(), manager(workdir, create=False) as mngr:
+            out = mngr.restore(step, args=args)
     except Exception as exc:
         raise CheckpointError(
             f"checkpoint {step} in {_directory(workdir)} cannot be restored: {_one_line(exc)}"
+            f"{_fallback(workdir, step, args)}"
         ) from None
     state = out["state"]
     mismatched = [
@@ -122,6 +206,24 @@ def restore(workdir: str, target: Any, step: Optional[int] = None) -> Tuple[int,
             f"(mismatched: {', '.join(mismatched[:3]) or 'structure'})"
         )
     return step, state, dict(out["meta"])
+
+
+def _fallback(workdir: str, step: int, args) -> str:
+    """How to fall back to the newest older checkpoint, if it restores with the same ``args``.
+
+    It does when checkpoint ``step`` is damaged (a truncated file); it does not
+    when the failure is a mismatch (another model), and then no advice is given.
+    """
+    directory = _directory(workdir)
+    older = [int(n) for n in os.listdir(directory) if n.isdigit() and int(n) < step] if os.path.isdir(directory) else []
+    if not older:
+        return ""
+    try:
+        with _quiet_orbax_errors(), manager(workdir, create=False) as mngr:
+            mngr.restore(max(older), args=args)
+    except Exception:
+        return ""
+    return f"; to resume from checkpoint {max(older)} instead, remove {os.path.join(directory, str(step))}"
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:

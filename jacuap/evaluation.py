@@ -10,7 +10,11 @@ split and evaluated on ``num_eval`` test inputs, disjoint from them:
   own; ``uer`` is then their evasion rate, the per-input reference.
 
 Results are written once, complete: the ``.npy`` files and the PNG first,
-``results.json`` last through a temporary file and a rename.
+``results.json`` last, each through a temporary file (fsync'ed) and a
+rename, so a killed run leaves whole files or none.  Every local device is
+used: the model is :func:`jacuap.parallel.batch_sharded_apply`-wrapped and
+its parameters replicated, so each batch of every attack and metric is
+split over the devices.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jacuap import attacks, checkpoints, data, jacobian, metrics, training
+from jacuap import attacks, checkpoints, data, jacobian, metrics, parallel, training
 
 ATTACKS = ("sgd_uap", "sv_uap", "deepfool_uap", "pgd", "fgsm")
 NORMS = ("linf", "l2")
@@ -133,7 +137,7 @@ def craft(name: str, apply_fn, params, x, y, eps: float, request: AttackRequest,
     elif name == "sv_uap":
         cache = {} if cache is None else cache
         if "sv_direction" not in cache:
-            batch = min(256, len(x))
+            batch = parallel.round_up(min(256, len(x)), parallel.batch_multiple(apply_fn))
             _, cache["sv_direction"] = _stacked_spectral_norm(apply_fn, params, jnp.asarray(x), key,
                                                               batch_size=batch, method="auto")
         v = attacks.singular_vector_uap(apply_fn, params, x, y, eps=eps, norm=request.norm,
@@ -161,9 +165,15 @@ def _per_input_predictions(name, apply_fn, params, x, y, eps, norm, key, batch_s
 
 
 def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
+    parallel.write_text_atomic(path, text)
+
+
+def _save_npy_atomic(path: str, array: np.ndarray) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}.npy"
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -176,7 +186,9 @@ def run_attacks(request: AttackRequest) -> Dict[str, Any]:
         raise checkpoints.CheckpointError(
             f"the checkpoint expects inputs {restored.meta['model_spec']['image_shape']}, "
             f"the dataset gives {list(dataset.image_shape)}")
-    apply_fn, params = restored.apply_fn, restored.params
+    mesh = parallel.make_mesh(jax.local_devices())
+    apply_fn = parallel.batch_sharded_apply(restored.apply_fn, mesh)
+    params = parallel.replicate(restored.params, mesh)
     x_craft, y_craft, x_eval, y_eval = craft_and_eval_sets(dataset, request)
     os.makedirs(request.out, exist_ok=True)
     key = jax.random.PRNGKey(request.seed)
@@ -200,7 +212,7 @@ def run_attacks(request: AttackRequest) -> Dict[str, Any]:
             v = craft(name, apply_fn, params, x_craft, y_craft, eps, request, task_key, progress, cache)
             pred = metrics.predict(apply_fn, params, np.clip(x_eval + v, 0.0, 1.0))
             file = f"{name}_{request.norm}_eps{eps:g}.npy"
-            np.save(os.path.join(request.out, file), v)
+            _save_npy_atomic(os.path.join(request.out, file), v)
             uaps[f"{name} eps={eps:g}"] = v
             norm_of_v = float(np.max(np.abs(v)) if request.norm == "linf" else np.linalg.norm(v))
         else:
@@ -268,8 +280,10 @@ def plot_uaps(uaps: Dict[str, np.ndarray], apply_fn, params, x: np.ndarray, path
         for c in range(len(x)):
             _show(axes[r, c + 1], perturbed[c], f"{clean[c]} -> {pred[c]}")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=80)
     plt.close(fig)
+    os.replace(tmp, path)
 
 
 def _show(ax, image: np.ndarray, title: str) -> None:

@@ -22,7 +22,10 @@ Three families (SPEC §2-3):
 
 Loops over the data run batch by batch on the host with ONE compiled
 function per (model, batch size): the last batch is zero-padded, so any
-``N`` reuses it.  Scalar results are Python floats (JSON-able).
+``N`` reuses it.  Scalar results are Python floats (JSON-able).  To use every
+device, pass ``jacuap.parallel.batch_sharded_apply(apply_fn, mesh)`` and
+parameters replicated on the mesh: batch sizes are then rounded up to a
+multiple of the device count and each batch is split over the devices.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jacuap import jacobian
+from jacuap import jacobian, parallel
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -72,17 +75,19 @@ PAIRWISE_METRICS = ("shared_perturbation_strength", "jacobian_cosine", "gram_cos
 # --------------------------------------------------------------------------
 
 
-def _map_batches(step: Callable[[jax.Array], jax.Array], x: Any, batch_size: int) -> np.ndarray:
+def _map_batches(step: Callable[[jax.Array], jax.Array], x: Any, batch_size: int, multiple: int = 1) -> np.ndarray:
     """``step`` over ``x`` in batches of a fixed size; per-example outputs concatenated.
 
-    ``step`` maps ``(B, *S) -> (B, ...)``.  ``B = min(batch_size, N)``; the last
+    ``step`` maps ``(B, *S) -> (B, ...)``.  ``B = min(batch_size, N)`` rounded up
+    to a multiple of ``multiple`` (the device count of a model sharded with
+    :func:`jacuap.parallel.batch_sharded_apply`, so batches split evenly); the last
     batch is zero-padded to ``B`` (and its padding dropped) so the compiled
     ``step`` sees one shape only.
     """
     n = x.shape[0]
     if n == 0:
         raise ValueError("metrics: empty input set")
-    size = max(1, min(int(batch_size), n))
+    size = parallel.round_up(max(1, min(int(batch_size), n)), multiple)
     outs = []
     for start in range(0, n, size):
         xb = x[start : start + size]
@@ -106,7 +111,8 @@ def _perturbed_predictions(apply_fn, params, x, v, batch_size) -> np.ndarray:
     if v is not None:
         v = jnp.asarray(v, x.dtype)
         chex.assert_shape(v, x.shape[1:])
-    return _map_batches(lambda xb: _predict_batch(apply_fn, params, xb, v), x, batch_size)
+    return _map_batches(lambda xb: _predict_batch(apply_fn, params, xb, v), x, batch_size,
+                        parallel.batch_multiple(apply_fn))
 
 
 def predict(apply_fn: ApplyFn, params: Any, x: Any, batch_size: int = 1000) -> np.ndarray:
@@ -168,13 +174,15 @@ _stacked_spectral_norm = jax.jit(
 
 def mean_frobenius_sq(apply_fn: ApplyFn, params: Any, x: Any, batch_size: int = 256) -> float:
     """Exact ``mean_i ||J(x_i)||_F^2`` over the set (``K`` VJPs per batch)."""
-    fro = _map_batches(lambda xb: _frobenius_sq_batch(apply_fn, params, xb), x, batch_size)
+    fro = _map_batches(lambda xb: _frobenius_sq_batch(apply_fn, params, xb), x, batch_size,
+                        parallel.batch_multiple(apply_fn))
     return float(np.mean(fro))
 
 
 def per_example_spectral_norms(apply_fn: ApplyFn, params: Any, x: Any, batch_size: int = 256) -> np.ndarray:
     """Exact ``sigma_max(J(x_i))`` for each input, shape ``(N,)`` (top eigenvalue of ``J J^T``)."""
-    return _map_batches(lambda xb: _spectral_norm_batch(apply_fn, params, xb), x, batch_size)
+    return _map_batches(lambda xb: _spectral_norm_batch(apply_fn, params, xb), x, batch_size,
+                        parallel.batch_multiple(apply_fn))
 
 
 def stacked_spectral_norm(
@@ -193,7 +201,8 @@ def stacked_spectral_norm(
     """
     x = jnp.asarray(x)
     sigma, _ = _stacked_spectral_norm(
-        apply_fn, params, x, key, num_iters=num_iters, batch_size=min(batch_size, x.shape[0]), method=method
+        apply_fn, params, x, key, num_iters=num_iters, method=method,
+        batch_size=parallel.round_up(min(batch_size, x.shape[0]), parallel.batch_multiple(apply_fn)),
     )
     return float(sigma)
 
@@ -256,7 +265,8 @@ def _ratio(numerator: float, denominator: float) -> float:
 def input_jacobians(apply_fn: ApplyFn, params: Any, x: Any, batch_size: int = 256) -> jax.Array:
     """Exact per-example Jacobians ``(N, K, *S)`` by :func:`jacuap.jacobian.input_jacobian`, in batches."""
     x = jnp.asarray(x)
-    jac = _map_batches(lambda xb: _input_jacobian_batch(apply_fn, params, xb), x, batch_size)
+    jac = _map_batches(lambda xb: _input_jacobian_batch(apply_fn, params, xb), x, batch_size,
+                        parallel.batch_multiple(apply_fn))
     return jnp.asarray(jac)
 
 

@@ -24,17 +24,25 @@ functions of the seed and the global step), saves a checkpoint every epoch
 (and every ``checkpoint_every_steps`` steps, and on SIGTERM/SIGINT), stops on
 a non-finite loss keeping the last good checkpoint, and writes
 ``metrics.jsonl`` (one line per epoch) and ``summary.json``.
+
+Scale (``jacuap.parallel``): training uses every device of a ``Mesh``
+(default: all devices of all processes).  Each global batch is split over
+the devices on its leading axis, the state is replicated, and XLA turns the
+batch means into all-reduces, so the run computes the same function of the
+same batches whatever the device count (equal up to float summation order).
+On several hosts (after ``parallel.initialize_multihost()``) every process
+builds only its own rows of each batch, all processes join each orbax save,
+and only process 0 writes ``config.json``, ``metrics.jsonl``,
+``summary.json`` and progress output.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import signal
-import tempfile
 import time
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
@@ -45,7 +53,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jacuap import attacks, checkpoints, data, jacobian, models
+from jacuap import attacks, checkpoints, data, jacobian, models, parallel
 
 __all__ = [
     "ConfigError",
@@ -279,10 +287,19 @@ def eval_step(params: Any, apply_fn: Callable, images: jax.Array, labels: jax.Ar
 _eval_step = jax.jit(eval_step, static_argnums=1)
 
 
-def evaluate(apply_fn: Callable, params: Any, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
-    """Accuracy over a whole set, in fixed-size padded batches (one compilation)."""
+def evaluate(apply_fn: Callable, params: Any, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000,
+             mesh: Optional[jax.sharding.Mesh] = None) -> float:
+    """Accuracy over a whole set, in fixed-size padded batches (one compilation).
+
+    With ``mesh`` (and ``params`` replicated on it), each batch (its size
+    rounded up to a multiple of the device count) is split over the devices;
+    on several hosts each process builds only its own rows.
+    """
     n = len(images)
     batch_size = min(batch_size, n)
+    if mesh is not None:
+        batch_size = parallel.round_up(batch_size, mesh.size)
+        rows = parallel.process_rows(batch_size, mesh)
     correct = 0
     for start in range(0, n, batch_size):
         xb, yb = images[start : start + batch_size], labels[start : start + batch_size]
@@ -291,7 +308,9 @@ def evaluate(apply_fn: Callable, params: Any, images: np.ndarray, labels: np.nda
         if pad:
             xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
             yb = np.concatenate([yb, np.zeros(pad, yb.dtype)])
-        correct += _eval_step(params, apply_fn, xb, yb, mask)
+        if mesh is not None:
+            xb, yb, mask = parallel.shard_batch((xb[rows], yb[rows], mask[rows]), mesh, batch_size)
+        correct += float(_eval_step(params, apply_fn, xb, yb, mask))
     return float(correct) / n
 
 
@@ -346,17 +365,8 @@ def restore_model(workdir: str) -> RestoredModel:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Process 0 writes ``text`` to ``path`` through a temporary file, fsync and a rename."""
+    parallel.write_text_atomic(path, text)
 
 
 class _StopSignals:
@@ -390,11 +400,14 @@ def _config_fingerprint(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     return {k: config[k] for k in keys}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       mesh: Optional[jax.sharding.Mesh] = None) -> Dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the summary.
 
     Writes ``workdir/config.json``, ``workdir/checkpoints/``,
-    ``workdir/metrics.jsonl`` and ``workdir/summary.json``.
+    ``workdir/metrics.jsonl`` and ``workdir/summary.json`` (process 0 only).
+    ``mesh``: the devices to train on (default ``parallel.make_mesh()``, every
+    device); ``batch_size`` must be a multiple of their number.
 
     Raises:
       ConfigError, data.DataError, checkpoints.CheckpointError: user mistakes,
@@ -408,8 +421,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     n_train = len(dataset.train_images)
     batch_size = min(config.batch_size, n_train)
     steps_per_epoch = n_train // batch_size
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    try:
+        parallel.check_divisible(batch_size, mesh)
+    except parallel.ParallelError as exc:
+        clipped = f" (batch_size {config.batch_size} capped at the {n_train} training examples)" \
+            if batch_size != config.batch_size else ""
+        raise ConfigError(f"{exc}{clipped}") from None
+    primary = parallel.is_primary()
     tx = make_optimizer(config, steps_per_epoch)
     state = create_train_state(model, jax.random.PRNGKey(config.seed), dataset.image_shape, tx)
+    state = parallel.replicate(state, mesh)
     model_spec = {
         "name": config.model,
         "num_classes": dataset.num_classes,
@@ -434,8 +456,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     os.makedirs(workdir, exist_ok=True)
     _write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
+    replicated = parallel.replicated_sharding(mesh)
     step_fn = jax.jit(train_step, static_argnames=("jr_lambda", "jr_num_proj", "input_std", "adversary"),
-                      donate_argnums=0)
+                      donate_argnums=0, out_shardings=replicated)
+    rows = parallel.process_rows(batch_size, mesh)  # this process's rows of every global batch
     adversary = make_adversary(config)
     input_std = tuple(dataset.std) if config.jr_space == "normalized" else None
     total_steps = config.num_epochs * steps_per_epoch
@@ -453,37 +477,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
             perm = epoch_permutation(config.seed, epoch, n_train)
+            # The epoch's running sums stay float32 on the devices, and a resumed run
+            # continues from the exact float32 values saved: same additions, same bits.
             sums = meta["epoch_sums"] if offset else None
-            acc = {k: jnp.zeros(()) for k in ("loss", "ce", "penalty", "correct")}
+            acc = parallel.replicate({k: np.asarray((sums or {}).get(k, 0.0), np.float32)
+                                      for k in ("loss", "ce", "penalty", "correct")}, mesh)
             epoch_start = time.time()
-            bar = _progress(config, epoch, offset, steps_per_epoch)
+            bar = _progress(config, epoch, offset, steps_per_epoch, primary)
             for i in range(offset, steps_per_epoch):
-                idx = np.sort(perm[i * batch_size : (i + 1) * batch_size])
-                state, aux = step_fn(state, dataset.train_images[idx], dataset.train_labels[idx],
-                                     _step_key(config.seed, step), jr_lambda, jr_num_proj, input_std,
-                                     adversary)
-                acc = {k: acc[k] + aux[k] for k in acc}
+                idx = np.sort(perm[i * batch_size : (i + 1) * batch_size])[rows]
+                images, labels = parallel.shard_batch(
+                    (dataset.train_images[idx], dataset.train_labels[idx]), mesh, batch_size)
+                key = parallel.replicate(np.asarray(_step_key(config.seed, step)), mesh)
+                state, aux = step_fn(state, images, labels, key, jr_lambda, jr_num_proj, input_std, adversary)
+                acc = _add_sums(acc, {k: aux[k] for k in acc})
                 step += 1
                 bar.update(1)
+                # A signal may reach one host only: every process must agree to stop.
+                stopping = parallel.any_process(stop.received is not None)
                 at_interval = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-                if (at_interval or stop.received) and i + 1 < steps_per_epoch:
-                    sums_now = _merge_sums(sums, acc)
+                if (at_interval or stopping) and i + 1 < steps_per_epoch:
+                    sums_now = _host_sums(acc)
                     if not all(math.isfinite(v) for v in sums_now.values()):
                         bar.close()
                         raise TrainingDiverged(_diverged_message(workdir, epoch, step))
                     meta["train_seconds"] += time.time() - epoch_start
                     epoch_start = time.time()
                     save(step, sums_now)
-                    if stop.received:
+                    if stopping:
                         bar.close()
-                        raise Preempted(f"stopped by signal {stop.received} at step {step}; "
+                        raise Preempted(f"stopped by signal {stop.received or 'on another host'} at step {step}; "
                                         f"rerun the same command to resume from {workdir}")
             bar.close()
-            sums = _merge_sums(sums, acc)
+            sums = _host_sums(acc)
             if not all(math.isfinite(v) for v in sums.values()):
                 raise TrainingDiverged(_diverged_message(workdir, epoch, step))
             meta["train_seconds"] += time.time() - epoch_start
-            test_accuracy = evaluate(state.apply_fn, state.params, dataset.test_images, dataset.test_labels)
+            test_accuracy = evaluate(state.apply_fn, state.params, dataset.test_images, dataset.test_labels,
+                                     mesh=mesh)
             line = {
                 "epoch": epoch + 1,
                 "step": step,
@@ -498,21 +529,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
             save(step, None)
             _write_atomic(os.path.join(workdir, "metrics.jsonl"),
                           "".join(json.dumps(h) + "\n" for h in meta["history"]))
-            if config.progress:
+            if config.progress and primary:
                 print(f"epoch {epoch + 1}/{config.num_epochs}: loss {line['loss']:.4f} "
                       f"ce {line['ce']:.4f} test_accuracy {test_accuracy:.4f}", flush=True)
-            if stop.received and step < total_steps:
-                raise Preempted(f"stopped by signal {stop.received} at step {step}; "
+            if parallel.any_process(stop.received is not None) and step < total_steps:
+                raise Preempted(f"stopped by signal {stop.received or 'on another host'} at step {step}; "
                                 f"rerun the same command to resume from {workdir}")
 
-    summary = _summary(config, state, dataset, meta)
+    summary = _summary(config, state, dataset, meta, mesh)
     _write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _merge_sums(sums: Optional[Dict[str, float]], acc: Dict[str, jax.Array]) -> Dict[str, float]:
-    base = sums or {}
-    return {k: base.get(k, 0.0) + float(v) for k, v in acc.items()}
+def _host_sums(acc: Dict[str, jax.Array]) -> Dict[str, float]:
+    """The running sums as Python floats (float32 values, exact: they round-trip)."""
+    return {k: float(v) for k, v in acc.items()}
 
 
 def _diverged_message(workdir: str, epoch: int, step: int) -> str:
@@ -522,21 +553,32 @@ def _diverged_message(workdir: str, epoch: int, step: int) -> str:
             f"{kept}; lower learning_rate or jr_lambda")
 
 
-def _progress(config, epoch: int, offset: int, total: int):
+_add_sums = jax.jit(lambda a, b: jax.tree_util.tree_map(jnp.add, a, b))
+
+
+def _progress(config, epoch: int, offset: int, total: int, primary: bool = True):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=offset, desc=f"epoch {epoch + 1}/{config.num_epochs}",
-                disable=not config.progress, leave=False, dynamic_ncols=True)
+                disable=not (config.progress and primary), leave=False, dynamic_ncols=True)
 
 
-def _summary(config, state: TrainState, dataset: data.Dataset, meta: Dict[str, Any]) -> Dict[str, Any]:
-    """Final test accuracy and the Jacobian bounds on the first ``eval_num_inputs`` test inputs."""
+def _summary(config, state: TrainState, dataset: data.Dataset, meta: Dict[str, Any],
+             mesh: Optional[jax.sharding.Mesh] = None) -> Dict[str, Any]:
+    """Final test accuracy and the Jacobian bounds on the first ``eval_num_inputs`` test inputs.
+
+    With ``mesh``, the Jacobian kernels see ``parallel.batch_sharded_apply``:
+    each chunk of inputs is split over the devices.
+    """
+    mesh = parallel.make_mesh(jax.devices()[:1]) if mesh is None else mesh
     n = min(config.eval_num_inputs, len(dataset.test_images))
-    x = jnp.asarray(dataset.test_images[:n])
-    fro = jax.jit(_mean_frobenius_sq, static_argnums=(0, 3))(state.apply_fn, state.params, x, 250)
+    x = parallel.replicate(np.asarray(dataset.test_images[:n]), mesh)
+    apply_fn = parallel.batch_sharded_apply(state.apply_fn, mesh)
+    chunk = parallel.round_up(250, mesh.size)
+    key = parallel.replicate(np.asarray(jax.random.PRNGKey(config.seed)), mesh)
+    fro = jax.jit(_mean_frobenius_sq, static_argnums=(0, 3))(apply_fn, state.params, x, chunk)
     sigma, _ = jax.jit(jacobian.stacked_spectral_norm, static_argnames=("apply_fn", "num_iters", "batch_size", "method"))(
-        state.apply_fn, state.params, x, jax.random.PRNGKey(config.seed), num_iters=100, batch_size=250,
-        method="auto")
+        apply_fn, state.params, x, key, num_iters=100, batch_size=chunk, method="auto")
     return {
         "dataset": config.dataset,
         "model": config.model,
@@ -548,7 +590,8 @@ def _summary(config, state: TrainState, dataset: data.Dataset, meta: Dict[str, A
         "num_epochs": config.num_epochs,
         "steps": int(state.step),
         "seed": config.seed,
-        "test_accuracy": evaluate(state.apply_fn, state.params, dataset.test_images, dataset.test_labels),
+        "test_accuracy": evaluate(state.apply_fn, state.params, dataset.test_images, dataset.test_labels,
+                                  mesh=mesh),
         "train_accuracy_last_epoch": meta["history"][-1]["train_accuracy"] if meta["history"] else None,
         "mean_jacobian_frobenius_sq": float(fro),
         "stacked_spectral_norm": float(sigma),
