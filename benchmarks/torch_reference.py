@@ -1,0 +1,307 @@
+"""PyTorch implementations of jacuap's kernels, for ``benchmarks/speed.py``.
+
+The code researchers compare jacuap with, written the way the PyTorch
+originals are written:
+
+* Jacobian regularization as Hoffman, Roberts & Yaida's ``JacobianReg``
+  (random unit projections of the logits, ``torch.autograd.grad(...,
+  create_graph=True)`` per projection; the exact mode uses the ``K`` one-hot
+  vectors), loss ``CE + lambda/2 * mean ||J||_F^2`` with the Jacobian taken
+  with respect to the normalised input, as jacuap's ``jr_space="normalized"``.
+* SGD-UAP as the authors' ``sgd-uap-torch``: ``min(CE, beta)`` per example,
+  ``v <- clamp(v + alpha * sign(grad), -eps, eps)`` per minibatch.
+* DeepFool-UAP as jacuap's batched variant (``aggregate="mean"``), so both
+  sides do the same work.
+* The exact per-batch Jacobian (``K`` batched VJPs of one-hot cotangents) and
+  the stacked Gram matrix ``sum_i J_i^T J_i`` with its top eigenpair.
+
+The model is jacuap's ``cnn`` (``jacuap.models.CNN``): normalisation,
+Conv(32, 3x3, SAME)-relu-avgpool2-Conv(64, 3x3, SAME)-relu-avgpool2-
+Dense(128)-relu-Dense(K), in NCHW.  :func:`from_flax` copies a Flax
+parameter tree into it so that both compute the same function.
+
+Importing this module requires ``torch`` (the ``bench`` extra).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "TorchCNN",
+    "from_flax",
+    "to_nchw",
+    "make_optimizer",
+    "train_step",
+    "input_jacobian",
+    "frobenius_sq",
+    "stacked_gram",
+    "stacked_spectral_norm",
+    "sgd_uap_epoch",
+    "sgd_uap_step",
+    "deepfool_uap_pass",
+]
+
+
+class TorchCNN(nn.Module):
+    """jacuap's ``cnn`` in PyTorch (NCHW); ``forward`` takes pixels in [0, 1]."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_hw: Tuple[int, int] = (28, 28),
+        features: Sequence[int] = (32, 64),
+        dense: int = 128,
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.5,),
+    ):
+        super().__init__()
+        self.conv0 = nn.Conv2d(in_channels, features[0], 3, padding=1)
+        self.conv1 = nn.Conv2d(features[0], features[1], 3, padding=1)
+        h, w = image_hw[0] // 4, image_hw[1] // 4
+        self.out_hw = (h, w)
+        self.dense = nn.Linear(features[1] * h * w, dense)
+        self.logits = nn.Linear(dense, num_classes)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def body(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits of normalised inputs ``z``."""
+        z = F.avg_pool2d(F.relu(self.conv0(z)), 2)
+        z = F.avg_pool2d(F.relu(self.conv1(z)), 2)
+        z = F.relu(self.dense(z.flatten(1)))
+        return self.logits(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.normalize(x))
+
+
+def to_nchw(x: Any) -> torch.Tensor:
+    """NHWC NumPy/JAX images -> a contiguous float32 NCHW tensor."""
+    return torch.from_numpy(np.array(np.asarray(x, np.float32).transpose(0, 3, 1, 2), order="C"))
+
+
+def from_flax(params: Any, mean: Sequence[float], std: Sequence[float], image_shape=(28, 28, 1)) -> TorchCNN:
+    """A :class:`TorchCNN` holding a copy of a jacuap ``cnn`` parameter tree.
+
+    Flax convolution kernels are ``(kh, kw, in, out)`` (torch: ``(out, in,
+    kh, kw)``); Flax flattens the last feature map in ``(h, w, c)`` order and
+    torch in ``(c, h, w)``, so the first dense kernel's rows are permuted.
+    """
+    p = {k: {n: np.asarray(a, np.float32) for n, a in v.items()} for k, v in params.items()}
+    num_classes = p["logits"]["kernel"].shape[1]
+    features = (p["conv0"]["kernel"].shape[3], p["conv1"]["kernel"].shape[3])
+    model = TorchCNN(num_classes, image_shape[2], image_shape[:2], features,
+                     p["dense"]["kernel"].shape[1], mean, std)
+    h, w = model.out_hw
+    dense = p["dense"]["kernel"].reshape(h * w, features[1], -1).transpose(1, 0, 2).reshape(h * w * features[1], -1)
+    with torch.no_grad():
+        for name in ("conv0", "conv1"):
+            getattr(model, name).weight.copy_(torch.from_numpy(p[name]["kernel"].transpose(3, 2, 0, 1).copy()))
+            getattr(model, name).bias.copy_(torch.from_numpy(p[name]["bias"].copy()))
+        model.dense.weight.copy_(torch.from_numpy(dense.T.copy()))
+        model.dense.bias.copy_(torch.from_numpy(p["dense"]["bias"].copy()))
+        model.logits.weight.copy_(torch.from_numpy(p["logits"]["kernel"].T.copy()))
+        model.logits.bias.copy_(torch.from_numpy(p["logits"]["bias"].copy()))
+    return model
+
+
+def make_optimizer(model: nn.Module, lr: float = 1e-3) -> torch.optim.Optimizer:
+    """Adam, as jacuap's default config (``optax.adam(1e-3)``)."""
+    return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+# ---------------------------------------------------------------------------
+# Jacobians.
+# ---------------------------------------------------------------------------
+
+
+def _jr_cotangents(logits: torch.Tensor, num_proj: Optional[int], generator=None):
+    batch, num_classes = logits.shape
+    if num_proj is None:
+        eye = torch.eye(num_classes, dtype=logits.dtype)
+        return [eye[k].expand(batch, num_classes) for k in range(num_classes)], 1.0
+    out = []
+    for _ in range(num_proj):
+        u = torch.randn(batch, num_classes, generator=generator)
+        out.append(u / u.norm(dim=1, keepdim=True))
+    return out, num_classes / num_proj
+
+
+def frobenius_sq(model: TorchCNN, x: torch.Tensor, num_proj: Optional[int] = None,
+                 create_graph: bool = False, normalized: bool = False):
+    """``(logits, ||J(x_b)||_F^2 per example)``; Hoffman et al.'s estimator when ``num_proj``.
+
+    ``normalized``: differentiate with respect to ``z = (x - mean) / std``.
+    """
+    z = (model.normalize(x) if normalized else x).detach().requires_grad_(True)
+    logits = model.body(z) if normalized else model(z)
+    cotangents, scale = _jr_cotangents(logits, num_proj)
+    total = 0.0
+    for u in cotangents:
+        (ju,) = torch.autograd.grad(logits, z, u, create_graph=create_graph, retain_graph=True)
+        total = total + ju.pow(2).flatten(1).sum(1)
+    return logits, scale * total
+
+
+def train_step(model: TorchCNN, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               jr_lambda: float = 0.0, num_proj: Optional[int] = 1) -> float:
+    """One Adam step on ``CE + jr_lambda/2 * mean ||J(z)||_F^2`` (plain CE when ``jr_lambda == 0``)."""
+    opt.zero_grad(set_to_none=True)
+    if jr_lambda == 0:
+        loss = F.cross_entropy(model(x), y)
+    else:
+        logits, fro = frobenius_sq(model, x, num_proj, create_graph=True, normalized=True)
+        loss = F.cross_entropy(logits, y) + jr_lambda * 0.5 * fro.mean()
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def input_jacobian(model: TorchCNN, x: torch.Tensor) -> torch.Tensor:
+    """Exact per-example Jacobians ``(B, K, *S)``: ``K`` batched VJPs of one-hot cotangents."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    num_classes = logits.shape[1]
+    rows = []
+    for k in range(num_classes):
+        (g,) = torch.autograd.grad(logits[:, k].sum(), x, retain_graph=k + 1 < num_classes)
+        rows.append(g)
+    return torch.stack(rows, 1)
+
+
+def stacked_gram(model: TorchCNN, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """``sum_i J_i^T J_i`` (``d x d``), chunk by chunk."""
+    d = int(np.prod(x.shape[1:]))
+    gram = torch.zeros(d, d)
+    for start in range(0, x.shape[0], batch_size):
+        jac = input_jacobian(model, x[start:start + batch_size]).reshape(-1, d)
+        gram.addmm_(jac.T, jac)
+    return gram
+
+
+def stacked_spectral_norm(model: TorchCNN, x: torch.Tensor, batch_size: int = 256):
+    """``(sigma_max(J_X), v)`` from the top eigenpair of the stacked Gram matrix."""
+    evals, evecs = torch.linalg.eigh(stacked_gram(model, x, batch_size))
+    return evals[-1].clamp_min(0).sqrt(), evecs[:, -1].reshape(x.shape[1:])
+
+
+def clip01(u: torch.Tensor) -> torch.Tensor:
+    """``clamp(u, 0, 1)`` with ``jnp.clip``'s gradient: 1 inside, 1/2 ON a face, 0 outside.
+
+    ``torch.clamp`` passes the whole gradient at ``u == 0`` or ``u == 1``;
+    JAX's ``clip`` (``min(max(u, 0), 1)``) splits it between the tied
+    arguments.  At ``v = 0`` every background pixel of MNIST-like data sits
+    on the face, and the two conventions give different SGD-UAP steps (on
+    sklearn digits, 48% of the pixels are 0), so the reference uses JAX's.
+    """
+    weight = ((u > 0) & (u < 1)).to(u.dtype) + 0.5 * ((u == 0) | (u == 1)).to(u.dtype)
+    return u.clamp(0, 1).detach() + weight * (u - u.detach())
+
+
+# ---------------------------------------------------------------------------
+# SGD-UAP (Shafahi et al. 2020; the authors' sgd-uap-torch loop).
+# ---------------------------------------------------------------------------
+
+
+def sgd_uap_step(model: TorchCNN, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                 eps: float, step_size: float, beta: float = 12.0) -> torch.Tensor:
+    """One l_inf SGD-UAP step on a minibatch; returns the new ``v``.
+
+    The clip is :func:`clip01` (``jnp.clip``'s gradient), so the step is
+    jacuap's exactly.
+    """
+    v = v.detach().requires_grad_(True)
+    loss = F.cross_entropy(model(clip01(x + v)), y, reduction="none").clamp(max=beta).mean()
+    (grad,) = torch.autograd.grad(loss, v)
+    return (v.detach() + step_size * grad.sign()).clamp(-eps, eps)
+
+
+def sgd_uap_epoch(model: TorchCNN, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float,
+                  step_size: float, batch_size: int = 128, beta: float = 12.0,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One epoch: a random order, then :func:`sgd_uap_step` per minibatch."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    perm = torch.randperm(x.shape[0], generator=generator)
+    for start in range(0, x.shape[0], batch_size):
+        idx = perm[start:start + batch_size]
+        v = sgd_uap_step(model, v, x[idx], y[idx], eps, step_size, beta)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return v
+
+
+# ---------------------------------------------------------------------------
+# DeepFool-UAP (Moosavi-Dezfooli et al. 2017), jacuap's batched "mean" variant.
+# ---------------------------------------------------------------------------
+
+
+DEEPFOOL_ITERATIONS = [0]  # DeepFool iterations run (a counter read by speed.py)
+
+
+def _deepfool_delta(model, z, labels, active, overshoot, max_iter):
+    """Batched l_inf DeepFool of ``g(u) = f(clamp(u, 0, 1))`` from base points ``z``."""
+    batch = z.shape[0]
+    rows = torch.arange(batch)
+    g = lambda u: model(clip01(u))
+    r = torch.zeros_like(z)
+    with torch.no_grad():
+        on = active & (g(z).argmax(1) == labels)
+    for _ in range(max_iter):
+        if not bool(on.any()):
+            break
+        DEEPFOOL_ITERATIONS[0] += 1
+        u = (z + (1 + overshoot) * r).detach().requires_grad_(True)
+        logits = g(u)
+        num_classes = logits.shape[1]
+        jac = []
+        for k in range(num_classes):
+            (gk,) = torch.autograd.grad(logits[:, k].sum(), u, retain_graph=k + 1 < num_classes)
+            jac.append(gk.flatten(1))
+        with torch.no_grad():
+            jac = torch.stack(jac, 1)
+            w = jac - jac[rows, labels][:, None, :]
+            f = logits - logits[rows, labels][:, None]
+            w_norm = w.abs().sum(-1)
+            dist = (f.abs() / w_norm.clamp_min(1e-12))
+            dist[rows, labels] = float("inf")
+            nearest = dist.argmin(1)
+            w_l, f_l, n_l = w[rows, nearest], f[rows, nearest].abs(), w_norm[rows, nearest]
+            step = ((f_l + 1e-4) / n_l.clamp_min(1e-12))[:, None] * w_l.sign()
+            r = r + torch.where(on[:, None], step, torch.zeros_like(step)).reshape(z.shape)
+            on = on & (g(z + (1 + overshoot) * r).argmax(1) == labels)
+    return (1 + overshoot) * r
+
+
+def deepfool_uap_pass(model: TorchCNN, v: torch.Tensor, x: torch.Tensor, clean: torch.Tensor, eps: float,
+                      batch_size: int = 128, overshoot: float = 0.02, max_iter: int = 20,
+                      generator: Optional[torch.Generator] = None):
+    """One l_inf pass of the universal algorithm; returns ``(v, fooling_rate)``."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    perm = torch.randperm(x.shape[0], generator=generator)
+    for start in range(0, x.shape[0], batch_size):
+        idx = perm[start:start + batch_size]
+        xc, cc = x[idx], clean[idx]
+        z = xc + v
+        with torch.no_grad():
+            unfooled = model(z.clamp(0, 1)).argmax(1) == cc
+        dv = _deepfool_delta(model, z, cc, unfooled, overshoot, max_iter)
+        weights = unfooled.to(dv.dtype).reshape(-1, *([1] * (dv.ndim - 1)))
+        v = (v + (weights * dv).sum(0) / weights.sum().clamp_min(1.0)).clamp(-eps, eps)
+    with torch.no_grad():
+        fooled = sum(int((model((x[s:s + 1000] + v).clamp(0, 1)).argmax(1) != clean[s:s + 1000]).sum())
+                     for s in range(0, x.shape[0], 1000))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return v, fooled / x.shape[0]
