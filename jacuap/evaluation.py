@@ -120,10 +120,6 @@ def craft_and_eval_sets(dataset: data.Dataset, request: AttackRequest):
     return x_craft, y_craft, dataset.test_images[eval_idx], dataset.test_labels[eval_idx]
 
 
-_stacked_spectral_norm = jax.jit(jacobian.stacked_spectral_norm, static_argnums=0,
-                                 static_argnames=("num_iters", "batch_size", "method"))
-
-
 def craft(name: str, apply_fn, params, x, y, eps: float, request: AttackRequest, key, progress=None,
           cache: Optional[Dict[str, Any]] = None):
     """The universal perturbation of attack ``name`` (shape of one input).
@@ -138,7 +134,7 @@ def craft(name: str, apply_fn, params, x, y, eps: float, request: AttackRequest,
         cache = {} if cache is None else cache
         if "sv_direction" not in cache:
             batch = parallel.round_up(min(256, len(x)), parallel.batch_multiple(apply_fn))
-            _, cache["sv_direction"] = _stacked_spectral_norm(apply_fn, params, jnp.asarray(x), key,
+            _, cache["sv_direction"] = jacobian.stacked_spectral_norm(apply_fn, params, jnp.asarray(x), key,
                                                               batch_size=batch, method="auto")
         v = attacks.singular_vector_uap(apply_fn, params, x, y, eps=eps, norm=request.norm,
                                         direction=cache["sv_direction"])

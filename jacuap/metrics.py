@@ -200,7 +200,9 @@ def stacked_spectral_norm(
     otherwise power iteration (a lower bound converging to ``sigma_max``).
     """
     x = jnp.asarray(x)
-    sigma, _ = _stacked_spectral_norm(
+    # Eager on purpose: outside jit the kernel loops over chunks from Python
+    # with one compiled chunk step, 2-4x faster on CPU than lax.scan (SPEED.md).
+    sigma, _ = jacobian.stacked_spectral_norm(
         apply_fn, params, x, key, num_iters=num_iters, method=method,
         batch_size=parallel.round_up(min(batch_size, x.shape[0]), parallel.batch_multiple(apply_fn)),
     )

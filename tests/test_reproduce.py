@@ -14,7 +14,7 @@ import reproduce  # noqa: E402
 
 
 @pytest.mark.parametrize("uer,expected", [
-    ([0.1, 0.3, 0.7], 0.15),          # interpolated between eps 0.1 and 0.2
+    ([0.1, 0.3, 0.7], 0.25),          # interpolated between eps 0.2 and 0.3
     ([0.6, 0.8, 0.9], 0.1),           # already above at the first eps
     ([0.1, 0.2, 0.4], None),          # never reaches 50%
     ([0.1, 0.5, 0.9], 0.2),           # exactly at a grid point
