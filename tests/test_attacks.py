@@ -3,55 +3,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from sklearn.datasets import load_digits
 
 import jacuap
 from jacuap import attacks, metrics
 from jacuap.jacobian import input_jacobian
 
 SHAPE = (8, 8, 1)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    """A 32-unit MLP trained full-batch (Adam, 300 steps) on 1000 digits.
-
-    Returns the model, apply_fn, params and two disjoint held-out splits:
-    400 crafting inputs and 397 evaluation inputs.
-    """
-    data = load_digits()
-    x = (data.images / 16.0).astype(np.float32).reshape((-1,) + SHAPE)
-    y = data.target.astype(np.int32)
-    perm = np.random.RandomState(0).permutation(len(x))
-    x, y = x[perm], y[perm]
-    model = jacuap.models.MODELS["mlp"](num_classes=10, hidden=(32,), mean=(0.5,), std=(0.5,))
-    apply_fn = jacuap.make_apply_fn(model)
-    params = jacuap.init_params(model, jax.random.PRNGKey(0), SHAPE)
-    xtr, ytr = jnp.asarray(x[:1000]), jnp.asarray(y[:1000])
-    opt = optax.adam(1e-2)
-
-    @jax.jit
-    def step(p, s):
-        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(apply_fn(p, xtr), ytr).mean()
-        updates, s = opt.update(jax.grad(loss)(p), s)
-        return optax.apply_updates(p, updates), s
-
-    state = opt.init(params)
-    for _ in range(300):
-        params, state = step(params, state)
-    split = dict(
-        model=model,
-        apply_fn=apply_fn,
-        params=params,
-        xa=jnp.asarray(x[1000:1400]),
-        ya=jnp.asarray(y[1000:1400]),
-        xe=jnp.asarray(x[1400:]),
-        ye=jnp.asarray(y[1400:]),
-    )
-    assert metrics.accuracy(apply_fn, params, split["xe"], split["ye"]) > 0.9
-    return split
 
 
 def _uer(d, v):

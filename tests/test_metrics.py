@@ -5,10 +5,8 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import scipy.stats
-from sklearn.datasets import load_digits
 
 import jacuap
 from jacuap import jacobian, metrics
@@ -17,29 +15,10 @@ SHAPE = (8, 8, 1)
 
 
 @pytest.fixture(scope="module")
-def digits():
-    """A 32-unit MLP trained full-batch (Adam, 300 steps) on 1000 digits; 397 held out."""
-    data = load_digits()
-    x = (data.images / 16.0).astype(np.float32).reshape((-1,) + SHAPE)
-    y = data.target.astype(np.int32)
-    perm = np.random.RandomState(0).permutation(len(x))
-    x, y = x[perm], y[perm]
-    model = jacuap.models.MODELS["mlp"](num_classes=10, hidden=(32,), mean=(0.5,), std=(0.5,))
-    apply_fn = jacuap.make_apply_fn(model)
-    params = jacuap.init_params(model, jax.random.PRNGKey(0), SHAPE)
-    xtr, ytr = jnp.asarray(x[:1000]), jnp.asarray(y[:1000])
-    opt = optax.adam(1e-2)
-
-    @jax.jit
-    def step(p, s):
-        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(apply_fn(p, xtr), ytr).mean()
-        updates, s = opt.update(jax.grad(loss)(p), s)
-        return optax.apply_updates(p, updates), s
-
-    state = opt.init(params)
-    for _ in range(300):
-        params, state = step(params, state)
-    return dict(apply_fn=apply_fn, params=params, x=jnp.asarray(x[1400:]), y=jnp.asarray(y[1400:]))
+def digits(trained_digits):
+    """The shared trained MLP (conftest.py); its 397 held-out inputs."""
+    d = trained_digits
+    return dict(apply_fn=d["apply_fn"], params=d["params"], x=d["xe"], y=d["ye"])
 
 
 # --------------------------------------------------------------------------
