@@ -602,7 +602,12 @@ def _summary(config, state: TrainState, dataset: data.Dataset, meta: Dict[str, A
 
 
 def _mean_frobenius_sq(apply_fn, params, x, batch_size):
-    """Exact mean ``||J||_F^2`` over ``x``, chunk by chunk (memory O(batch_size))."""
+    """Exact mean ``||J||_F^2`` over ``x``, chunk by chunk (memory O(batch_size)).
+
+    One jitted reduction rather than ``metrics.mean_frobenius_sq``: that one
+    gathers each chunk's values on the host, which a multi-process run cannot
+    do with arrays that span processes; this returns a replicated scalar.
+    """
     chunks, mask = jacobian._chunks(x, batch_size)
 
     def step(total, inputs):
