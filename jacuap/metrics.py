@@ -41,7 +41,7 @@ import numpy as np
 
 from jacuap import jacobian, parallel
 
-ApplyFn = Callable[[Any, jax.Array], jax.Array]
+ApplyFn = jacobian.ApplyFn
 
 __all__ = [
     "predict",
@@ -194,7 +194,7 @@ def stacked_spectral_norm(
     batch_size: int = 256,
     method: str = "auto",
 ) -> float:
-    """``sigma_max(J_X)`` of the stacked Jacobian (compiled wrapper of the kernel).
+    """``sigma_max(J_X)`` of the stacked Jacobian (the kernel, called eagerly).
 
     ``method="auto"``: exact from the ``d x d`` Gram matrix when ``d <= 4096``,
     otherwise power iteration (a lower bound converging to ``sigma_max``).
