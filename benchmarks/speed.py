@@ -212,6 +212,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="torch.set_num_threads; 0 (default): the faster of 1 and all cores on a plain step")
+    p.add_argument("--conv", choices=("jacuap", "lax"), default="jacuap",
+                   help="the model's convolution: jacuap.conv's (default) or plain jax.lax (to measure what it buys)")
     p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/speed.json; '' for none)")
     args = p.parse_args(argv)
 
@@ -234,6 +236,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ds = jacuap.load_dataset(dataset_name)
     image_shape = tuple(ds.image_shape)
     model = models.create_model("cnn", ds.num_classes, ds.mean, ds.std)
+    if args.conv == "lax":
+        model = model.clone(conv_general_dilated=jax.lax.conv_general_dilated)
     apply_fn = models.make_apply_fn(model)
     tx = optax.adam(1e-3)
     state = training.create_train_state(model, jax.random.PRNGKey(0), image_shape, tx)
@@ -265,7 +269,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         },
         "config": {"dataset": dataset_name, "data_source": ds.source, "batch": batch, "set_size": set_size,
                    "deepfool_size": deepfool_size, "reps": reps, "slow_reps": slow_reps,
-                   "pretrain_steps": pretrain, "quick": quick, "argv": sys.argv[1:] if argv is None else argv},
+                   "pretrain_steps": pretrain, "quick": quick, "conv": args.conv, "argv": sys.argv[1:] if argv is None else argv},
     }
     rate = matmul_rate(512 if quick else 2048)
     info["matmul_flops_per_s"] = rate

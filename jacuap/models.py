@@ -14,11 +14,20 @@ and evaluation and there is no mutable state to carry.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jacuap import conv as conv_lib
+
+# The convolution every jacuap model uses: lax's, with an input derivative
+# XLA:CPU runs at full speed inside loops (see jacuap/conv.py).  A model's
+# ``conv_general_dilated`` field swaps it, e.g. for ``jax.lax.conv_general_dilated``.
+ConvFn = Callable[..., jax.Array]
+DEFAULT_CONV: ConvFn = conv_lib.conv_general_dilated
 
 
 class Normalize(nn.Module):
@@ -64,12 +73,14 @@ class CNN(nn.Module):
     dense: int = 128
     mean: Sequence[float] = (0.5,)
     std: Sequence[float] = (0.5,)
+    conv_general_dilated: ConvFn = DEFAULT_CONV
 
     @nn.compact
     def __call__(self, x):
         x = Normalize(self.mean, self.std)(x)
         for i, feat in enumerate(self.features):
-            x = nn.relu(nn.Conv(feat, (3, 3), name=f"conv{i}")(x))
+            conv = nn.Conv(feat, (3, 3), conv_general_dilated=self.conv_general_dilated, name=f"conv{i}")
+            x = nn.relu(conv(x))
             x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(nn.Dense(self.dense, name="dense")(x))
@@ -81,17 +92,19 @@ class ResidualBlock(nn.Module):
 
     features: int
     strides: int = 1
+    conv_general_dilated: ConvFn = DEFAULT_CONV
 
     @nn.compact
     def __call__(self, x):
+        conv = functools.partial(nn.Conv, use_bias=False, conv_general_dilated=self.conv_general_dilated)
         groups = min(8, self.features)
         y = nn.relu(nn.GroupNorm(num_groups=groups)(x))
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.features:
-            shortcut = nn.Conv(self.features, (1, 1), (self.strides,) * 2, use_bias=False)(y)
-        y = nn.Conv(self.features, (3, 3), (self.strides,) * 2, use_bias=False)(y)
+            shortcut = conv(self.features, (1, 1), (self.strides,) * 2)(y)
+        y = conv(self.features, (3, 3), (self.strides,) * 2)(y)
         y = nn.relu(nn.GroupNorm(num_groups=groups)(y))
-        y = nn.Conv(self.features, (3, 3), use_bias=False)(y)
+        y = conv(self.features, (3, 3))(y)
         return shortcut + y
 
 
@@ -103,15 +116,17 @@ class ResNet(nn.Module):
     width: int = 64
     mean: Sequence[float] = (0.5, 0.5, 0.5)
     std: Sequence[float] = (0.5, 0.5, 0.5)
+    conv_general_dilated: ConvFn = DEFAULT_CONV
 
     @nn.compact
     def __call__(self, x):
         x = Normalize(self.mean, self.std)(x)
-        x = nn.Conv(self.width, (3, 3), use_bias=False, name="stem")(x)
+        x = nn.Conv(self.width, (3, 3), use_bias=False, conv_general_dilated=self.conv_general_dilated,
+                    name="stem")(x)
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
-                x = ResidualBlock(self.width * 2**stage, strides)(x)
+                x = ResidualBlock(self.width * 2**stage, strides, self.conv_general_dilated)(x)
         x = nn.relu(nn.GroupNorm(num_groups=min(8, x.shape[-1]))(x))
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="logits")(x)
