@@ -22,6 +22,7 @@ from jacuap.data import DATASETS, Dataset, DataError, load_dataset
 from jacuap.jacobian import (
     frobenius_sq,
     input_jacobian,
+    logits_and_input_jacobian,
     jacobian_penalty,
     logits_and_frobenius_sq,
     spectral_norm,

@@ -579,8 +579,8 @@ def _deepfool_delta(
     def body(state):
         it, r, on = state
         u = z + (1.0 + overshoot) * r
-        logits = clipped_fn(params, u)
-        jac = jacobian.input_jacobian(clipped_fn, params, u).reshape(batch, num_classes, -1)
+        logits, jac = jacobian.logits_and_input_jacobian(clipped_fn, params, u)
+        jac = jac.reshape(batch, num_classes, -1)
         w = jac - jac[rows, labels][:, None, :]
         f = logits - logits[rows, labels][:, None]
         if norm == "linf":

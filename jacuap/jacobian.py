@@ -36,6 +36,7 @@ ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 __all__ = [
     "input_jacobian",
+    "logits_and_input_jacobian",
     "logits_and_frobenius_sq",
     "frobenius_sq",
     "jacobian_penalty",
@@ -56,8 +57,8 @@ def _unit_rows(a: jax.Array, eps: float = 1e-12) -> jax.Array:
     return a / jnp.maximum(norm, eps).reshape((-1,) + (1,) * (a.ndim - 1))
 
 
-def input_jacobian(apply_fn: ApplyFn, params: Any, x: jax.Array) -> jax.Array:
-    """Exact per-example input Jacobians ``J(x_b) = d f(x_b) / d x_b``.
+def logits_and_input_jacobian(apply_fn: ApplyFn, params: Any, x: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """Logits and exact per-example input Jacobians from ONE forward pass.
 
     Reverse mode when ``K < d``: one forward pass, then ``K`` batched VJPs
     with the one-hot cotangents ``e_k``; because examples are independent,
@@ -72,7 +73,8 @@ def input_jacobian(apply_fn: ApplyFn, params: Any, x: jax.Array) -> jax.Array:
       x: inputs, shape ``(B, *S)``.
 
     Returns:
-      ``(B, K, *S)``: ``out[b, k] = d logits[b, k] / d x[b]``.
+      ``(logits (B, K), jac (B, K, *S))`` with
+      ``jac[b, k] = d logits[b, k] / d x[b]``.
     """
     f = lambda inp: apply_fn(params, inp)
     batch, spatial = x.shape[0], x.shape[1:]
@@ -84,12 +86,21 @@ def input_jacobian(apply_fn: ApplyFn, params: Any, x: jax.Array) -> jax.Array:
         rows = [vjp(jnp.broadcast_to(eye[k], logits.shape))[0] for k in range(num_classes)]
         jac = jnp.stack(rows, axis=1)
     else:
-        _, jvp = jax.linearize(f, x)
+        logits, jvp = jax.linearize(f, x)
         basis = jnp.eye(d, dtype=x.dtype).reshape((d, 1) + spatial)
         cols = jax.vmap(lambda t: jvp(jnp.broadcast_to(t, x.shape)))(basis)  # (d, B, K)
         jac = jnp.transpose(cols, (1, 2, 0)).reshape((batch, num_classes) + spatial)
+    chex.assert_shape(logits, (batch, num_classes))
     chex.assert_shape(jac, (batch, num_classes) + spatial)
-    return jac
+    return logits, jac
+
+
+def input_jacobian(apply_fn: ApplyFn, params: Any, x: jax.Array) -> jax.Array:
+    """Exact per-example input Jacobians ``J(x_b) = d f(x_b) / d x_b``, ``(B, K, *S)``.
+
+    See :func:`logits_and_input_jacobian` (this drops the logits).
+    """
+    return logits_and_input_jacobian(apply_fn, params, x)[1]
 
 
 def _sphere(key: jax.Array, shape: Tuple[int, ...], dtype) -> jax.Array:

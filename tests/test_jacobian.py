@@ -50,9 +50,10 @@ MODELS = [("mlp", (4, 4, 1)), ("cnn", (8, 8, 1)), ("resnet_tiny", (8, 8, 3))]
 def test_input_jacobian_matches_jacfwd(name, shape):
     apply_fn, params = _model(name, shape)
     x = _inputs(shape)
-    jac = jax.jit(jk.input_jacobian, static_argnums=0)(apply_fn, params, x)
+    logits, jac = jax.jit(jk.logits_and_input_jacobian, static_argnums=0)(apply_fn, params, x)
     assert jac.shape == (3, 5) + shape
     np.testing.assert_allclose(jac, _reference_jacobian(apply_fn, params, x), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(logits, apply_fn(params, x), rtol=1e-12)
 
 
 def test_input_jacobian_forward_mode_when_d_le_k():
@@ -60,9 +61,11 @@ def test_input_jacobian_forward_mode_when_d_le_k():
     w = jax.random.normal(jax.random.PRNGKey(0), (4, 7), jnp.float64)
     apply_fn = lambda p, x: jnp.tanh(x.reshape(x.shape[0], -1) @ p)
     x = _inputs((2, 2))
-    jac = jk.input_jacobian(apply_fn, w, x)
+    logits, jac = jk.logits_and_input_jacobian(apply_fn, w, x)
     assert jac.shape == (3, 7, 2, 2)
     np.testing.assert_allclose(jac, _reference_jacobian(apply_fn, w, x), rtol=1e-10)
+    np.testing.assert_allclose(logits, apply_fn(w, x), rtol=1e-12)
+    np.testing.assert_allclose(jk.input_jacobian(apply_fn, w, x), jac, rtol=1e-12)
 
 
 def test_input_jacobian_matches_finite_differences():
