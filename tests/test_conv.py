@@ -10,8 +10,14 @@ from jax import lax
 
 from jacuap import conv, jacobian, models
 
-# (lhs shape, kernel shape, strides, padding, lhs_dilation, rhs_dilation, dimension numbers, groups)
+# (lhs shape, kernel shape, strides, padding, lhs_dilation, rhs_dilation, dimension numbers, groups).
+# Thin ones (C_in * prod(kernel) <= conv.MAX_PATCH_CONTRACTION) take the patch path, the others the
+# custom-JVP convolution.
 VARIANTS = {
+    "wide_same": ((2, 6, 6, 8), (3, 3, 8, 4), (1, 1), "SAME", None, None, ("NHWC", "HWIO", "NHWC"), 1),
+    "wide_stride2_explicit": ((2, 7, 7, 9), (3, 3, 9, 2), (2, 2), ((1, 0), (2, 1)), None, None,
+                              ("NHWC", "HWIO", "NHWC"), 1),
+    "wide_nchw_oihw": ((2, 8, 5, 5), (3, 8, 3, 3), (1, 1), "VALID", None, None, ("NCHW", "OIHW", "NCHW"), 1),
     "nhwc_same": ((2, 7, 6, 3), (3, 3, 3, 4), (1, 1), "SAME", None, None, ("NHWC", "HWIO", "NHWC"), 1),
     "nhwc_stride2_valid": ((2, 9, 8, 2), (3, 2, 2, 5), (2, 2), "VALID", None, None, ("NHWC", "HWIO", "NHWC"), 1),
     "explicit_pad_dilated": ((1, 8, 8, 2), (3, 3, 2, 3), (1, 2), ((1, 2), (0, 1)), (1, 1), (2, 1),
@@ -61,7 +67,19 @@ def test_value_and_first_derivatives_match_lax(name):
                                rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["nhwc_same", "nhwc_stride2_valid", "grouped"])
+def _takes_patch_path(name):
+    lhs_shape, rhs_shape, _, _, lhs_dil, rhs_dil, dn, groups = VARIANTS[name]
+    rhs_spec = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dn).rhs_spec
+    contraction = np.prod([rhs_shape[a] for a in rhs_spec[1:]])
+    return groups == 1 and lhs_dil is None and rhs_dil is None and contraction <= conv.MAX_PATCH_CONTRACTION
+
+
+def test_variants_cover_both_paths():
+    thin = {name for name in VARIANTS if _takes_patch_path(name)}
+    assert {"nhwc_same", "nhwc_stride2_valid", "nchw_oihw", "conv1d"} == thin
+
+
+@pytest.mark.parametrize("name", ["nhwc_same", "wide_stride2_explicit", "grouped"])
 def test_second_derivatives_match_lax(name):
     """grad of an input-gradient norm w.r.t. the kernel (the Jacobian penalty), and a Hessian."""
     lhs, rhs, ours, ref = _pair(name)
@@ -102,6 +120,17 @@ def test_models_equal_with_lax_convolution(name):
     (logits, jac), (logits_ref, jac_ref) = both(f, params, x), both(g, params, x)
     np.testing.assert_allclose(logits, logits_ref, rtol=1e-12)
     np.testing.assert_allclose(jac, jac_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_thin_convolution_compiles_without_a_convolution():
+    """C_in * prod(kernel) <= MAX_PATCH_CONTRACTION: slices and one matmul, forward and backward."""
+    x = jnp.zeros((2, 10, 10, 1))
+    w = jnp.ones((3, 3, 1, 4))
+    fn = lambda x, w: jnp.sum(conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    text = jax.jit(jax.grad(fn, (0, 1))).lower(x, w).as_text()
+    assert "convolution" not in text
+    wide = jnp.ones((3, 3, 8, 4))
+    assert "convolution" in jax.jit(fn).lower(jnp.zeros((2, 10, 10, 8)), wide).as_text()
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks XLA:CPU's compiled convolution forms")
