@@ -129,11 +129,11 @@ def _patch_conv(lhs, rhs, strides, padding, dn, precision, preferred):
         limit = tuple(offset[a] + (out_sp[a] - 1) * strides[a] + 1 for a in range(nsp))
         taps.append(lax.slice(x, (0,) + offset + (0,), (x.shape[0],) + limit + (c_in,), (1,) + tuple(strides) + (1,)))
     patches = jnp.concatenate(taps, axis=-1)  # (N, *out_spatial, prod(kernel) * C_in), (tap, channel) order
-    # A 2-D matmul: its weight-gradient is then one GEMM contracting a single axis (XLA:CPU ran
-    # the 4-D contraction over (N, H, W) at 7 GFLOP/s).
-    out = lax.dot_general(patches.reshape(-1, patches.shape[-1]), w.reshape(-1, c_out), (((1,), (0,)), ((), ())),
+    # Contract the channel axis of the 4-D patches directly.  (Flattening them to a 2-D matmul made the
+    # layer's weight-gradient alone 13x faster, 8.1 -> 0.6 ms, but the exact Jacobian penalty's step
+    # 1.2x slower, 0.44 -> 0.52 s, and the plain step no faster: measured with speed.py.)
+    out = lax.dot_general(patches, w.reshape(-1, c_out), (((nsp + 1,), (0,)), ((), ())),
                           precision=precision, preferred_element_type=preferred)
-    out = out.reshape(patches.shape[:-1] + (c_out,))
     # back to the layout of out_spec: out dim t comes from channels-last position src[t]
     src = [0] * (nsp + 2)
     src[out_spec[0]], src[out_spec[1]] = 0, nsp + 1
