@@ -13,8 +13,8 @@ with the reversed kernel whose input/output feature dimensions are swapped
 *by its dimension numbers*: XLA sees ``dim_labels=b01f_01oi->b01f``.  Outside a
 loop XLA:CPU copies the kernel into the ``01io`` layout its fast convolution
 wants; inside a loop body it keeps ``01oi`` and runs a convolution 2-4x
-slower (benchmarks/SPEED.md: one minibatch VJP 0.76 s unrolled vs 1.44 s in
-a ``scan``).
+slower (benchmarks/conv_ops.py: 8 SGD-UAP steps on 128 images take 0.43 s in a
+``scan`` and 0.36 s as a Python loop; 0.23 s in a ``scan`` with this module).
 
 The fix.  A ``custom_jvp`` whose tangent map with respect to ``x`` is
 
@@ -30,10 +30,9 @@ written in differentiable ``lax`` ops, so ``jvp``, ``linearize``, ``grad`` of
 ``grad`` (the Jacobian penalty's gradient), ``jacfwd`` and ``hessian`` all work
 and agree with ``lax`` (tests/test_conv.py, float64).
 
-Measured (Fashion-MNIST CNN, 2-core CPU; ``benchmarks/speed.py --conv lax``
-gives the other column): an SGD-UAP epoch 1.75x faster, a DeepFool-UAP pass
-2.6x faster, a jitted Gram of ``J_X`` 2.3x faster; training steps and
-Jacobians outside loops unchanged.
+Measured (Fashion-MNIST CNN, 2-core CPU; benchmarks/SPEED.md, where
+``speed.py --conv lax`` gives the other column): an SGD-UAP epoch 1.8x
+faster, a DeepFool-UAP pass 3.2x faster; training steps unchanged.
 
 Thin inputs.  A convolution whose contraction ``C_in * prod(kernel)`` is
 small (the first layer: 9 for a 3x3 kernel on grey images, 27 on RGB) is
@@ -41,16 +40,16 @@ computed as explicit patches (strided slices of the padded input,
 concatenated on the channel axis) times the ``(prod(kernel) * C_in, C_out)``
 kernel matrix.  XLA:CPU runs such a layer's input-gradient, a convolution
 with ONE output channel, as a matrix-vector product over a materialised
-``im2col`` buffer (15 ms per 128 Fashion-MNIST images, more than the whole
-forward pass); as patches it is one ``(B*H*W, C_out) x (C_out, 9)`` matmul
-and nine shifted adds.  (``lax.conv_general_dilated_patches`` is not used: it
+``im2col`` buffer (5.3 ms per 128 Fashion-MNIST images against 1.3 ms as
+patches, benchmarks/conv_ops.py); as patches its input-gradient is one
+``(B*H*W, C_out) x (C_out, 9)`` matmul and nine shifted adds.  (``lax.conv_general_dilated_patches`` is not used: it
 is itself a convolution, and its transpose a large one.)
 
 The price.  One linear map has one kernel, so the forward-mode tangent now
 runs on the swapped kernel, in XLA:CPU's slow form when inside a loop: a
 jitted power iteration (``spectral_norm(method="power")``, or
 ``stacked_spectral_norm(method="power")`` under ``jit``) is about 3.7x slower
-(20 iterations on 128 inputs: 4.1 s vs 1.1 s).  jacuap's own set kernels
+(20 iterations on 128 inputs: 4.0 s vs 1.1 s, benchmarks/conv_ops.py).  jacuap's own set kernels
 avoid it (``stacked_spectral_norm`` called eagerly loops from Python;
 ``"exact"`` and ``"gram"`` use VJPs only).  For JVP-heavy loops build the
 model with ``conv_general_dilated=jax.lax.conv_general_dilated``.  A custom
