@@ -12,7 +12,7 @@ input (``J(x)``, the SGD-UAP step, DeepFool), and the attacks do so inside
 with the reversed kernel whose input/output feature dimensions are swapped
 *by its dimension numbers*: XLA sees ``dim_labels=b01f_01oi->b01f``.  Outside a
 loop XLA:CPU copies the kernel into the ``01io`` layout its fast convolution
-wants; inside a loop body it keeps ``01oi`` and runs a convolution 2-4x
+wants; inside a loop body it keeps ``01oi`` and runs a slower convolution
 slower (benchmarks/conv_ops.py: 8 SGD-UAP steps on 128 images take 0.43 s in a
 ``scan`` and 0.36 s as a Python loop; 0.23 s in a ``scan`` with this module).
 
