@@ -162,12 +162,12 @@ def exact_penalty_forms(ds, reps: int) -> Dict[str, float]:
 
     def vmap_cotangents(p):
         logits, vjp = jax.vjp(lambda u: apply_fn(p, u), x)
-        rows = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, logits.shape))[0])(jnp.eye(k))
+        rows = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, logits.shape))[0])(jnp.eye(k, dtype=logits.dtype))
         return jnp.mean(jnp.sum(jnp.square(rows.reshape(k, x.shape[0], -1)), axis=(0, 2)))
 
     def tiled_batch(p):
         logits, vjp = jax.vjp(lambda u: apply_fn(p, u), jnp.tile(x, (k, 1, 1, 1)))
-        rows = vjp(jnp.repeat(jnp.eye(k), x.shape[0], axis=0))[0]
+        rows = vjp(jnp.repeat(jnp.eye(k, dtype=logits.dtype), x.shape[0], axis=0))[0]
         return jnp.mean(jnp.sum(jnp.square(rows.reshape(k, x.shape[0], -1)), axis=(0, 2)))
 
     fns = {}

@@ -1,6 +1,5 @@
 """jacuap.conv: the same convolution as lax, in value and every derivative."""
 
-import json
 import re
 
 import jax
@@ -161,16 +160,3 @@ def test_input_gradient_in_a_loop_runs_on_the_natural_kernel_layout():
     assert ours and set(ours) == {"01io"}, ours
     assert "01oi" in plain  # the slow form the module exists to avoid (if XLA ever fixes it, drop the module)
 
-
-def test_conv_ops_benchmark_quick_runs(tmp_path):
-    """The evidence script behind SPEED.md runs and writes every section (no timing asserted)."""
-    from benchmarks import conv_ops
-
-    out = tmp_path / "conv_ops.json"
-    result = conv_ops.main(["--quick", "--out", str(out)])
-    saved = json.loads(out.read_text())
-    for section in ("loop_forms", "forward_mode_price", "exact_penalty_forms"):
-        assert saved[section] == pytest.approx(result[section])
-        assert all(seconds > 0 for seconds in saved[section].values())
-    assert set(saved["loop_forms"]) == {f"{c}, {form}" for c in ("lax", "jacuap.conv")
-                                        for form in ("lax.scan", "Python loop")}
