@@ -43,7 +43,7 @@ import optax  # noqa: E402
 from jax import lax  # noqa: E402
 
 import jacuap  # noqa: E402
-from jacuap import conv, jacobian, models  # noqa: E402
+from jacuap import conv, jacobian, models, parallel  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -214,8 +214,7 @@ def main(argv=None):
     out = args.out if args.out is not None else os.path.join(os.path.dirname(__file__), "results", "conv_ops.json")
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(result, f, indent=2)
+        parallel.write_text_atomic(out, json.dumps(result, indent=2))  # never a half-written file
         print(f"wrote {out}")
     return result
 

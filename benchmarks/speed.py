@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import jacuap  # noqa: E402
-from jacuap import attacks, jacobian, models, training  # noqa: E402
+from jacuap import attacks, jacobian, models, parallel, training  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -474,8 +474,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     result = {**info, "rows": bench.rows}
     if out_path:
         os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-        with open(out_path, "w") as f:
-            json.dump(result, f, indent=2)
+        parallel.write_text_atomic(out_path, json.dumps(result, indent=2))  # never a half-written file
         print(f"wrote {out_path}")
     return result
 
