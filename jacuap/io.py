@@ -1,0 +1,92 @@
+"""Atomic, fsync'ed writes by process 0: text, JSON, ``.npy`` and figures.
+
+Every file jacuap writes goes through here, so that a reader (or a killed
+and resumed run) sees the old file or the new one, never a part:
+
+1. write a temporary file beside the target, ``fsync`` it;
+2. give it the permissions of a normally created file (``0666 & ~umask``:
+   ``mkstemp`` would leave 0600, unreadable by others on a shared disk);
+3. ``os.replace`` it onto the target; the temporary file is removed on any
+   failure (including ``KeyboardInterrupt``).
+
+On a multi-host job only process 0 writes; the others return at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Callable, IO
+
+import jax
+
+__all__ = [
+    "is_primary",
+    "atomic_write",
+    "write_text_atomic",
+    "write_json_atomic",
+    "save_npy_atomic",
+    "save_figure_atomic",
+    "to_json",
+]
+
+
+def is_primary() -> bool:
+    """True on process 0, the one that writes files."""
+    return jax.process_index() == 0
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Process 0 calls ``write(f)`` on a temporary binary file, then renames it onto ``path``."""
+    if not is_primary():
+        return
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Process 0 writes ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def to_json(obj: Any) -> str:
+    """``obj`` as indented JSON; NaN or infinity raise ``ValueError`` (they are not JSON)."""
+    return json.dumps(obj, indent=2, allow_nan=False) + "\n"
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Process 0 writes ``obj`` as JSON to ``path`` atomically (NaN/inf refused: see :func:`to_json`)."""
+    write_text_atomic(path, to_json(obj))
+
+
+def save_npy_atomic(path: str, array: Any) -> None:
+    """Process 0 saves ``array`` in NumPy's ``.npy`` format to ``path`` atomically."""
+    import numpy as np
+
+    atomic_write(path, lambda f: np.save(f, np.asarray(array)))
+
+
+def save_figure_atomic(fig: Any, path: str, **savefig_kwargs: Any) -> None:
+    """Process 0 saves a matplotlib figure to ``path`` atomically; the format comes from ``path``'s suffix."""
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, **savefig_kwargs))
