@@ -28,7 +28,7 @@ folding the (tiny) swap back into the dimension numbers.  The tangent with
 respect to ``W`` and the primal are untouched, and the rule is itself
 written in differentiable ``lax`` ops, so ``jvp``, ``linearize``, ``grad`` of
 ``grad`` (the Jacobian penalty's gradient), ``jacfwd`` and ``hessian`` all work
-and agree with ``lax`` (tests/test_conv.py, float64).
+and agree with ``lax`` (tests/test_models_conv.py, float64).
 
 Measured (Fashion-MNIST CNN, 2-core CPU; benchmarks/SPEED.md, where
 ``speed.py --conv lax`` gives the other column): an SGD-UAP epoch 1.8x

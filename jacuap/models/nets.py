@@ -1,37 +1,46 @@
-"""Classifiers: an MLP, a small CNN and a ResNet, and a registry by name.
+"""The classifiers: an MLP, a small CNN and a pre-activation ResNet.
 
-Every model takes images in pixel units (``[0, 1]``, NHWC) and normalises
-them itself with the dataset's per-channel mean and std, so a perturbation
-budget ``eps`` is always in pixel units and the Jacobian is taken with
-respect to pixels.
+Every model takes images in pixel units (``[0, 1]``, NHWC, shape
+``(B, H, W, C)``) and returns ``(B, K)`` logits.  It normalises its input
+itself with the dataset's per-channel mean and std, so a perturbation budget
+``eps`` is always in pixel units and the Jacobian is taken with respect to
+pixels.
 
 No model uses BatchNorm: batch statistics would make one example's logits
-depend on the others, and the Jacobian kernels require per-example
-independence (SPEC §5).  The ResNet uses GroupNorm, which normalises within
-each example, so ``apply_fn(params, x)`` is the same function in training
-and evaluation and there is no mutable state to carry.
+depend on the others, while the Jacobian kernels need the per-example
+independence ``d logits_i / d x_j = 0`` for ``i != j``.  The ResNet uses
+GroupNorm, which normalises within each example, so ``apply_fn(params, x)``
+is the same function in training and evaluation and there is no mutable
+state to carry.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jacuap import conv as conv_lib
+from jacuap.models import conv as conv_lib
+
+__all__ = ["ConvFn", "DEFAULT_CONV", "Normalize", "MLP", "CNN", "ResidualBlock", "ResNet"]
 
 # The convolution every jacuap model uses: lax's, with an input derivative
-# XLA:CPU runs at full speed inside loops (see jacuap/conv.py).  A model's
+# XLA:CPU runs at full speed inside loops (see jacuap/models/conv.py).  A model's
 # ``conv_general_dilated`` field swaps it, e.g. for ``jax.lax.conv_general_dilated``.
 ConvFn = Callable[..., jax.Array]
 DEFAULT_CONV: ConvFn = conv_lib.conv_general_dilated
 
 
 class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel, constants fixed at construction."""
+    """``(x - mean) / std`` per channel (the last axis), constants fixed at construction.
+
+    >>> import jax.numpy as jnp
+    >>> Normalize(mean=(0.5, 0.0), std=(0.25, 2.0)).apply({}, jnp.array([[1.0, 1.0]]))
+    Array([[2. , 0.5]], dtype=float32)
+    """
 
     mean: Sequence[float] = (0.5,)
     std: Sequence[float] = (0.5,)
@@ -130,42 +139,3 @@ class ResNet(nn.Module):
         x = nn.relu(nn.GroupNorm(num_groups=min(8, x.shape[-1]))(x))
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="logits")(x)
-
-
-MODELS: Dict[str, Callable[..., nn.Module]] = {
-    "mlp": MLP,
-    "cnn": CNN,
-    "resnet": ResNet,
-    # A narrow, shallow ResNet for tests and CPU smoke runs.
-    "resnet_tiny": lambda **kw: ResNet(stage_sizes=(1, 1), width=8, **kw),
-}
-
-
-class ModelError(ValueError):
-    """An unknown model name or bad model arguments."""
-
-
-def create_model(
-    name: str,
-    num_classes: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> nn.Module:
-    """Builds the registered model ``name`` for a dataset's classes and statistics."""
-    if name not in MODELS:
-        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
-    return MODELS[name](num_classes=num_classes, mean=tuple(mean), std=tuple(std))
-
-
-def make_apply_fn(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
-    """``apply_fn(params, x) -> logits``: the pure function the kernels take."""
-
-    def apply_fn(params, x):
-        return model.apply({"params": params}, x)
-
-    return apply_fn
-
-
-def init_params(model: nn.Module, key: jax.Array, image_shape: Tuple[int, ...]) -> Any:
-    """Initial parameters for inputs of shape ``image_shape`` (no batch axis)."""
-    return model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))["params"]

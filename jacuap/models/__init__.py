@@ -1,0 +1,126 @@
+"""The classifiers and their registry by name.
+
+``MODELS`` maps a name (``"mlp"``, ``"cnn"``, ``"resnet"``,
+``"resnet_tiny"``) to a Flax ``Module`` constructor.  Every model maps images
+``x`` of shape ``(B, H, W, C)`` in pixel units ``[0, 1]`` to logits of shape
+``(B, K)``, each example independently (no batch statistics), and normalises
+its input itself with the dataset's per-channel ``mean`` and ``std``.
+
+* :func:`create_model` builds a registered model for a dataset,
+* :func:`init_params` gives its initial parameters,
+* :func:`make_apply_fn` gives the pure ``apply_fn(params, x) -> logits``
+  every Jacobian kernel and attack takes,
+* :func:`layer_features_fn` gives one hidden layer's output instead.
+
+The models live in :mod:`jacuap.models.nets`, their convolution in
+:mod:`jacuap.models.conv`.
+
+>>> import jax, jax.numpy as jnp
+>>> model = create_model("mlp", num_classes=3, mean=(0.5,), std=(0.25,))
+>>> params = init_params(model, jax.random.PRNGKey(0), (4, 4, 1))
+>>> make_apply_fn(model)(params, jnp.zeros((2, 4, 4, 1))).shape
+(2, 3)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jacuap.errors import ModelError
+from jacuap.models import conv  # noqa: F401  (so that jacuap.models.conv is an attribute)
+from jacuap.models.features import FeaturesFn, layer_features_fn
+from jacuap.models.nets import CNN, DEFAULT_CONV, MLP, ConvFn, Normalize, ResidualBlock, ResNet
+
+__all__ = [
+    "MODELS",
+    "create_model",
+    "make_apply_fn",
+    "init_params",
+    "layer_features_fn",
+    "ModelError",
+    "FeaturesFn",
+    "ConvFn",
+    "DEFAULT_CONV",
+    "Normalize",
+    "MLP",
+    "CNN",
+    "ResidualBlock",
+    "ResNet",
+]
+
+
+def _resnet_tiny(**kwargs: Any) -> ResNet:
+    """A narrow, shallow ResNet (two stages of one block, width 8) for tests and CPU smoke runs."""
+    return ResNet(stage_sizes=(1, 1), width=8, **kwargs)
+
+
+MODELS: Dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "cnn": CNN,
+    "resnet": ResNet,
+    "resnet_tiny": _resnet_tiny,
+}
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> nn.Module:
+    """The registered model ``name`` for a dataset's classes and per-channel statistics.
+
+    Args:
+      name: a key of :data:`MODELS`.
+      num_classes: ``K``, the number of logits.
+      mean, std: the dataset's per-channel pixel mean and std (one value per
+        channel ``C``, or one value broadcast over the channels).
+
+    Raises:
+      ModelError: ``name`` is not registered (the message lists the names).
+
+    >>> create_model("cnn", 10, (0.5,), (0.5,)).features
+    (32, 64)
+    >>> create_model("vgg", 10, (0.5,), (0.5,))
+    Traceback (most recent call last):
+    ...
+    jacuap.errors.ModelError: unknown model 'vgg'; choose one of cnn, mlp, resnet, resnet_tiny
+    """
+    if name not in MODELS:
+        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
+    return MODELS[name](num_classes=num_classes, mean=tuple(mean), std=tuple(std))
+
+
+def make_apply_fn(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:
+    """``apply_fn(params, x) -> logits``, ``(B, *S) -> (B, K)``: the pure function the kernels take.
+
+    >>> import jax, jax.numpy as jnp
+    >>> model = MLP(num_classes=2, hidden=(3,))
+    >>> params = init_params(model, jax.random.PRNGKey(0), (2, 2, 1))
+    >>> make_apply_fn(model)(params, jnp.ones((5, 2, 2, 1))).shape
+    (5, 2)
+    """
+
+    def apply_fn(params, x):
+        return model.apply({"params": params}, x)
+
+    return apply_fn
+
+
+def init_params(model: nn.Module, key: jax.Array, image_shape: Tuple[int, ...]) -> Any:
+    """Initial parameters for inputs of shape ``image_shape`` ``S = (H, W, C)`` (no batch axis).
+
+    ``key`` is required: it is the only source of the initial weights.
+
+    >>> import jax
+    >>> params = init_params(MLP(num_classes=2, hidden=(3,)), jax.random.PRNGKey(0), (2, 2, 1))
+    >>> jax.tree_util.tree_map(jax.numpy.shape, params)["dense0"]["kernel"]
+    (4, 3)
+    """
+    if key is None:
+        raise ValueError("init_params: key is required (a jax.random.PRNGKey)")
+    return model.init(key, jnp.zeros((1,) + tuple(image_shape), jnp.float32))["params"]
