@@ -6,7 +6,7 @@ shape ``(B, K)``, in which each example's logits depend on that example only
 (no batch statistics).  Training, attacks and metrics all call these kernels;
 nothing else in jacuap computes a Jacobian.
 
-Notation (SPEC §2).  ``f: R^d -> R^K`` with ``d = prod(S)``;
+Notation.  ``f: R^d -> R^K`` with ``d = prod(S)``;
 ``J(x) = df/dx`` is ``K x d``.  For a set ``X = {x_1..x_N}`` the stacked
 Jacobian is ``J_X = [J(x_1); ...; J(x_N)]`` (``NK x d``) and one shared
 perturbation ``v`` moves the logits by, to first order,
@@ -19,18 +19,23 @@ Jacobian regularization shrinks the last term, and with it the bound on every
 universal perturbation.
 
 All functions are pure, jit- and vmap-friendly; ``K`` and ``S`` are static
-(read from shapes), so the Python loops below unroll at trace time.
+(read from shapes), so the Python loops below unroll at trace time.  The set
+kernels (:func:`stacked_gram`, :func:`stacked_spectral_norm`) reduce over
+chunks of the set with :func:`jacuap.batching.reduce_chunks`; their keyword
+``loop="host"`` runs that reduction from Python (concrete arguments only,
+faster on CPU), the default ``loop="scan"`` inside ``lax.scan`` (traceable).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, Optional, Tuple
 
 import chex
 import jax
 import jax.numpy as jnp
+
+from jacuap.batching import LOOPS, reduce_chunks
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -39,6 +44,7 @@ __all__ = [
     "logits_and_input_jacobian",
     "logits_and_frobenius_sq",
     "frobenius_sq",
+    "logits_and_jacobian_penalty",
     "jacobian_penalty",
     "spectral_norm",
     "stacked_spectral_norm",
@@ -65,7 +71,7 @@ def logits_and_input_jacobian(apply_fn: ApplyFn, params: Any, x: jax.Array) -> T
     the VJP of ``e_k`` broadcast over the batch returns row ``k`` of every
     example's Jacobian at once.  A Python loop of ``K`` VJPs is used rather
     than ``vmap`` over the cotangents or ``vmap(jacrev)``: on CPU it measured
-    about 4x faster (SPEC §2).  Forward mode (``d`` JVPs) when ``d <= K``.
+    about 4x faster.  Forward mode (``d`` JVPs) when ``d <= K``.
 
     Args:
       apply_fn: ``(params, x) -> logits``, ``(B, *S) -> (B, K)``.
@@ -99,6 +105,12 @@ def input_jacobian(apply_fn: ApplyFn, params: Any, x: jax.Array) -> jax.Array:
     """Exact per-example input Jacobians ``J(x_b) = d f(x_b) / d x_b``, ``(B, K, *S)``.
 
     See :func:`logits_and_input_jacobian` (this drops the logits).
+
+    >>> W = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # d = 3, K = 2
+    >>> apply_fn = lambda W, x: x.reshape(len(x), -1) @ W
+    >>> jac = input_jacobian(apply_fn, W, jnp.ones((1, 3)))  # J = W^T for a linear model
+    >>> jac.shape, jac[0].tolist()
+    ((1, 2, 3), [[1.0, 3.0, 5.0], [2.0, 4.0, 6.0]])
     """
     return logits_and_input_jacobian(apply_fn, params, x)[1]
 
@@ -135,6 +147,9 @@ def logits_and_frobenius_sq(
 
     Returns:
       ``(logits (B, K), frobenius_sq (B,))``.
+
+    Raises:
+      ValueError: ``num_proj`` is set and ``key`` is None, or ``num_proj < 1``.
     """
     logits, vjp = jax.vjp(lambda inp: apply_fn(params, inp), x)
     batch, num_classes = logits.shape
@@ -144,7 +159,7 @@ def logits_and_frobenius_sq(
         scale = 1.0
     else:
         if key is None:
-            raise ValueError("frobenius_sq: a PRNG key is required when num_proj is set")
+            raise ValueError("frobenius_sq: num_proj is set, so a PRNG key is required: pass key=")
         if num_proj < 1:
             raise ValueError(f"frobenius_sq: num_proj must be >= 1 or None, got {num_proj}")
         keys = jax.random.split(key, num_proj)
@@ -166,9 +181,35 @@ def frobenius_sq(
     """Per-example squared Frobenius norm ``||J(x_b)||_F^2``, shape ``(B,)``.
 
     Exact when ``num_proj is None``; otherwise the unbiased random-projection
-    estimate ``K * mean_p ||u_p^T J||^2`` (see ``logits_and_frobenius_sq``).
+    estimate ``K * mean_p ||u_p^T J||^2`` (see :func:`logits_and_frobenius_sq`;
+    ``key`` is then required).
+
+    >>> W = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # d = 3, K = 2
+    >>> apply_fn = lambda W, x: x.reshape(len(x), -1) @ W
+    >>> frobenius_sq(apply_fn, W, jnp.ones((2, 3))).tolist()  # ||W||_F^2 = 91
+    [91.0, 91.0]
     """
     return logits_and_frobenius_sq(apply_fn, params, x, key, num_proj)[1]
+
+
+def logits_and_jacobian_penalty(
+    apply_fn: ApplyFn,
+    params: Any,
+    x: jax.Array,
+    key: Optional[jax.Array] = None,
+    num_proj: Optional[int] = None,
+) -> Tuple[jax.Array, jax.Array]:
+    """Logits and the Jacobian penalty ``0.5 * mean_b ||J(x_b)||_F^2`` from ONE forward pass.
+
+    Hoffman, Roberts & Yaida (2019)'s convention: the training loss is
+    ``CE + lambda_JR * 0.5 * mean_b ||J(x_b)||_F^2``.  ``||J||_F^2`` is exact
+    or estimated as in :func:`logits_and_frobenius_sq`.
+
+    Returns:
+      ``(logits (B, K), penalty ())``.
+    """
+    logits, fro = logits_and_frobenius_sq(apply_fn, params, x, key, num_proj)
+    return logits, 0.5 * jnp.mean(fro)
 
 
 def jacobian_penalty(
@@ -178,12 +219,18 @@ def jacobian_penalty(
     key: Optional[jax.Array] = None,
     num_proj: Optional[int] = None,
 ) -> jax.Array:
-    """The JR penalty ``mean_b ||J(x_b)||_F^2`` (a scalar).
+    """The Jacobian-regularization penalty ``0.5 * mean_b ||J(x_b)||_F^2`` (a scalar).
 
-    jacuap's training loss is ``CE + lambda * mean_b ||J(x_b)||_F^2``, without
-    Hoffman et al.'s factor 1/2: their ``lambda_JR`` equals our ``2 * lambda``.
+    The second output of :func:`logits_and_jacobian_penalty` (Hoffman et
+    al.'s convention, which training uses).  ``key`` is required when
+    ``num_proj`` is set.
+
+    >>> W = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # d = 3, K = 2
+    >>> apply_fn = lambda W, x: x.reshape(len(x), -1) @ W
+    >>> float(jacobian_penalty(apply_fn, W, jnp.ones((2, 3))))  # 0.5 * ||W||_F^2
+    45.5
     """
-    return jnp.mean(frobenius_sq(apply_fn, params, x, key, num_proj))
+    return logits_and_jacobian_penalty(apply_fn, params, x, key, num_proj)[1]
 
 
 def spectral_norm(
@@ -207,7 +254,7 @@ def spectral_norm(
       apply_fn: ``(params, x) -> logits``.
       params: model parameters.
       x: ``(B, *S)``.
-      key: PRNG key for the starting vectors (power method).
+      key: PRNG key of the starting vectors; required by the power method.
       num_iters: power iterations.
       method: ``"power"`` or ``"exact"``.
     """
@@ -219,7 +266,7 @@ def spectral_norm(
     if method != "power":
         raise ValueError(f"spectral_norm: unknown method {method!r}; use 'power' or 'exact'")
     if key is None:
-        key = jax.random.PRNGKey(0)
+        raise ValueError("spectral_norm: method='power' needs a PRNG key for its starting vectors: pass key=")
     # One forward pass: linearize stores the residuals, its transpose is the VJP.
     _, jvp = jax.linearize(lambda inp: apply_fn(params, inp), x)
     vjp = jax.linear_transpose(jvp, x)
@@ -232,105 +279,42 @@ def spectral_norm(
     return jnp.sqrt(_per_example_sq_norm(jvp(v)))
 
 
-def _chunks(x: jax.Array, batch_size: int) -> Tuple[jax.Array, jax.Array]:
-    """``(N, *S)`` -> zero-padded ``(C, batch_size, *S)`` and a ``(C, batch_size)`` mask."""
-    n = x.shape[0]
-    num_chunks = -(-n // batch_size)
-    pad = num_chunks * batch_size - n
-    xp = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-    mask = (jnp.arange(num_chunks * batch_size) < n).astype(x.dtype)
-    return (
-        xp.reshape((num_chunks, batch_size) + x.shape[1:]),
-        mask.reshape(num_chunks, batch_size),
-    )
-
-
-def _chunk_at(x: jax.Array, b: int, i) -> Tuple[jax.Array, jax.Array]:
-    """Chunk ``i`` of ``x`` (size ``b``, no copy, no padding) and its ``(b,)`` mask.
-
-    The last chunk starts at ``N - b`` and masks out the examples the previous
-    chunk already covered.
-    """
-    n = x.shape[0]
-    start = jnp.minimum(i * b, n - b)
-    xc = jax.lax.dynamic_slice_in_dim(x, start, b, axis=0)
-    return xc, (start + jnp.arange(b) >= i * b).astype(x.dtype)
-
-
-def _scan_chunks(step, init, x: jax.Array, batch_size: int):
-    """``lax.scan`` of ``step(carry, x_chunk, mask) -> carry`` over ``x`` in chunks.
-
-    Unlike :func:`_chunks` nothing is copied or padded (see :func:`_chunk_at`):
-    peak memory is that of one chunk, whatever ``N``.
-    """
-    n = x.shape[0]
-    b = max(1, min(int(batch_size), n))
-
-    def body(carry, i):
-        return step(carry, *_chunk_at(x, b, i)), None
-
-    carry, _ = jax.lax.scan(body, init, jnp.arange(-(-n // b)))
-    return carry
-
-
-def _concrete(*trees) -> bool:
-    """True when no leaf is a tracer: the kernel was called outside ``jit``/``vmap``/``grad``."""
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
-
-
-# Set loops run from Python when the kernel is called eagerly: one compiled
-# chunk step, dispatched ceil(N / batch_size) times.  Measured on CPU (XLA
-# 0.10, jax 0.10.2), the same step inside a ``lax.scan``/``while`` body ran
-# 2-4x slower: XLA keeps the transposed convolutions of the VJP in the
-# ``01oi`` kernel layout there, which its CPU convolution runs slowly,
-# while outside a loop it materialises the transposed kernel (``01io``).
-# Under ``jit`` the ``lax.scan`` path is used (same results).
-
-
-@functools.partial(jax.jit, static_argnums=(0, 4), donate_argnums=(1,))
-def _gram_chunk_step(apply_fn, gram, params, x, b, i):
-    xc, mc = _chunk_at(x, b, i)
-    jac = input_jacobian(apply_fn, params, xc).reshape(b, -1, gram.shape[0])
-    jac = (jac * mc[:, None, None]).reshape(-1, gram.shape[0])
+def _gram_chunk(apply_fn: ApplyFn, gram: jax.Array, params: Any, xc: jax.Array, mc: jax.Array) -> jax.Array:
+    """``gram + sum_b mc_b J(xc_b)^T J(xc_b)``: one chunk of :func:`stacked_gram` (``K`` VJPs)."""
+    d = gram.shape[0]
+    jac = input_jacobian(apply_fn, params, xc).reshape(xc.shape[0], -1, d)
+    jac = (jac * mc[:, None, None]).reshape(-1, d)
     return gram + jac.T @ jac
 
 
-def _gram_times_chunk(apply_fn, acc, v, params, xc, mc):
-    """``acc + sum_i J_i^T (J_i v)`` over a chunk: one forward pass (linearize), JVP, transpose."""
+def _gram_times_chunk(apply_fn: ApplyFn, acc: jax.Array, args: Tuple[jax.Array, Any], xc: jax.Array,
+                      mc: jax.Array) -> jax.Array:
+    """``acc + sum_b mc_b J(xc_b)^T (J(xc_b) v)`` for ``args = (v, params)``: one forward pass, a JVP, its transpose."""
+    v, params = args
     _, jvp = jax.linearize(lambda inp: apply_fn(params, inp), xc)
     jv = jvp(jnp.broadcast_to(v, xc.shape))
     (jtjv,) = jax.linear_transpose(jvp, xc)(jv * mc.reshape((-1,) + (1,) * (jv.ndim - 1)))
     return acc + jnp.sum(jtjv, axis=0)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5), donate_argnums=(1,))
-def _gram_times_chunk_step(apply_fn, acc, v, params, x, b, i):
-    return _gram_times_chunk(apply_fn, acc, v, params, *_chunk_at(x, b, i))
-
-
 def stacked_gram(
-    apply_fn: ApplyFn, params: Any, x: jax.Array, batch_size: int = 256
+    apply_fn: ApplyFn, params: Any, x: jax.Array, batch_size: int = 256, *, loop: str = "scan"
 ) -> jax.Array:
     """``G = J_X^T J_X = sum_i J(x_i)^T J(x_i)``, a ``d x d`` matrix.
 
     Accumulated chunk by chunk (``K`` VJPs per chunk), so memory is
     ``O(d^2 + batch_size * K * d)`` whatever ``N``.  Use for small ``d``.
+
+    Args:
+      apply_fn, params: the model; x: the set ``(N, *S)``.
+      batch_size: chunk size.
+      loop: ``"scan"`` (traceable; the default under ``jit``) or ``"host"``
+        (a Python loop over one compiled chunk step; concrete arguments only,
+        faster on CPU, see :func:`jacuap.batching.reduce_chunks`).
     """
+    x = jnp.asarray(x)
     d = math.prod(x.shape[1:])
-    if _concrete(params, x):
-        x = jnp.asarray(x)
-        b = max(1, min(int(batch_size), x.shape[0]))
-        gram = jnp.zeros((d, d), x.dtype)
-        for i in range(-(-x.shape[0] // b)):
-            gram = _gram_chunk_step(apply_fn, gram, params, x, b, jnp.asarray(i, jnp.int32))
-        return gram
-
-    def step(gram, xc, mc):
-        jac = input_jacobian(apply_fn, params, xc).reshape(xc.shape[0], -1, d)
-        jac = (jac * mc[:, None, None]).reshape(-1, d)
-        return gram + jac.T @ jac
-
-    return _scan_chunks(step, jnp.zeros((d, d), x.dtype), x, batch_size)
+    return reduce_chunks(_gram_chunk, apply_fn, jnp.zeros((d, d), x.dtype), params, x, batch_size, loop=loop)
 
 
 @jax.jit
@@ -347,6 +331,8 @@ def stacked_spectral_norm(
     num_iters: int = 50,
     batch_size: int = 256,
     method: str = "power",
+    *,
+    loop: str = "scan",
 ) -> Tuple[jax.Array, jax.Array]:
     """Top singular value and right singular vector of the stacked Jacobian.
 
@@ -357,53 +343,61 @@ def stacked_spectral_norm(
     the set processed in chunks of ``batch_size`` so memory is
     ``O(batch_size)`` and ``N = 10,000`` is routine; ``sigma`` is the square
     root of the last Rayleigh quotient.  ``method="gram"``: accumulate the
-    ``d x d`` matrix ``G`` once (``stacked_gram``) and take its top
+    ``d x d`` matrix ``G`` once (:func:`stacked_gram`) and take its top
     eigenpair exactly; ``method="auto"`` picks ``gram`` when ``d <= 4096``.
 
     Args:
       apply_fn: ``(params, x) -> logits``.
       params: model parameters.
       x: the set, ``(N, *S)``.
-      key: PRNG key for the starting vector (power method).
+      key: PRNG key of the starting vector; required when the power method
+        runs (``"power"``, or ``"auto"`` with ``d > 4096``).
       num_iters: power iterations.
       batch_size: chunk size.
       method: ``"power"``, ``"gram"`` or ``"auto"``.
+      loop: ``"scan"`` (traceable: ``lax.scan`` over chunks inside
+        ``lax.fori_loop``) or ``"host"`` (Python loops over one compiled
+        chunk step; concrete arguments only, 2-4x faster on CPU).  Both give
+        the same result up to float rounding.
 
     Returns:
       ``(sigma, v)``: a scalar and a unit vector of shape ``S``.
+
+    >>> W = jnp.array([[3.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # d = 3, K = 2
+    >>> apply_fn = lambda W, x: x.reshape(len(x), -1) @ W
+    >>> x = jnp.ones((4, 3))
+    >>> sigma, v = stacked_spectral_norm(apply_fn, W, x, method="gram")
+    >>> round(float(sigma), 4), [round(abs(float(t)), 4) for t in v]
+    (6.0, [1.0, 0.0, 0.0])
     """
+    if loop not in LOOPS:
+        raise ValueError(f"stacked_spectral_norm: loop must be one of {LOOPS}, got {loop!r}")
+    x = jnp.asarray(x)
     spatial = x.shape[1:]
     d = math.prod(spatial)
     if method == "auto":
         method = "gram" if d <= 4096 else "power"
     if method == "gram":
-        evals, evecs = jnp.linalg.eigh(stacked_gram(apply_fn, params, x, batch_size))
+        evals, evecs = jnp.linalg.eigh(stacked_gram(apply_fn, params, x, batch_size, loop=loop))
         return jnp.sqrt(jnp.maximum(evals[-1], 0.0)), evecs[:, -1].reshape(spatial)
     if method != "power":
         raise ValueError(
             f"stacked_spectral_norm: unknown method {method!r}; use 'power', 'gram' or 'auto'"
         )
     if key is None:
-        key = jax.random.PRNGKey(0)
+        raise ValueError("stacked_spectral_norm: the power method needs a PRNG key: pass key=")
     v0 = jax.random.normal(key, spatial, x.dtype)
     v0 = v0 / jnp.linalg.norm(v0)
-    if _concrete(params, x, v0):
-        x = jnp.asarray(x)
-        b = max(1, min(int(batch_size), x.shape[0]))
-        v, rayleigh = v0, jnp.zeros((), x.dtype)
+    rayleigh0 = jnp.zeros((), x.dtype)
+
+    def gram_times(v, how):
+        return reduce_chunks(_gram_times_chunk, apply_fn, jnp.zeros_like(v), (v, params), x, batch_size, loop=how)
+
+    if loop == "host":
+        v, rayleigh = v0, rayleigh0
         for _ in range(num_iters):
-            w = jnp.zeros_like(v)
-            for i in range(-(-x.shape[0] // b)):
-                w = _gram_times_chunk_step(apply_fn, w, v, params, x, b, jnp.asarray(i, jnp.int32))
-            v, rayleigh = _power_update(v, w)
-        return jnp.sqrt(jnp.maximum(rayleigh, 0.0)), v
-
-    def gram_times(v):
-        step = lambda acc, xc, mc: _gram_times_chunk(apply_fn, acc, v, params, xc, mc)
-        return _scan_chunks(step, jnp.zeros_like(v), x, batch_size)
-
-    def body(_, carry):
-        return _power_update(carry[0], gram_times(carry[0]))
-
-    v, rayleigh = jax.lax.fori_loop(0, num_iters, body, (v0, jnp.zeros((), x.dtype)))
+            v, rayleigh = _power_update(v, gram_times(v, "host"))
+    else:
+        body = lambda _, carry: _power_update(carry[0], gram_times(carry[0], loop))
+        v, rayleigh = jax.lax.fori_loop(0, num_iters, body, (v0, rayleigh0))
     return jnp.sqrt(jnp.maximum(rayleigh, 0.0)), v

@@ -1,4 +1,8 @@
-"""Kernels against independent float64 references: jacfwd, finite differences, numpy SVD."""
+"""Kernels against independent float64 references: jacfwd, finite differences, numpy SVD.
+
+The set kernels run with both chunk loops (``loop="scan"`` and ``"host"``),
+each checked against the same reference.
+"""
 
 import functools
 
@@ -38,9 +42,9 @@ def _inputs(shape, batch=3, seed=1):
 
 
 def _reference_jacobian(apply_fn, params, x):
-    """jacfwd of the single-example function, example by example."""
+    """jacfwd of the single-example function, mapped over the examples (forward mode: independent of the VJPs)."""
     single = lambda xi: apply_fn(params, xi[None])[0]
-    return jnp.stack([jax.jacfwd(single)(xi) for xi in x])
+    return jax.jit(jax.vmap(jax.jacfwd(single)))(x)
 
 
 MODELS = [("mlp", (4, 4, 1)), ("cnn", (8, 8, 1)), ("resnet_tiny", (8, 8, 3))]
@@ -89,8 +93,9 @@ def test_examples_are_independent():
     apply_fn, params = _model("resnet_tiny", shape)
     x = _inputs(shape, batch=3)
     x2 = x.at[1:].set(_inputs(shape, batch=2, seed=9))
-    a = jk.input_jacobian(apply_fn, params, x)[0]
-    b = jk.input_jacobian(apply_fn, params, x2)[0]
+    kernel = jax.jit(jk.input_jacobian, static_argnums=0)
+    a = kernel(apply_fn, params, x)[0]
+    b = kernel(apply_fn, params, x2)[0]
     np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
@@ -100,10 +105,30 @@ def test_frobenius_sq_exact(name, shape):
     x = _inputs(shape)
     ref = jnp.sum(_reference_jacobian(apply_fn, params, x).reshape(3, -1) ** 2, axis=1)
     np.testing.assert_allclose(jk.frobenius_sq(apply_fn, params, x), ref, rtol=1e-10)
-    np.testing.assert_allclose(jk.jacobian_penalty(apply_fn, params, x), ref.mean(), rtol=1e-10)
+    # Hoffman et al.'s convention: 0.5 * mean_b ||J(x_b)||_F^2.
+    np.testing.assert_allclose(jk.jacobian_penalty(apply_fn, params, x), 0.5 * ref.mean(), rtol=1e-10)
     logits, fro = jk.logits_and_frobenius_sq(apply_fn, params, x)
     np.testing.assert_allclose(logits, apply_fn(params, x), rtol=1e-12)
     np.testing.assert_allclose(fro, ref, rtol=1e-10)
+    logits_p, penalty = jk.logits_and_jacobian_penalty(apply_fn, params, x)
+    np.testing.assert_allclose(logits_p, apply_fn(params, x), rtol=1e-12)
+    np.testing.assert_allclose(penalty, 0.5 * ref.mean(), rtol=1e-10)
+
+
+def test_penalty_is_half_the_mean_frobenius_sq_bitwise():
+    # Training's loss uses logits_and_jacobian_penalty: it must be exactly
+    # 0.5 * mean(fro) of logits_and_frobenius_sq, estimated or exact, under jit.
+    shape = (4, 4, 1)
+    apply_fn, params = _model("mlp", shape)
+    x = _inputs(shape)
+    key = jax.random.PRNGKey(5)
+    for num_proj in (None, 2):
+        f = jax.jit(lambda p, k: jk.logits_and_frobenius_sq(apply_fn, p, x, k, num_proj))
+        g = jax.jit(lambda p, k: jk.logits_and_jacobian_penalty(apply_fn, p, x, k, num_proj))
+        logits, fro = f(params, key)
+        logits_p, penalty = g(params, key)
+        np.testing.assert_array_equal(logits_p, logits)
+        np.testing.assert_array_equal(penalty, 0.5 * jnp.mean(fro))
 
 
 @pytest.mark.parametrize("num_proj", [1, 3])
@@ -128,10 +153,25 @@ def test_frobenius_sq_estimate_is_unbiased(num_proj):
     assert np.all(samples <= 5 * exact * (1 + 1e-9))
 
 
-def test_frobenius_sq_needs_key_for_projections():
+def test_randomized_kernels_need_a_key():
     apply_fn, params = _model("mlp", (4, 4, 1))
+    x = _inputs((4, 4, 1))
+    for kernel in (jk.frobenius_sq, jk.logits_and_frobenius_sq, jk.jacobian_penalty,
+                   jk.logits_and_jacobian_penalty):
+        with pytest.raises(ValueError, match="key"):
+            kernel(apply_fn, params, x, num_proj=2)
     with pytest.raises(ValueError, match="key"):
-        jk.frobenius_sq(apply_fn, params, _inputs((4, 4, 1)), num_proj=2)
+        jk.spectral_norm(apply_fn, params, x, method="power")
+    with pytest.raises(ValueError, match="key"):
+        jk.stacked_spectral_norm(apply_fn, params, x, method="power")
+    # "auto" picks the power method when d > 4096, and then needs the key too.
+    big = jnp.zeros((2, 4097))
+    with pytest.raises(ValueError, match="key"):
+        jk.stacked_spectral_norm(lambda w, z: z @ w, jnp.zeros((4097, 2)), big, method="auto")
+    # Deterministic methods need none.
+    jk.spectral_norm(apply_fn, params, x, method="exact")
+    jk.stacked_spectral_norm(apply_fn, params, x, method="gram")
+    jk.stacked_spectral_norm(apply_fn, params, x, method="auto")
 
 
 @pytest.mark.parametrize("method", ["power", "exact"])
@@ -146,9 +186,10 @@ def test_spectral_norm_matches_svd(method):
     np.testing.assert_allclose(sigma, ref, rtol=1e-6)
 
 
+@pytest.mark.parametrize("loop", ["scan", "host"])
 @pytest.mark.parametrize("method", ["power", "gram", "auto"])
 @pytest.mark.parametrize("batch_size", [4, 7, 64])
-def test_stacked_spectral_norm_matches_dense_svd(method, batch_size):
+def test_stacked_spectral_norm_matches_dense_svd(method, batch_size, loop):
     shape = (4, 4, 1)
     apply_fn, params = _model("mlp", shape)
     x = _inputs(shape, batch=13)
@@ -156,23 +197,54 @@ def test_stacked_spectral_norm_matches_dense_svd(method, batch_size):
     _, s, vt = np.linalg.svd(stacked)
     sigma, v = jk.stacked_spectral_norm(
         apply_fn, params, x, jax.random.PRNGKey(0), num_iters=300,
-        batch_size=batch_size, method=method)
+        batch_size=batch_size, method=method, loop=loop)
     assert v.shape == shape
     np.testing.assert_allclose(sigma, s[0], rtol=1e-8)
     np.testing.assert_allclose(abs(np.dot(np.ravel(v), vt[0])), 1.0, rtol=1e-6)
 
 
-def test_stacked_gram_matches_dense():
+@pytest.mark.parametrize("method", ["power", "gram"])
+def test_stacked_spectral_norm_host_loop_equals_scan_loop(method):
+    # Same iterates: after a few (unconverged) power steps both loops agree
+    # to float rounding, and the jitted scan equals the eager one.
+    shape = (4, 4, 1)
+    apply_fn, params = _model("mlp", shape)
+    x = _inputs(shape, batch=11)
+    key = jax.random.PRNGKey(2)
+    kw = dict(num_iters=3, batch_size=4, method=method)
+    s_host, v_host = jk.stacked_spectral_norm(apply_fn, params, x, key, loop="host", **kw)
+    s_scan, v_scan = jk.stacked_spectral_norm(apply_fn, params, x, key, loop="scan", **kw)
+    jitted = jax.jit(jk.stacked_spectral_norm, static_argnums=0,
+                     static_argnames=("num_iters", "batch_size", "method"))
+    s_jit, v_jit = jitted(apply_fn, params, x, key, **kw)
+    np.testing.assert_allclose(s_host, s_scan, rtol=1e-12)
+    np.testing.assert_allclose(v_host, v_scan, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(s_jit, s_scan, rtol=1e-12)
+    np.testing.assert_allclose(v_jit, v_scan, rtol=1e-10, atol=1e-12)
+
+
+def test_host_loop_refuses_tracers_and_unknown_loops():
+    shape = (3, 3, 1)
+    apply_fn, params = _model("mlp", shape)
+    x = _inputs(shape, batch=5)
+    with pytest.raises(ValueError, match="loop"):
+        jax.jit(lambda p: jk.stacked_gram(apply_fn, p, x, loop="host"))(params)
+    with pytest.raises(ValueError, match="loop"):
+        jk.stacked_spectral_norm(apply_fn, params, x, jax.random.PRNGKey(0), loop="python")
+
+
+@pytest.mark.parametrize("loop", ["scan", "host"])
+def test_stacked_gram_matches_dense(loop):
     shape = (3, 3, 1)
     apply_fn, params = _model("mlp", shape)
     x = _inputs(shape, batch=5)
     stacked = np.asarray(_reference_jacobian(apply_fn, params, x)).reshape(25, -1)
-    np.testing.assert_allclose(jk.stacked_gram(apply_fn, params, x, batch_size=2),
+    np.testing.assert_allclose(jk.stacked_gram(apply_fn, params, x, batch_size=2, loop=loop),
                                stacked.T @ stacked, rtol=1e-10)
 
 
 def test_bounds_chain_holds():
-    # sigma_max(J_X)^2 <= sum_i sigma_max(J_i)^2 <= sum_i ||J_i||_F^2  (SPEC §2).
+    # sigma_max(J_X)^2 <= sum_i sigma_max(J_i)^2 <= sum_i ||J_i||_F^2.
     shape = (4, 4, 1)
     apply_fn, params = _model("mlp", shape)
     x = _inputs(shape, batch=6)
