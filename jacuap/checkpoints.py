@@ -11,31 +11,41 @@ to fall back to when the newest one is damaged).  ``save`` checks the free
 space first and turns a full disk into an ``OSError`` with ``errno`` set.
 On several processes (``jax.distributed``) every process calls ``save`` and
 ``restore``; orbax writes each array once and commits with a barrier.
+
+:func:`restore_model` rebuilds a train.py workdir's model from its
+``config.json`` and newest checkpoint (what attack.py and the notebook use).
+The checkpoint's tree is :class:`jacuap.train.state.TrainState`'s fields
+(``step``, ``params``, ``opt_state``, ``uap``) and its meta the keys
+``model_spec``, ``steps_per_epoch``, ``history``, ``epoch_sums``,
+``train_seconds``, ``fingerprint``: checkpoints written by earlier versions
+restore as long as these stay the same.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import json
 import logging
 import os
 import shutil
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
-from jacuap import parallel
+from jacuap import models, parallel
+from jacuap.errors import CheckpointError, one_line
+from jacuap.train.state import create_train_state, make_optimizer
 
-__all__ = ["CheckpointError", "manager", "latest_step", "save", "restore", "restore_meta", "disk_errno"]
+__all__ = ["CheckpointError", "manager", "latest_step", "save", "restore", "restore_meta", "disk_errno",
+           "restore_model", "RestoredModel"]
 
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 CHECKPOINT_SUBDIR = "checkpoints"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or does not fit the model."""
 
 
 def _directory(workdir: str) -> str:
@@ -167,7 +177,7 @@ def restore_meta(workdir: str, step: Optional[int] = None) -> Tuple[int, Dict[st
         return step, dict(out["meta"])
     except Exception as exc:  # orbax raises many types; the user needs one line
         raise CheckpointError(
-            f"checkpoint {step} in {_directory(workdir)} is unreadable: {_one_line(exc)}"
+            f"checkpoint {step} in {_directory(workdir)} is unreadable: {one_line(exc, limit=200)}"
             f"{_fallback(workdir, step, args)}"
         ) from None
 
@@ -189,7 +199,7 @@ def restore(workdir: str, target: Any, step: Optional[int] = None) -> Tuple[int,
             out = mngr.restore(step, args=args)
     except Exception as exc:
         raise CheckpointError(
-            f"checkpoint {step} in {_directory(workdir)} cannot be restored: {_one_line(exc)}"
+            f"checkpoint {step} in {_directory(workdir)} cannot be restored: {one_line(exc, limit=200)}"
             f"{_fallback(workdir, step, args)}"
         ) from None
     state = out["state"]
@@ -226,6 +236,39 @@ def _fallback(workdir: str, step: int, args) -> str:
     return f"; to resume from checkpoint {max(older)} instead, remove {os.path.join(directory, str(step))}"
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+@dataclasses.dataclass
+class RestoredModel:
+    """What a trained workdir holds: enough to attack or measure the model."""
+
+    config: ml_collections.ConfigDict
+    model: Any
+    apply_fn: Callable
+    params: Any
+    step: int
+    meta: Dict[str, Any]
+
+
+def restore_model(workdir: str) -> RestoredModel:
+    """Rebuilds the model of a train.py ``workdir`` and loads its newest parameters.
+
+    Raises:
+      CheckpointError: the workdir has no (readable) checkpoint.
+    """
+    if not os.path.isdir(workdir):
+        raise CheckpointError(f"workdir {workdir!r} does not exist")
+    config_path = os.path.join(workdir, "config.json")
+    try:
+        with open(config_path) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{config_path} is missing or unreadable ({type(exc).__name__}); is {workdir!r} a train.py workdir?"
+        ) from None
+    _, meta = restore_meta(workdir)
+    spec = meta["model_spec"]
+    model = models.create_model(spec["name"], spec["num_classes"], spec["mean"], spec["std"])
+    tx = make_optimizer(config, meta["steps_per_epoch"])
+    # Only the template's structure and shapes matter: restore overwrites every value.
+    template = create_train_state(model, jax.random.PRNGKey(0), tuple(spec["image_shape"]), tx)
+    step, state, meta = restore(workdir, template)
+    return RestoredModel(config, model, models.make_apply_fn(model), state.params, step, meta)

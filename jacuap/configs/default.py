@@ -1,4 +1,9 @@
-"""Default configuration: a small CNN with Jacobian regularization on Fashion-MNIST."""
+"""The default training configuration: a small CNN with Jacobian regularization on Fashion-MNIST.
+
+Every other packaged config starts from this one, and its fields are the
+only ones a config may have: ``get_config`` returns a locked ConfigDict, so
+setting an unknown field (a typo) raises instead of being ignored.
+"""
 
 import ml_collections
 
@@ -18,7 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.jr_num_proj = ml_collections.config_dict.placeholder(object)
     config.jr_num_proj = 1
 
-    # Baselines the paper does not compare against (SPEC §4, reproduce.py):
+    # Adversarial-training baselines for benchmarks/reproduce.py (the paper
+    # compares against neither):
     # none | pgd (Madry et al. PGD adversarial training) | uat (Shafahi et al.
     # universal adversarial training); l_inf budget, steps, step (0 = default).
     config.adv_training = "none"
@@ -39,4 +45,5 @@ def get_config() -> ml_collections.ConfigDict:
     # Summary: Jacobian bounds on the first N test inputs.
     config.eval_num_inputs = 1000
     config.progress = True
+    config.lock()
     return config

@@ -1,9 +1,11 @@
 """CIFAR-10 (32x32x3): a pre-activation ResNet-18 with GroupNorm."""
 
-from configs import default
+import ml_collections
+
+from jacuap.configs import default
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
     config.dataset = "cifar10"
     config.model = "resnet"

@@ -1,9 +1,11 @@
 """MNIST (28x28x1): the small CNN."""
 
-from configs import default
+import ml_collections
+
+from jacuap.configs import default
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
     config.dataset = "mnist"
     config.model = "cnn"

@@ -1,9 +1,11 @@
 """scikit-learn's 8x8 digits: always offline, trains an MLP in seconds."""
 
-from configs import default
+import ml_collections
+
+from jacuap.configs import default
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
     config.dataset = "digits"
     config.model = "mlp"

@@ -1,0 +1,63 @@
+"""Jacobian-regularized training, in the shape of Flax's examples.
+
+    loss(params) = mean_b CE(f(x_b), y_b) + jr_lambda * 0.5 * mean_b ||J(z_b)||_F^2
+
+(:mod:`.loss`; ``z`` the normalised input, Hoffman et al.'s convention).
+
+* :mod:`.state`: :class:`TrainState` (Flax's, plus the UAT perturbation),
+  :func:`create_train_state`, :func:`make_optimizer`.
+* :mod:`.loss`: :func:`loss_fn`.
+* :mod:`.step`: :func:`train_step`, :func:`eval_step`, :func:`step_key`.
+* :mod:`.adversarial`: the PGD and UAT adversarial-training baselines.
+* :mod:`.runtime`: stop signals, resume checks, divergence
+  (:class:`Preempted`, :class:`TrainingDiverged`).
+* :mod:`.loop`: :func:`train_and_evaluate` (the job train.py runs),
+  :func:`epoch_permutation`.
+
+Reported Jacobian metrics (``summary.json``) are always in pixel units.
+:func:`restore_model` (from :mod:`jacuap.checkpoints`) rebuilds a trained
+workdir's model::
+
+    from jacuap import configs, train
+    config = configs.override(configs.get_config("digits"), num_epochs=1, progress=False)
+    summary = train.train_and_evaluate(config, "runs/digits")
+    trained = train.restore_model("runs/digits")
+"""
+
+from jacuap.errors import ConfigError
+from jacuap.train.adversarial import Adversary, make_adversary
+from jacuap.train.loop import epoch_permutation, train_and_evaluate
+from jacuap.train.loss import loss_fn
+from jacuap.train.runtime import Preempted, TrainingDiverged
+from jacuap.train.state import TrainState, create_train_state, make_optimizer
+from jacuap.train.step import STATIC_ARGNAMES, eval_step, step_key, train_step
+
+__all__ = [
+    "train_and_evaluate",
+    "train_step",
+    "eval_step",
+    "loss_fn",
+    "create_train_state",
+    "make_optimizer",
+    "TrainState",
+    "Adversary",
+    "make_adversary",
+    "STATIC_ARGNAMES",
+    "TrainingDiverged",
+    "Preempted",
+    "ConfigError",
+    "restore_model",
+    "RestoredModel",
+    "epoch_permutation",
+    "step_key",
+]
+
+
+def __getattr__(name):
+    # jacuap.checkpoints imports jacuap.train.state, so re-exporting its
+    # restore_model eagerly here would be circular when checkpoints is imported first.
+    if name in ("restore_model", "RestoredModel"):
+        from jacuap import checkpoints
+
+        return getattr(checkpoints, name)
+    raise AttributeError(f"module 'jacuap.train' has no attribute {name!r}")

@@ -1,0 +1,82 @@
+"""One training step and one evaluation step (pure; the loop jits them).
+
+A step's randomness (the penalty's random projections, PGD's random start)
+comes from its own key, :func:`step_key` ``(seed, step)``: a pure function
+of the seed and the global step, so a resumed run draws exactly what the
+uninterrupted one drew.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from jacuap.train.adversarial import Adversary, pgd_examples, uat_inputs, uat_update
+from jacuap.train.loss import loss_fn
+from jacuap.train.state import TrainState
+
+__all__ = ["STATIC_ARGNAMES", "train_step", "eval_step", "step_key"]
+
+#: The arguments of :func:`train_step` to mark static when jitting it.
+STATIC_ARGNAMES = ("jr_lambda", "jr_num_proj", "input_std", "adversary")
+
+
+def step_key(seed: int, step) -> jax.Array:
+    """The PRNG key of global step ``step``: ``fold_in(PRNGKey(seed), step)``.
+
+    >>> bool((step_key(0, 3) == step_key(0, 3)).all()), bool((step_key(0, 3) == step_key(0, 4)).all())
+    (True, False)
+    """
+    return jax.random.fold_in(jax.random.PRNGKey(seed), step)
+
+
+def train_step(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    jr_lambda: float,
+    jr_num_proj: Optional[int],
+    input_std: Optional[Tuple[float, ...]] = None,
+    adversary: Adversary = Adversary(),
+) -> Tuple[TrainState, Dict[str, jax.Array]]:
+    """One optimizer step on a batch ``images (B, *S)``, ``labels (B,)``.
+
+    Minimises :func:`jacuap.train.loss.loss_fn` (on PGD examples, or on
+    ``clip(x + uap)`` while ascending ``uap``, for the adversarial
+    baselines).  Jit with ``static_argnames=STATIC_ARGNAMES`` and donate the
+    state.  ``key`` is the step's own key (:func:`step_key`), split into the
+    projections' key and PGD's.
+
+    Returns:
+      ``(new_state, {"loss", "ce", "penalty", "correct"})`` (the batch's
+      values before the update).
+    """
+    jr_key, adv_key = jax.random.split(key)
+    if adversary.kind == "pgd":
+        images = pgd_examples(state.apply_fn, state.params, images, labels, adversary, adv_key)
+
+    def objective(params, uap):
+        inputs = uat_inputs(images, uap) if adversary.kind == "uat" else images
+        return loss_fn(params, state.apply_fn, inputs, labels, jr_lambda, jr_key, jr_num_proj, input_std)
+
+    argnums = (0, 1) if adversary.kind == "uat" else 0
+    (_, aux), grads = jax.value_and_grad(objective, argnums=argnums, has_aux=True)(state.params, state.uap)
+    uap = state.uap
+    if adversary.kind == "uat":
+        grads, uap_grad = grads
+        uap = uat_update(uap, uap_grad, adversary)
+    return state.apply_gradients(grads=grads, uap=uap), aux
+
+
+def eval_step(params: Any, apply_fn: Callable, images: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Number of correct predictions among the unmasked examples of a batch: ``sum_b mask_b [argmax f(x_b) = y_b]``.
+
+    >>> W = jnp.eye(2)
+    >>> int(eval_step(W, lambda W, x: x @ W, jnp.eye(2), jnp.array([0, 0]), jnp.array([1.0, 1.0])))
+    1
+    """
+    pred = jnp.argmax(apply_fn(params, images), -1)
+    return jnp.sum((pred == labels) * mask)
