@@ -8,17 +8,14 @@ the test split; writes ``out/results.json``, one ``.npy`` per UAP and
 ``out/uaps.png``.
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
-from jacuap import cli
-from jacuap import evaluation
+from jacuap import attack_run, attacks, cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir (its config and newest checkpoint).")
-flags.DEFINE_list("attack", ["sgd_uap", "sv_uap"], f"Comma list of {', '.join(evaluation.ATTACKS)}.")
-flags.DEFINE_string("norm", "linf", "linf or l2.")
+flags.DEFINE_list("attack", ["sgd_uap", "sv_uap"], f"Comma list of {', '.join(attacks.ATTACKS)}.")
+flags.DEFINE_string("norm", "linf", f"{' or '.join(attacks.NORMS)}.")
 flags.DEFINE_list("eps", ["0.1"], "Comma list of budgets in pixel units.")
 flags.DEFINE_integer("num_craft", 5000, "Inputs the UAPs are crafted on.")
 flags.DEFINE_integer("num_eval", 10000, "Test inputs the attacks are evaluated on.")
@@ -34,14 +31,13 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.run refuses positional arguments
     with cli.user_errors():
-        request = evaluation.AttackRequest.from_flags(FLAGS)
-        results = evaluation.run_attacks(request)
-    evaluation.print_results(results)
+        request = attack_run.AttackRequest.from_flags(FLAGS)
+        results = attack_run.run_attacks(request)
+    attack_run.print_results(results)
     print(f"outputs in {request.out}: results.json, uaps.png, *.npy")
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.run(main)

@@ -1,0 +1,200 @@
+"""train.py and attack.py as a user runs them, and jacuap.cli, what they share.
+
+Exit codes: 0 done (or ``--help``, or preempted after saving), 1 the run
+failed (diverged, disk full), 2 a user mistake, reported as one line on
+stderr and never a traceback.  Each program start costs seconds (JAX, flax,
+orbax imports), so the fast tests start few; the rest are marked slow.
+"""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+from jacuap import attack_run, cli, configs, errors, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A tiny run: sklearn digits, the MLP, one epoch.
+TINY = ["--config.dataset=digits", "--config.model=mlp", "--config.num_epochs=1",
+        "--config.eval_num_inputs=100", "--config.progress=False"]
+
+
+def _run(program, args, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, program)] + args, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _assert_one_line_error(proc, program, message, code=2):
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"{program}: error: "), proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+# ---- The programs, as subprocesses.
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``train.py`` run from a folder other than the repository's, without ``--config``."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    proc = _run("train.py", ["--workdir=w"] + TINY, cwd=elsewhere)
+    return elsewhere / "w", proc
+
+
+@pytest.mark.slow
+def test_train_py_from_another_folder_with_the_packaged_config(trained):
+    workdir, proc = trained
+    assert proc.returncode == 0, proc.stderr
+    assert "test_accuracy" in proc.stdout and "outputs in w" in proc.stdout
+    summary = json.load(open(workdir / "summary.json"))
+    assert summary["dataset"] == "digits" and summary["num_epochs"] == 1
+    assert (workdir / "checkpoints").is_dir()
+
+
+@pytest.mark.slow
+def test_attack_py_on_a_trained_workdir(trained, tmp_path):
+    workdir, _ = trained
+    out = tmp_path / "out"
+    proc = _run("attack.py", [f"--workdir={workdir}", "--attack=sgd_uap", "--eps=0.1", "--num_craft=50",
+                              "--num_eval=50", f"--out={out}", "--progress=false", "--num_metrics=0"])
+    assert proc.returncode == 0, proc.stderr
+    results = json.load(open(out / "results.json"))
+    [row] = results["results"]
+    assert (row["attack"], row["eps"], row["universal"]) == ("sgd_uap", 0.1, True)
+    assert results["config"]["num_craft"] == 50 and results["config"]["num_eval"] == 50
+    assert (out / row["file"]).exists() and (out / "uaps.png").exists()
+    assert "sgd_uap" in proc.stdout and f"outputs in {out}" in proc.stdout
+
+
+@pytest.mark.parametrize("config_flag,field,closest", [
+    # Without --config, the packaged default loads when the flag is defined (program import).
+    ([], "nonexistent", configs.closest_field("nonexistent")),
+    # With --config (the README's path, found in the package), when the flags are parsed.
+    (["--config=configs/digits.py"], "jr_lambd", "jr_lambda"),
+])
+def test_unknown_config_field_names_the_closest(tmp_path, config_flag, field, closest):
+    proc = _run("train.py", [f"--workdir={tmp_path / 'w'}"] + config_flag + [f"--config.{field}=3"], cwd=tmp_path)
+    _assert_one_line_error(proc, "train.py", f"unknown config field '{field}' (did you mean '{closest}'?)")
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("program,flag", [
+    ("train.py", "--config"),
+    pytest.param("attack.py", "--attack", marks=pytest.mark.slow),
+])
+def test_help(program, flag):
+    proc = _run(program, ["--help"])
+    assert proc.returncode == 0, proc.stderr
+    assert "--workdir" in proc.stdout and flag in proc.stdout and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--attack=carlini"], "unknown attack carlini; choose from sgd_uap, sv_uap, deepfool_uap, pgd, fgsm"),
+    pytest.param(["--eps=2"], "linf eps", marks=pytest.mark.slow),
+    pytest.param(["--eps=abc"], "eps", marks=pytest.mark.slow),
+    pytest.param(["--norm=l7"], "unknown norm", marks=pytest.mark.slow),
+])
+def test_attack_py_bad_input(tmp_path, args, message):
+    # Checked before the checkpoint is read: the workdir need not hold one.
+    out = tmp_path / "out"
+    proc = _run("attack.py", [f"--workdir={tmp_path}", f"--out={out}"] + args)
+    _assert_one_line_error(proc, "attack.py", message)
+    assert not (out / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_attack_py_missing_checkpoint(tmp_path):
+    (tmp_path / "w").mkdir()
+    proc = _run("attack.py", [f"--workdir={tmp_path / 'w'}", f"--out={tmp_path / 'out'}"])
+    _assert_one_line_error(proc, "attack.py", str(tmp_path / "w"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_missing_config_file_and_positional_arguments(tmp_path):
+    proc = _run("train.py", [f"--workdir={tmp_path / 'w'}", "--config=configs/nope.py"], cwd=tmp_path)
+    _assert_one_line_error(proc, "train.py", "no file 'configs/nope.py'; the packaged configs are configs/default.py")
+    proc = _run("attack.py", [f"--workdir={tmp_path}", "extra"])
+    _assert_one_line_error(proc, "attack.py", "unexpected arguments: extra")
+
+
+# ---- jacuap.cli in this process.
+
+@pytest.fixture
+def prog(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["prog.py"])
+
+
+def _exit(capsys, body, **kw):
+    """Runs ``body()`` inside ``cli.user_errors(**kw)``; returns (exit code, stderr)."""
+    with pytest.raises(SystemExit) as info:
+        with cli.user_errors(**kw):
+            body()
+    return info.value.code, capsys.readouterr().err
+
+
+def _raise(exc):
+    def body():
+        raise exc
+    return body
+
+
+def test_user_errors_exit_codes(prog, capsys):
+    assert _exit(capsys, _raise(errors.DataError("no data\nin /x"))) == (2, "prog.py: error: no data in /x\n")
+    assert _exit(capsys, _raise(errors.ParallelError("--multihost: failed"))) == (2, "prog.py: error: --multihost: failed\n")
+    assert _exit(capsys, _raise(train.TrainingDiverged("training diverged"))) == (1, "prog.py: error: training diverged\n")
+    assert _exit(capsys, _raise(train.Preempted("stopped by signal 15"))) == (0, "prog.py: stopped by signal 15\n")
+
+
+def test_user_errors_full_disk_names_the_intact_checkpoint(prog, capsys, tmp_path):
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "w/metrics.jsonl")
+    code, err = _exit(capsys, _raise(full), workdir=str(tmp_path))
+    assert code == 1
+    assert err == (f"prog.py: error: {os.strerror(errno.ENOSPC)} (w/metrics.jsonl); no checkpoint was written; "
+                   "free space and rerun the same command to resume\n")
+
+
+def test_user_errors_lets_bugs_through(prog):
+    with pytest.raises(FileNotFoundError):
+        with cli.user_errors():
+            raise FileNotFoundError(errno.ENOENT, "not a disk-full error")
+    with pytest.raises(KeyError):
+        with cli.user_errors():
+            raise KeyError("a bug")
+
+
+def test_flag_errors_name_the_closest_config_field(prog, capsys):
+    config = configs.get_config()
+    with pytest.raises(SystemExit) as info:
+        with cli.flag_errors():
+            config.learning_rte = 0.1
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "prog.py: error: unknown config field 'learning_rte' (did you mean 'learning_rate'?)\n"
+
+
+def test_resolve_config_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    packaged = cli.resolve_config_file("configs/digits.py:arg")
+    assert packaged.endswith(os.path.join("jacuap", "configs", "digits.py") + ":arg") and os.path.isabs(packaged)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "digits.py").write_text("")
+    assert cli.resolve_config_file("configs/digits.py") == "configs/digits.py"  # a file here wins
+    with pytest.raises(errors.ConfigError, match="no file 'other/digits.py'"):
+        cli.resolve_config_file("other/digits.py")
+
+
+def test_attack_request_from_flags(tmp_path):
+    flags = types.SimpleNamespace(workdir=str(tmp_path), attack=["sgd_uap", " fgsm ", ""], norm="l2", eps=["0.5", "1"],
+                                  out=None, num_craft=10, num_eval=20, craft_split="test", num_metrics=0,
+                                  sgd_epochs=1, deepfool_passes=1, seed=3, progress=False)
+    request = attack_run.AttackRequest.from_flags(flags)
+    assert request.attacks == ["sgd_uap", "fgsm"] and request.eps == [0.5, 1.0]
+    assert request.out == os.path.join(str(tmp_path), "attack") and request.seed == 3
+    flags.eps = ["0.1", "abc"]
+    with pytest.raises(errors.AttackError, match="eps must be a comma list of numbers, got '0.1,abc'"):
+        attack_run.AttackRequest.from_flags(flags)
