@@ -36,7 +36,7 @@ data:
 run: install
 	@if [ -d $(FMNIST_DIR) ]; then DS=fashion_mnist; M=cnn; E=$(RUN_EPOCHS); else DS=digits; M=mlp; E=30; fi; \
 	set -e; \
-	$(PY) train.py --workdir=$(RUN_DIR)/$$DS --config=configs/default.py \
+	$(PY) train.py --workdir=$(RUN_DIR)/$$DS --config=jacuap/configs/default.py \
 	  --config.dataset=$$DS --config.model=$$M --config.num_epochs=$$E; \
 	if [ -f attack.py ]; then \
 	  $(PY) attack.py --workdir=$(RUN_DIR)/$$DS --attack=sgd_uap,sv_uap --norm=linf \

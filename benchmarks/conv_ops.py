@@ -7,7 +7,7 @@ Four small experiments on the Fashion-MNIST CNN's shapes (batch 128), each
 printed as a markdown table and saved to ``benchmarks/results/conv_ops.json``:
 
 1. ``per_op``: each convolution of the CNN and its two VJPs, XLA (through
-   ``jacuap.conv``) against torch (``conv2d``, ``conv2d_input``,
+   ``jacuap.models.conv``) against torch (``conv2d``, ``conv2d_input``,
    ``conv2d_weight``), with GFLOP/s; each op timed in its own block (torch's
    spinning OpenMP threads slow an interleaved XLA call).  Skipped without
    torch.
@@ -43,7 +43,8 @@ import optax  # noqa: E402
 from jax import lax  # noqa: E402
 
 import jacuap  # noqa: E402
-from jacuap import conv, jacobian, models, parallel  # noqa: E402
+from jacuap import io, jacobian, models  # noqa: E402
+from jacuap.models import conv  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -147,7 +148,7 @@ def forward_mode_price(ds, reps: int) -> Dict[str, float]:
     fns = {}
     for name, conv_fn in (("lax", lax.conv_general_dilated), ("jacuap.conv", conv.conv_general_dilated)):
         apply_fn, params = _cnn(ds, conv_fn)
-        power = jax.jit(lambda p, x, f=apply_fn: jacobian.spectral_norm(f, p, x, num_iters=20, method="power"))
+        power = jax.jit(lambda p, x, f=apply_fn: jacobian.spectral_norm(f, p, x, jax.random.PRNGKey(0), num_iters=20, method="power"))
         fns[f"{name}, spectral_norm power x20 (jit)"] = functools.partial(power, params, x)
     return _medians(fns, reps)
 
@@ -214,7 +215,7 @@ def main(argv=None):
     out = args.out if args.out is not None else os.path.join(os.path.dirname(__file__), "results", "conv_ops.json")
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        parallel.write_text_atomic(out, json.dumps(result, indent=2))  # never a half-written file
+        io.write_text_atomic(out, json.dumps(result, indent=2))  # never a half-written file
         print(f"wrote {out}")
     return result
 

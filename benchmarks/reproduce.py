@@ -29,8 +29,9 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags  # noqa: E402
 
-from configs import default  # noqa: E402
-from jacuap import cli, data, evaluation, metrics, training  # noqa: E402
+from jacuap.configs import default  # noqa: E402
+from jacuap import attack_run, attacks, cli, data, metrics  # noqa: E402
+from jacuap.train import train_and_evaluate  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("datasets", ["fashion_mnist", "mnist"], "Datasets to run (skipped with a note when absent).")
@@ -43,7 +44,7 @@ flags.DEFINE_integer("epochs", None, "Override the training epochs.")
 flags.DEFINE_bool("baselines", True, "Also train the UAT and PGD-AT baselines.")
 flags.DEFINE_bool("progress", True, "Progress bars.")
 
-UNIVERSAL = ("sgd_uap", "sv_uap", "deepfool_uap")
+UNIVERSAL = attacks.UNIVERSAL_ATTACKS
 METRICS = ("mean_frobenius_sq", "stacked_spectral_norm", "mean_spectral_norm_sq", "universality_ratio",
            "shared_perturbation_strength", "jacobian_cosine", "gram_cosine")
 
@@ -108,7 +109,7 @@ def train(name: str, config, workdir: str) -> Dict[str, Any]:
     print(f"  {name}: training {config.model}, {config.num_epochs} epochs, lambda={config.jr_lambda:g}, "
           f"adv={config.adv_training}", flush=True)
     start = time.time()
-    summary = training.train_and_evaluate(config, workdir)
+    summary = train_and_evaluate(config, workdir)
     print(f"  {name}: test accuracy {summary['test_accuracy']:.4f} in {time.time() - start:.0f}s", flush=True)
     return summary
 
@@ -121,7 +122,7 @@ def attack(name: str, workdir: str, s: Dict[str, Any]) -> Dict[str, Any]:
     ]
     merged: Dict[str, Any] = {"results": [], "metrics": {}}
     for tag, names, num_craft, num_metrics in groups:
-        request = evaluation.AttackRequest(
+        request = attack_run.AttackRequest(
             workdir=workdir, attacks=names, norm="linf", eps=s["eps"], out=os.path.join(workdir, f"attack_{tag}"),
             num_craft=num_craft, num_eval=s["num_eval"], num_metrics=num_metrics, sgd_epochs=s["sgd_epochs"],
             deepfool_passes=s["deepfool_passes"], progress=FLAGS.progress)
@@ -135,7 +136,7 @@ def attack(name: str, workdir: str, s: Dict[str, Any]) -> Dict[str, Any]:
                 done = None
         if done is None:
             start = time.time()
-            done = evaluation.run_attacks(request)
+            done = attack_run.run_attacks(request)
             print(f"  {name}: {', '.join(names)} in {time.time() - start:.0f}s", flush=True)
         merged["results"] += done["results"]
         merged["metrics"].update(done["metrics"])

@@ -17,7 +17,15 @@ A floor per row is the XLA cost analysis of jacuap's program (FLOPs of the
 step, loop bodies times their trip counts) over the measured matmul rate of
 the machine: how far each kernel runs from the arithmetic limit.
 
-Results go to ``benchmarks/results/speed.json`` (``--out``).  PyTorch is the
+PyTorch runs on ``--torch-device`` (default: ``cuda`` when torch sees a GPU,
+else ``cpu``); on ``cuda`` every PyTorch repetition ends with
+``torch.cuda.synchronize()`` before the clock is read, as every jacuap one
+ends with ``block_until_ready``.  ``--data-dir`` is passed to
+``jacuap.load_dataset`` (a folder holding the Fashion-MNIST IDX files, say).
+
+Results go to ``benchmarks/results/speed.json`` (``--out``), rewritten after
+every row (with ``"partial": true`` until the run ends), so a run that is
+stopped keeps the rows it finished.  PyTorch is the
 ``bench`` extra (``pip install -e '.[bench]'``); without it the jacuap
 columns are still measured.  No timing is ever asserted by the tests.
 """
@@ -43,7 +51,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import jacuap  # noqa: E402
-from jacuap import attacks, jacobian, models, parallel, training  # noqa: E402
+from jacuap import attacks, jacobian, models, parallel, train  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -108,8 +116,11 @@ def _temp_bytes(compiled) -> Optional[int]:
 class Bench:
     """Interleaved repetitions of jacuap and its reference; medians and ratios."""
 
-    def __init__(self, reps: int, warmup: int):
+    def __init__(self, reps: int, warmup: int, torch_sync: Optional[Callable[[], None]] = None,
+                 on_row: Optional[Callable[[], None]] = None):
         self.reps, self.warmup = reps, warmup
+        self.torch_sync = torch_sync  # torch.cuda.synchronize when PyTorch runs on a GPU
+        self.on_row = on_row  # called after each row (speed.py saves the partial results)
         self.rows: Dict[str, Dict[str, Any]] = {}
 
     def run(self, name: str, jax_fn: Callable[[], Any], ref_fn: Optional[Callable[[], Any]], *,
@@ -117,15 +128,22 @@ class Bench:
             reps: Optional[int] = None, warmup: Optional[int] = None, note: str = "",
             extra: Optional[dict] = None) -> Dict[str, Any]:
         reps = self.reps if reps is None else reps
+        sync = self.torch_sync if ref_name == "torch" else None
+        ref_call = ref_fn
+        if ref_fn is not None and sync is not None:
+            def ref_call():  # asynchronous CUDA work is done when the clock is read
+                out = ref_fn()
+                sync()
+                return out
         for _ in range(self.warmup if warmup is None else warmup):
             _block(jax_fn())
-            if ref_fn is not None:
-                ref_fn()
+            if ref_call is not None:
+                ref_call()
         jt, rt = [], []
         for _ in range(reps):
             jt.append(_time(lambda: _block(jax_fn())))
-            if ref_fn is not None:
-                rt.append(_time(lambda: _block(ref_fn())))
+            if ref_call is not None:
+                rt.append(_time(lambda: _block(ref_call())))
         row = {
             "jacuap_s": statistics.median(jt),
             "jacuap_all_s": jt,
@@ -145,6 +163,8 @@ class Bench:
         ratio = f"{row['ratio']:.2f}" if rt else "-"
         print(f"  {name:32s} jacuap {row['jacuap_s']:.4f}s  ref {ref}  ratio {ratio}  "
               f"compile {compile_s if compile_s is None else round(compile_s, 2)}s {note}", flush=True)
+        if self.on_row is not None:
+            self.on_row()
         return row
 
 
@@ -156,16 +176,29 @@ def _aot(fn, *args, **kwargs):
     return compiled, time.perf_counter() - start
 
 
-def matmul_rate(n: int = 2048, reps: int = 5) -> Dict[str, float]:
-    """Measured float32 matmul rates (FLOP/s) of XLA and, when present, PyTorch."""
+def _torch_sync(device: str) -> Callable[[], None]:
+    """Waits for ``device``'s queued PyTorch work (a no-op on the CPU)."""
+    if torch is not None and torch.device(device).type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def matmul_rate(n: int = 2048, reps: int = 5, torch_device: Optional[str] = "cpu") -> Dict[str, float]:
+    """Measured float32 matmul rates (FLOP/s) of XLA and, when present, PyTorch (on ``torch_device``)."""
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     mm = jax.jit(jnp.dot)
     mm(a, a).block_until_ready()
     out = {"xla": 2 * n**3 / min(_time(lambda: mm(a, a).block_until_ready()) for _ in range(reps))}
-    if torch is not None:
-        t = torch.randn(n, n)
-        t @ t
-        out["torch"] = 2 * n**3 / min(_time(lambda: t @ t) for _ in range(reps))
+    if torch is not None and torch_device is not None:
+        sync = _torch_sync(torch_device)
+        t = torch.randn(n, n).to(torch_device)
+
+        def tmm():
+            t @ t
+            sync()
+
+        tmm()
+        out["torch"] = 2 * n**3 / min(_time(tmm) for _ in range(reps))
     out["peak"] = max(out.values())
     return out
 
@@ -211,9 +244,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of " + ",".join(ROWS))
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     p.add_argument("--torch-threads", type=int, default=0,
-                   help="torch.set_num_threads; 0 (default): the faster of 1 and all cores on a plain step")
+                   help="torch.set_num_threads; 0 (default): the faster of 1 and all cores on a plain step "
+                        "(CPU only; on cuda 0 leaves torch's default)")
+    p.add_argument("--torch-device", default=None,
+                   help="device of the PyTorch reference (default: cuda if torch.cuda.is_available() else cpu)")
+    p.add_argument("--data-dir", default=None,
+                   help="passed to jacuap.load_dataset (e.g. a folder with the Fashion-MNIST IDX files)")
     p.add_argument("--conv", choices=("jacuap", "lax"), default="jacuap",
-                   help="the model's convolution: jacuap.conv's (default) or plain jax.lax (to measure what it buys)")
+                   help="the model's convolution: jacuap.models.conv's (default) or plain jax.lax (to measure what it buys)")
+    p.add_argument("--loop", choices=("host", "scan"), default="host",
+                   help="set-kernel chunk loop: 'host' (a Python loop over one compiled chunk step, the default "
+                        "on CPU) or 'scan' (lax.scan inside one program)")
     p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/speed.json; '' for none)")
     args = p.parse_args(argv)
 
@@ -231,17 +272,27 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if unknown:
         p.error(f"unknown rows {sorted(unknown)}; choose from {ROWS}")
     use_torch = torch is not None and not args.no_torch
+    torch_device = None
+    if use_torch:
+        torch_device = args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            on_cuda = torch.device(torch_device).type == "cuda"
+        except RuntimeError as exc:
+            p.error(f"--torch-device {torch_device!r}: {exc}")
+        if on_cuda and not torch.cuda.is_available():
+            p.error(f"--torch-device {torch_device!r}: torch sees no CUDA device")
+    on_cuda = torch_device is not None and torch.device(torch_device).type == "cuda"
     out_path = args.out if args.out is not None else os.path.join(os.path.dirname(__file__), "results", "speed.json")
 
-    ds = jacuap.load_dataset(dataset_name)
+    ds = jacuap.load_dataset(dataset_name, data_dir=args.data_dir)
     image_shape = tuple(ds.image_shape)
     model = models.create_model("cnn", ds.num_classes, ds.mean, ds.std)
     if args.conv == "lax":
         model = model.clone(conv_general_dilated=jax.lax.conv_general_dilated)
     apply_fn = models.make_apply_fn(model)
     tx = optax.adam(1e-3)
-    state = training.create_train_state(model, jax.random.PRNGKey(0), image_shape, tx)
-    step_fn = jax.jit(training.train_step, static_argnames=("jr_lambda", "jr_num_proj", "input_std"),
+    state = train.create_train_state(model, jax.random.PRNGKey(0), image_shape, tx)
+    step_fn = jax.jit(train.train_step, static_argnames=("jr_lambda", "jr_num_proj", "input_std"),
                       donate_argnums=0)
     input_std = tuple(float(s) for s in ds.std)
     train_x, train_y = ds.train_images, ds.train_labels
@@ -264,33 +315,51 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             "devices": [str(d) for d in jax.devices()],
             "torch": torch.__version__ if torch is not None else None,
             "torch_threads": torch.get_num_threads() if torch is not None else None,
+            "torch_device": torch_device,
+            "gpu_name": torch.cuda.get_device_name(torch.device(torch_device)) if on_cuda else None,
+            "jax_device_kinds": sorted({getattr(d, "device_kind", "") for d in jax.devices()}),
+            # float32 precision both sides use on GPUs (TF32 or not): read, never changed here.
+            "torch_cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32 if on_cuda else None,
+            "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if on_cuda else None,
+            "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
             "loadavg_at_start": os.getloadavg(),
         },
         "config": {"dataset": dataset_name, "data_source": ds.source, "batch": batch, "set_size": set_size,
                    "deepfool_size": deepfool_size, "reps": reps, "slow_reps": slow_reps,
-                   "pretrain_steps": pretrain, "quick": quick, "conv": args.conv, "argv": sys.argv[1:] if argv is None else argv},
+                   "pretrain_steps": pretrain, "quick": quick, "conv": args.conv, "loop": args.loop, "data_dir": args.data_dir,
+                   "argv": sys.argv[1:] if argv is None else argv},
     }
-    rate = matmul_rate(512 if quick else 2048)
+    rate = matmul_rate(512 if quick else 2048, torch_device=torch_device or ("cpu" if torch is not None else None))
     info["matmul_flops_per_s"] = rate
     print(f"jacuap speed: {dataset_name} ({ds.source}), batch {batch}, set {set_size}; "
-          f"matmul {rate['peak'] / 1e9:.1f} GFLOP/s; torch {'on' if use_torch else 'off'}", flush=True)
+          f"matmul {rate['peak'] / 1e9:.1f} GFLOP/s; jax {jax.default_backend()}; "
+          f"torch {torch_device if use_torch else 'off'}", flush=True)
 
-    tmodel = tr.from_flax(params, ds.mean, ds.std, image_shape) if use_torch else None
-    txb = tr.to_nchw(xb) if use_torch else None
-    tyb = torch.from_numpy(np.asarray(yb, np.int64)) if use_torch else None
-    if use_torch:
+    dev = torch_device
+    tmodel = tr.from_flax(params, ds.mean, ds.std, image_shape).to(dev) if use_torch else None
+    txb = tr.to_nchw(xb).to(dev) if use_torch else None
+    tyb = torch.from_numpy(np.asarray(yb, np.int64)).to(dev) if use_torch else None
+    if use_torch and not on_cuda:
         threads = args.torch_threads or _best_torch_threads(tmodel, txb, tyb)
         torch.set_num_threads(threads)
         info["machine"]["torch_threads"] = threads
         print(f"torch threads: {threads}", flush=True)
-    bench = Bench(reps, warmup=1)
+    elif use_torch and args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+        info["machine"]["torch_threads"] = args.torch_threads
+
+    def save_partial():
+        if out_path:
+            _write_json(out_path, {**info, "rows": bench.rows, "partial": True})
+
+    bench = Bench(reps, warmup=1, torch_sync=_torch_sync(dev) if use_torch else None, on_row=save_partial)
     key = jax.random.PRNGKey(1)
     jr_lambda = 0.5
 
     # --- training steps --------------------------------------------------
     def train_row(name, lam, num_proj):
-        jstate = [training.create_train_state(model, jax.random.PRNGKey(0), image_shape, tx).replace(params=_copy(params))]
+        jstate = [train.create_train_state(model, jax.random.PRNGKey(0), image_shape, tx).replace(params=_copy(params))]
         compiled, compile_s = _aot(step_fn, jstate[0], xb, yb, key, lam, num_proj, input_std if lam else None)
 
         def jfn():
@@ -299,7 +368,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
         ref = None
         if use_torch:
-            tm = tr.from_flax(params, ds.mean, ds.std, image_shape)
+            tm = tr.from_flax(params, ds.mean, ds.std, image_shape).to(dev)
             opt = tr.make_optimizer(tm)
             ref = lambda: tr.train_step(tm, opt, txb, tyb, lam, num_proj)
         return bench.run(name, jfn, ref, compile_s=compile_s, flops=_flops(compiled))
@@ -311,10 +380,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if "train_jr_exact" in rows:
         train_row("train_jr_exact", jr_lambda, None)
     if "train_jr_exact_vmap_jacrev" in rows:
-        vstate = [training.create_train_state(model, jax.random.PRNGKey(0), image_shape, tx).replace(params=_copy(params))]
+        vstate = [train.create_train_state(model, jax.random.PRNGKey(0), image_shape, tx).replace(params=_copy(params))]
         vstep = jax.jit(_vmap_jacrev_train_step, static_argnames=("jr_lambda", "input_std"), donate_argnums=0)
         compiled, compile_s = _aot(vstep, vstate[0], xb, yb, jr_lambda, input_std)
-        fast = [training.create_train_state(model, jax.random.PRNGKey(0), image_shape, tx).replace(params=_copy(params))]
+        fast = [train.create_train_state(model, jax.random.PRNGKey(0), image_shape, tx).replace(params=_copy(params))]
         fast_c, _ = _aot(step_fn, fast[0], xb, yb, key, jr_lambda, None, input_std)
 
         def vfn():
@@ -342,11 +411,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if "stacked_spectral_norm" in rows or "stacked_spectral_norm_power50" in rows:
         reference = _dense_reference(apply_fn, params, set_x, chunk)
         info["stacked_reference"] = {"sigma": reference, "how": "float64 eigh of sum_i J_i^T J_i (exact rows)"}
-    # Called eagerly, as users and jacuap.attacks call it: the set loop then runs
-    # from Python over one compiled chunk step (faster on CPU than a lax.scan
-    # under jit, see jacuap/jacobian.py); the first call's extra time is compile.
+    # loop="host" (the default): called eagerly, as jacuap.metrics and the
+    # singular-vector UAP call it, the set loop runs from Python over one
+    # compiled chunk step.  loop="scan": the whole kernel as one jitted program
+    # (compiled once per method; an eager lax.scan would re-trace every call).
+    # The first call's extra time is compile.
+    ssn_jit = jax.jit(jacobian.stacked_spectral_norm, static_argnums=0,
+                      static_argnames=("num_iters", "batch_size", "method", "loop"))
+
     def ssn_eager(**kw):
-        return lambda: jacobian.stacked_spectral_norm(apply_fn, params, set_x, key, batch_size=chunk, **kw)
+        fn = jacobian.stacked_spectral_norm if args.loop == "host" else ssn_jit
+        return lambda: fn(apply_fn, params, set_x, key, batch_size=chunk, loop=args.loop, **kw)
 
     if "stacked_spectral_norm" in rows:
         gram_one = jax.jit(lambda xc: jacobian.stacked_gram(apply_fn, params, xc, chunk))
@@ -357,7 +432,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         first = time.perf_counter() - first
         ref = None
         if use_torch:
-            tset = tr.to_nchw(set_x)
+            tset = tr.to_nchw(set_x).to(dev)
             ref = lambda: tr.stacked_spectral_norm(tmodel, tset, chunk)
         row = bench.run("stacked_spectral_norm", ssn_eager(method="auto"), ref, flops=gram_flops, reps=slow_reps,
                         warmup=0, note="(method='auto': Gram, eager)",
@@ -398,9 +473,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         f32 = lambda a: jnp.asarray(a, jnp.float32)
         args_ = (apply_fn, None, params, jnp.zeros(image_shape), set_x, set_y, key, f32(eps), f32(alpha), f32(12.0))
         kw = dict(norm="linf", batch_size=batch, targeted=False)
-        compiled, compile_s = _aot(attacks._sgd_uap_epoch, *args_, **kw)
+        compiled, compile_s = _aot(attacks.sgd_uap_epoch, *args_, **kw)
         # XLA's cost analysis counts a loop body once: FLOPs of one minibatch step times the steps.
-        one = jax.jit(jax.value_and_grad(lambda v, xc, yc: attacks._uap_objective(
+        one = jax.jit(jax.value_and_grad(lambda v, xc, yc: attacks.uap_objective(
             apply_fn, None, params, v, xc, yc, jnp.ones(xc.shape[0]), f32(12.0))))
         sgd_flops = _flops(_aot(one, jnp.zeros(image_shape), set_x[:batch], set_y[:batch])[0])
         sgd_flops = None if sgd_flops is None else sgd_flops * nb
@@ -412,10 +487,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         _block(jfn())  # fill jit's cache (the compile time is the AOT figure above)
         ref = None
         if use_torch:
-            tset, tlab = tr.to_nchw(set_x), torch.from_numpy(np.asarray(set_y, np.int64))
-            gen = torch.Generator().manual_seed(0)
-            ref = lambda: tr.sgd_uap_epoch(tmodel, torch.zeros(1, *tset.shape[1:]), tset, tlab, eps, alpha, batch,
-                                           generator=gen)
+            tset, tlab = tr.to_nchw(set_x).to(dev), torch.from_numpy(np.asarray(set_y, np.int64)).to(dev)
+            gen = torch.Generator().manual_seed(0)  # on the CPU: the same shuffles on every device
+            ref = lambda: tr.sgd_uap_epoch(tmodel, torch.zeros(1, *tset.shape[1:], device=dev), tset, tlab, eps,
+                                           alpha, batch, generator=gen)
         bench.run("sgd_uap_epoch", jfn, ref, compile_s=compile_s, flops=sgd_flops, reps=slow_reps, warmup=0,
                   extra={"temp_bytes": _temp_bytes(compiled)})
 
@@ -427,7 +502,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         args_ = (apply_fn, params, jnp.zeros(image_shape), dx, clean, key, f32(eps), f32(0.02), f32(eps))
         kw = dict(norm="linf", inner="deepfool", aggregate="mean", batch_size=batch, deepfool_max_iter=20,
                   inner_steps=10, num_classes=None)
-        compiled, compile_s = _aot(attacks._deepfool_uap_pass, *args_, **kw)
+        compiled, compile_s = _aot(attacks.deepfool_uap_pass, *args_, **kw)
 
         def jfn():
             return attacks.deepfool_uap(apply_fn, params, dx, dy, eps=eps, max_passes=1, target_fooling_rate=2.0,
@@ -441,11 +516,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         iter_flops = _flops(_aot(it_fn, dx[:batch])[0])
         ref = None
         if use_torch:
-            tset, tclean = tr.to_nchw(dx), torch.from_numpy(np.asarray(clean, np.int64))
+            tset, tclean = tr.to_nchw(dx).to(dev), torch.from_numpy(np.asarray(clean, np.int64)).to(dev)
             gen = torch.Generator().manual_seed(0)
-            ref = lambda: tr.deepfool_uap_pass(tmodel, torch.zeros(1, *tset.shape[1:]), tset, tclean, eps, batch,
-                                               generator=gen)
-        tr.DEEPFOOL_ITERATIONS[0] = 0
+            ref = lambda: tr.deepfool_uap_pass(tmodel, torch.zeros(1, *tset.shape[1:], device=dev), tset, tclean,
+                                               eps, batch, generator=gen)
+        if use_torch:
+            tr.DEEPFOOL_ITERATIONS[0] = 0
         row = bench.run("deepfool_uap_pass", jfn, ref, compile_s=compile_s, reps=slow_reps, warmup=0,
                         extra={"temp_bytes": _temp_bytes(compiled), "flops_per_iteration": iter_flops})
         if use_torch and iter_flops:
@@ -473,10 +549,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     info["machine"]["loadavg_at_end"] = os.getloadavg()
     result = {**info, "rows": bench.rows}
     if out_path:
-        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-        parallel.write_text_atomic(out_path, json.dumps(result, indent=2))  # never a half-written file
+        _write_json(out_path, result)
         print(f"wrote {out_path}")
     return result
+
+
+def _write_json(path: str, obj: Any) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    parallel.write_text_atomic(path, json.dumps(obj, indent=2))  # never a half-written file
 
 
 def _best_torch_threads(tmodel, x, y) -> int:
@@ -517,9 +597,9 @@ def memory_check(apply_fn, params, ds, image_shape, batch, chunk, sizes):
                                                        method="gram")[0],
             "stacked_spectral_norm_power": lambda: _aot(ssn, apply_fn, params, x, key, num_iters=2,
                                                         batch_size=chunk, method="power")[0],
-            "sgd_uap_epoch": lambda: _aot(attacks._sgd_uap_epoch, apply_fn, None, params, v, x, y, key, f32(0.1),
+            "sgd_uap_epoch": lambda: _aot(attacks.sgd_uap_epoch, apply_fn, None, params, v, x, y, key, f32(0.1),
                                           f32(0.01), f32(12.0), norm="linf", batch_size=batch, targeted=False)[0],
-            "deepfool_uap_pass": lambda: _aot(attacks._deepfool_uap_pass, apply_fn, params, v, x, y, key, f32(0.1),
+            "deepfool_uap_pass": lambda: _aot(attacks.deepfool_uap_pass, apply_fn, params, v, x, y, key, f32(0.1),
                                               f32(0.02), f32(0.1), norm="linf", inner="deepfool", aggregate="mean",
                                               batch_size=batch, deepfool_max_iter=20, inner_steps=10,
                                               num_classes=None)[0],

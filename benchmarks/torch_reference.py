@@ -20,6 +20,11 @@ Conv(32, 3x3, SAME)-relu-avgpool2-Conv(64, 3x3, SAME)-relu-avgpool2-
 Dense(128)-relu-Dense(K), in NCHW.  :func:`from_flax` copies a Flax
 parameter tree into it so that both compute the same function.
 
+Every function is device-agnostic: tensors it makes live on the device of
+its inputs (move the model and the data with ``.to(device)``); a
+``torch.Generator`` passed in may live on the CPU (its draws are made there
+and moved), so CPU results are those of a CPU-only run, bit for bit.
+
 Importing this module requires ``torch`` (the ``bench`` extra).
 """
 
@@ -128,11 +133,13 @@ def make_optimizer(model: nn.Module, lr: float = 1e-3) -> torch.optim.Optimizer:
 def _jr_cotangents(logits: torch.Tensor, num_proj: Optional[int], generator=None):
     batch, num_classes = logits.shape
     if num_proj is None:
-        eye = torch.eye(num_classes, dtype=logits.dtype)
+        eye = torch.eye(num_classes, dtype=logits.dtype, device=logits.device)
         return [eye[k].expand(batch, num_classes) for k in range(num_classes)], 1.0
     out = []
+    # Draw where the generator lives (the default one: the logits' device), then move.
+    draw_on = logits.device if generator is None else generator.device
     for _ in range(num_proj):
-        u = torch.randn(batch, num_classes, generator=generator)
+        u = torch.randn(batch, num_classes, generator=generator, device=draw_on).to(logits.device)
         out.append(u / u.norm(dim=1, keepdim=True))
     return out, num_classes / num_proj
 
@@ -182,7 +189,7 @@ def input_jacobian(model: TorchCNN, x: torch.Tensor) -> torch.Tensor:
 def stacked_gram(model: TorchCNN, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """``sum_i J_i^T J_i`` (``d x d``), chunk by chunk."""
     d = int(np.prod(x.shape[1:]))
-    gram = torch.zeros(d, d)
+    gram = torch.zeros(d, d, device=x.device)
     for start in range(0, x.shape[0], batch_size):
         jac = input_jacobian(model, x[start:start + batch_size]).reshape(-1, d)
         gram.addmm_(jac.T, jac)
@@ -206,6 +213,12 @@ def clip01(u: torch.Tensor) -> torch.Tensor:
     """
     weight = ((u > 0) & (u < 1)).to(u.dtype) + 0.5 * ((u == 0) | (u == 1)).to(u.dtype)
     return u.clamp(0, 1).detach() + weight * (u - u.detach())
+
+
+def _randperm(n: int, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+    """``torch.randperm(n)`` drawn where ``generator`` lives (the CPU when None), moved to ``device``."""
+    draw_on = torch.device("cpu") if generator is None else generator.device
+    return torch.randperm(n, generator=generator, device=draw_on).to(device)
 
 
 # ---------------------------------------------------------------------------
@@ -232,7 +245,7 @@ def sgd_uap_epoch(model: TorchCNN, v: torch.Tensor, x: torch.Tensor, y: torch.Te
     """One epoch: a random order, then :func:`sgd_uap_step` per minibatch."""
     for p in model.parameters():
         p.requires_grad_(False)
-    perm = torch.randperm(x.shape[0], generator=generator)
+    perm = _randperm(x.shape[0], generator, x.device)
     for start in range(0, x.shape[0], batch_size):
         idx = perm[start:start + batch_size]
         v = sgd_uap_step(model, v, x[idx], y[idx], eps, step_size, beta)
@@ -252,7 +265,7 @@ DEEPFOOL_ITERATIONS = [0]  # DeepFool iterations run (a counter read by speed.py
 def _deepfool_delta(model, z, labels, active, overshoot, max_iter):
     """Batched l_inf DeepFool of ``g(u) = f(clamp(u, 0, 1))`` from base points ``z``."""
     batch = z.shape[0]
-    rows = torch.arange(batch)
+    rows = torch.arange(batch, device=z.device)
     g = lambda u: model(clip01(u))
     r = torch.zeros_like(z)
     with torch.no_grad():
@@ -289,7 +302,7 @@ def deepfool_uap_pass(model: TorchCNN, v: torch.Tensor, x: torch.Tensor, clean: 
     """One l_inf pass of the universal algorithm; returns ``(v, fooling_rate)``."""
     for p in model.parameters():
         p.requires_grad_(False)
-    perm = torch.randperm(x.shape[0], generator=generator)
+    perm = _randperm(x.shape[0], generator, x.device)
     for start in range(0, x.shape[0], batch_size):
         idx = perm[start:start + batch_size]
         xc, cc = x[idx], clean[idx]

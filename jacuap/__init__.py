@@ -1,43 +1,106 @@
 """jacuap: Jacobian regularization against universal adversarial perturbations.
 
 Co, Martinez-Rego & Lupu, "Jacobian Regularization for Mitigating Universal
-Adversarial Perturbations" (ICANN 2021), as a JAX/Flax library.  Data flows
-one way: ``data -> models -> jacobian -> (training | attacks | metrics)``.
+Adversarial Perturbations" (ICANN 2021), as a JAX/Flax library.  Imports point
+one way::
+
+    errors, batching, io, parallel      (leaves)
+      -> data, models                   (datasets; Flax models and their convolution)
+      -> jacobian                       (the input-Jacobian kernels)
+      -> metrics                        (rates, bounds, pairwise Jacobian metrics)
+      -> attacks                        (universal and per-input attacks)
+      -> train, checkpoints             (JR training and its baselines)
+      -> attack_run, cli                (the jobs behind train.py and attack.py)
+
+Every public name below is loaded on first use, so ``import jacuap`` stays
+cheap (no orbax, matplotlib or tensorflow-datasets until they are needed).
+
+>>> import jacuap
+>>> sorted(jacuap.DATASETS)
+['cifar10', 'digits', 'fashion_mnist', 'mnist']
 """
 
-from jacuap import attacks, checkpoints, data, evaluation, jacobian, metrics, models, training
-from jacuap.attacks import deepfool_uap, fgsm, pgd, sgd_uap, singular_vector_uap
-from jacuap.checkpoints import CheckpointError
-from jacuap.metrics import (
-    accuracy,
-    fooling_rate,
-    gram_cosine,
-    jacobian_cosine,
-    jacobian_metrics,
-    shared_perturbation_strength,
-    universal_evasion_rate,
-    universality_ratio,
-)
-from jacuap.data import DATASETS, Dataset, DataError, load_dataset
-from jacuap.jacobian import (
-    frobenius_sq,
-    input_jacobian,
-    logits_and_input_jacobian,
-    jacobian_penalty,
-    logits_and_frobenius_sq,
-    spectral_norm,
-    stacked_gram,
-    stacked_spectral_norm,
-)
-from jacuap.models import MODELS, ModelError, create_model, init_params, make_apply_fn
-from jacuap.training import (
-    ConfigError,
-    TrainingDiverged,
-    restore_model,
-    train_and_evaluate,
-    train_step,
-    eval_step,
-    evaluate,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# name -> the module that defines it.
+_PUBLIC = {
+    # errors
+    "UserError": "jacuap.errors",
+    "ConfigError": "jacuap.errors",
+    "DataError": "jacuap.errors",
+    "ModelError": "jacuap.errors",
+    "CheckpointError": "jacuap.errors",
+    "AttackError": "jacuap.errors",
+    # data, models
+    "DATASETS": "jacuap.data",
+    "Dataset": "jacuap.data",
+    "load_dataset": "jacuap.data",
+    "MODELS": "jacuap.models",
+    "create_model": "jacuap.models",
+    "init_params": "jacuap.models",
+    "make_apply_fn": "jacuap.models",
+    # kernels
+    "input_jacobian": "jacuap.jacobian",
+    "frobenius_sq": "jacuap.jacobian",
+    "jacobian_penalty": "jacuap.jacobian",
+    "spectral_norm": "jacuap.jacobian",
+    "stacked_spectral_norm": "jacuap.jacobian",
+    # metrics
+    "accuracy": "jacuap.metrics",
+    "universal_evasion_rate": "jacuap.metrics",
+    "fooling_rate": "jacuap.metrics",
+    "universality_ratio": "jacuap.metrics",
+    "shared_perturbation_strength": "jacuap.metrics",
+    "jacobian_metrics": "jacuap.metrics",
+    # attacks
+    "UAPResult": "jacuap.attacks",
+    "sgd_uap": "jacuap.attacks",
+    "singular_vector_uap": "jacuap.attacks",
+    "deepfool_uap": "jacuap.attacks",
+    "fgsm": "jacuap.attacks",
+    "pgd": "jacuap.attacks",
+    # training
+    "get_config": "jacuap.configs",
+    "train_and_evaluate": "jacuap.train",
+    "train_step": "jacuap.train",
+    "restore_model": "jacuap.checkpoints",
+}
+
+_SUBMODULES = (
+    "attack_run",
+    "attacks",
+    "batching",
+    "checkpoints",
+    "cli",
+    "configs",
+    "data",
+    "errors",
+    "io",
+    "jacobian",
+    "metrics",
+    "models",
+    "parallel",
+    "train",
+)
+
+__all__ = sorted(_PUBLIC) + list(_SUBMODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"jacuap.{name}")
+    else:
+        raise AttributeError(f"module 'jacuap' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

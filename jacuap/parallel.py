@@ -24,7 +24,7 @@ Two ways in:
 Multi-host: :func:`initialize_multihost` calls ``jax.distributed.initialize``
 (arguments auto-detected on Cloud TPU pod slices, SLURM and Open MPI; explicit
 ``coordinator_address``/``num_processes``/``process_id`` elsewhere).  Only
-process 0 writes files (:func:`is_primary`, :func:`write_text_atomic`);
+process 0 writes files (:mod:`jacuap.io`);
 orbax coordinates checkpoint writes across processes itself.
 """
 
@@ -33,39 +33,34 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import tempfile
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jacuap.batching import round_up  # noqa: F401  (transitional: callers move to jacuap.batching)
+from jacuap.errors import ParallelError
+from jacuap.io import is_primary, write_text_atomic  # noqa: F401  (transitional: callers move to jacuap.io)
+
 __all__ = [
     "BATCH_AXIS",
     "ParallelError",
     "initialize_multihost",
-    "is_multihost",
     "is_primary",
     "make_mesh",
     "batch_sharding",
     "replicated_sharding",
     "check_divisible",
-    "padded_size",
     "process_rows",
     "shard_batch",
     "replicate",
     "batch_sharded_apply",
     "batch_multiple",
-    "round_up",
     "any_process",
-    "write_text_atomic",
 ]
 
 BATCH_AXIS = "batch"
-
-
-class ParallelError(ValueError):
-    """A batch that cannot be split over the devices, or a failed multi-host start."""
 
 
 def initialize_multihost(
@@ -114,16 +109,6 @@ def initialize_multihost(
         ) from None
 
 
-def is_multihost() -> bool:
-    """True when this program is one of several JAX processes."""
-    return jax.process_count() > 1
-
-
-def is_primary() -> bool:
-    """True on process 0, the one that writes logs and files."""
-    return jax.process_index() == 0
-
-
 def make_mesh(devices: Optional[Sequence[Any]] = None) -> Mesh:
     """A 1-D mesh ``("batch",)`` over ``devices`` (default: every device of every process).
 
@@ -157,11 +142,6 @@ def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch_size") -> No
             f"{what} {batch_size} does not divide over the {n} devices "
             f"({jax.devices()[0].platform}); use a multiple of {n}, e.g. {options}"
         )
-
-
-def padded_size(n: int, mesh: Mesh) -> int:
-    """``n`` rounded up to a multiple of the mesh's size."""
-    return -(-n // mesh.size) * mesh.size
 
 
 def process_rows(global_batch: int, mesh: Mesh) -> slice:
@@ -253,11 +233,6 @@ def batch_multiple(apply_fn: Callable) -> int:
     return mesh.size if isinstance(mesh, Mesh) else 1
 
 
-def round_up(n: int, multiple: int) -> int:
-    """``n`` rounded up to a multiple of ``multiple``."""
-    return -(-int(n) // multiple) * multiple
-
-
 def any_process(flag: bool) -> bool:
     """True if ``flag`` is true on any process (a collective: call it on all of them)."""
     if jax.process_count() == 1:
@@ -266,25 +241,3 @@ def any_process(flag: bool) -> bool:
 
     flags = multihost_utils.process_allgather(np.array([int(bool(flag))], np.int32))
     return bool(np.any(flags))
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Process 0 writes ``text`` to ``path`` through a temporary file, fsync and rename.
-
-    Readers see the old file or the new one, never a part; other processes
-    write nothing.
-    """
-    if not is_primary():
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

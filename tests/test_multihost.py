@@ -24,10 +24,10 @@ import jax
 import numpy as np
 import pytest
 
-from jacuap import checkpoints, parallel, training
+from jacuap import checkpoints, configs, parallel, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = ["--config=configs/digits.py", "--config.num_epochs=1", "--config.batch_size=128",
+ARGS = [f"--config={configs.config_path('digits')}", "--config.num_epochs=1", "--config.batch_size=128",
         "--config.checkpoint_every_steps=4", "--config.max_to_keep=5", "--config.eval_num_inputs=64", "--config.progress=False"]
 
 
@@ -60,9 +60,7 @@ def _launch_pair(workdir, extra=()):
 
 
 def _config():
-    from configs import digits
-
-    config = digits.get_config()
+    config = configs.get_config("digits")
     config.update(num_epochs=1, batch_size=128, checkpoint_every_steps=4, max_to_keep=5, eval_num_inputs=64,
                   progress=False)
     return config
@@ -72,7 +70,7 @@ def _config():
 def test_two_processes_resume_a_run_and_match_one_process(tmp_path):
     # The one-process reference: 11 steps, checkpoints at 4, 8 and 11.
     one = str(tmp_path / "one")
-    single = training.train_and_evaluate(_config(), one, mesh=parallel.make_mesh(jax.devices()[:1]))
+    single = train.train_and_evaluate(_config(), one, mesh=parallel.make_mesh(jax.devices()[:1]))
     steps = 1437 // 128
     # Its step-4 checkpoint, alone in a fresh workdir: the pair must restore it
     # (a one-device checkpoint onto a two-process mesh), train steps 5..11 as
@@ -95,7 +93,7 @@ def test_two_processes_resume_a_run_and_match_one_process(tmp_path):
     assert sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()) == [4, 8, 11]
     assert not [n for n in os.listdir(workdir) if n.startswith(".tmp-")]
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=3e-5),
-                           training.restore_model(one).params, training.restore_model(str(workdir)).params)
+                           train.restore_model(one).params, train.restore_model(str(workdir)).params)
     assert multi["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=2 / 360)
     for key in ("mean_jacobian_frobenius_sq", "stacked_spectral_norm"):
         assert multi[key] == pytest.approx(single[key], rel=1e-4)

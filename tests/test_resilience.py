@@ -29,11 +29,11 @@ import jax
 import numpy as np
 import pytest
 
-from jacuap import checkpoints, parallel, training
+from jacuap import checkpoints, configs, parallel, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # digits MLP, 1 epoch of 22 steps, a checkpoint every 3 steps (all kept).
-ARGS = ["--config=configs/digits.py", "--config.num_epochs=1", "--config.batch_size=64",
+ARGS = [f"--config={configs.config_path('digits')}", "--config.num_epochs=1", "--config.batch_size=64",
         "--config.checkpoint_every_steps=3", "--config.max_to_keep=100", "--config.eval_num_inputs=64",
         "--config.progress=False"]
 TOTAL_STEPS = 1437 // 64
@@ -41,9 +41,7 @@ CLOCK_KEYS = ("train_seconds",)
 
 
 def _config():
-    from configs import digits
-
-    config = digits.get_config()
+    config = configs.get_config("digits")
     config.update(num_epochs=1, batch_size=64, checkpoint_every_steps=3, max_to_keep=100, eval_num_inputs=64,
                   progress=False)
     return config
@@ -53,7 +51,7 @@ def _config():
 def reference(tmp_path_factory):
     """The uninterrupted run, in this process on one device (as train.py runs here)."""
     workdir = str(tmp_path_factory.mktemp("reference") / "w")
-    training.train_and_evaluate(_config(), workdir, mesh=parallel.make_mesh(jax.devices()[:1]))
+    train.train_and_evaluate(_config(), workdir, mesh=parallel.make_mesh(jax.devices()[:1]))
     return workdir
 
 
@@ -90,7 +88,7 @@ def _strip_clock(record):
 
 def assert_same_run(workdir, reference):
     """Bitwise: parameters and optimizer state, every metrics line, the summary (clock aside)."""
-    a, b = training.restore_model(reference), training.restore_model(workdir)
+    a, b = train.restore_model(reference), train.restore_model(workdir)
     assert a.step == b.step == TOTAL_STEPS
     jax.tree_util.tree_map(np.testing.assert_array_equal, a.params, b.params)
     lines = lambda w: [_strip_clock(json.loads(l)) for l in open(os.path.join(w, "metrics.jsonl"))]
@@ -136,7 +134,7 @@ def test_sigterm_then_sigkill_at_a_random_step_then_resume_is_bitwise(tmp_path, 
 
     # 4. The rerun (what train.py runs, here without starting a third process) resumes
     #    and ends exactly where the uninterrupted run ended.
-    training.train_and_evaluate(_config(), workdir)
+    train.train_and_evaluate(_config(), workdir)
     assert not os.path.exists(partial), info
     assert_same_run(workdir, reference)
 
@@ -154,14 +152,14 @@ def test_truncated_checkpoint_is_a_clear_error_and_the_previous_one_resumes(tmp_
     shutil.copytree(reference, workdir)
     _truncate_tree(os.path.join(workdir, "checkpoints", str(TOTAL_STEPS)))
     with pytest.raises(checkpoints.CheckpointError) as info:
-        training.train_and_evaluate(_config(), workdir)
+        train.train_and_evaluate(_config(), workdir)
     message = str(info.value)
     previous = TOTAL_STEPS // 3 * 3  # checkpoints every 3 steps and at the epoch's end: ..., 21, 22
     assert f"checkpoint {TOTAL_STEPS}" in message and f"resume from checkpoint {previous}" in message
     assert "\n" not in message
     # Following the advice resumes from the previous checkpoint and recomputes the rest exactly.
     shutil.rmtree(os.path.join(workdir, "checkpoints", str(TOTAL_STEPS)))
-    training.train_and_evaluate(_config(), workdir)
+    train.train_and_evaluate(_config(), workdir)
     assert_same_run(workdir, reference)
 
 
@@ -187,18 +185,18 @@ def test_full_disk_keeps_the_last_checkpoint_and_resumes_bitwise(tmp_path, refer
         last = checkpoints.latest_step(workdir)
         assert last is not None and last < TOTAL_STEPS
         assert f"checkpoint {last} is intact" in err
-        assert training.restore_model(workdir).step == last  # complete and readable
+        assert train.restore_model(workdir).step == last  # complete and readable
         moved = str(tmp_path / "w")  # "free space": carry on from a roomier disk
         shutil.copytree(workdir, moved)
     finally:
         subprocess.run(["umount", disk], capture_output=True)
-    training.train_and_evaluate(_config(), moved)  # what rerunning train.py does, without a new process
+    train.train_and_evaluate(_config(), moved)  # what rerunning train.py does, without a new process
     assert_same_run(moved, reference)
 
 
 def test_checkpoint_and_dataset_shape_mismatch_is_a_clear_error(tmp_path, reference, monkeypatch):
     # attack.py on data whose inputs are not the checkpoint's (e.g. another --config.data_dir).
-    from jacuap import data, evaluation
+    from jacuap import attack_run, data
 
     real = data.load_dataset
 
@@ -208,10 +206,10 @@ def test_checkpoint_and_dataset_shape_mismatch_is_a_clear_error(tmp_path, refere
         return dataclasses.replace(ds, train_images=up(ds.train_images), test_images=up(ds.test_images))
 
     monkeypatch.setattr(data, "load_dataset", bigger_images)
-    request = evaluation.AttackRequest(workdir=reference, attacks=["sgd_uap"], norm="linf", eps=[0.1],
+    request = attack_run.AttackRequest(workdir=reference, attacks=["sgd_uap"], norm="linf", eps=[0.1],
                                        out=str(tmp_path / "attack"), num_craft=32, num_eval=32, progress=False)
     with pytest.raises(checkpoints.CheckpointError, match=r"expects inputs \[8, 8, 1\], the dataset gives \[16, 16, 1\]"):
-        evaluation.run_attacks(request)
+        attack_run.run_attacks(request)
     assert not (tmp_path / "attack").exists()
 
 
@@ -223,8 +221,8 @@ def test_checkpoint_of_another_model_is_a_clear_error(reference):
     meta = checkpoints.restore_meta(reference)[1]
     spec = meta["model_spec"]
     model = models.create_model(spec["name"], 5, spec["mean"], spec["std"])
-    tx = training.make_optimizer(_config(), meta["steps_per_epoch"])
-    template = training.create_train_state(model, jax.random.PRNGKey(0), tuple(spec["image_shape"]), tx)
+    tx = train.make_optimizer(_config(), meta["steps_per_epoch"])
+    template = train.create_train_state(model, jax.random.PRNGKey(0), tuple(spec["image_shape"]), tx)
     with pytest.raises(checkpoints.CheckpointError, match=f"checkpoint {TOTAL_STEPS} .*") as info:
         checkpoints.restore(reference, template)
     message = str(info.value)

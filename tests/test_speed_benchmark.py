@@ -57,7 +57,7 @@ def test_same_sgd_uap_step(setup):
     apply_fn, params, tmodel, x, y = setup
     eps, alpha = 0.1, 0.03
     v, _ = attacks.sgd_uap(apply_fn, params, jnp.asarray(x), jnp.asarray(y), eps=eps, num_epochs=1,
-                           batch_size=len(x), step_size=alpha)
+                           batch_size=len(x), step_size=alpha, key=jax.random.PRNGKey(0))
     tv = tr.sgd_uap_step(tmodel, torch.zeros(1, *tr.to_nchw(x).shape[1:]), tr.to_nchw(x),
                          torch.from_numpy(np.asarray(y, np.int64)), eps, alpha)
     got = tv.numpy()[0].transpose(1, 2, 0)

@@ -1,0 +1,87 @@
+"""benchmarks/gpu_run.py: ``prepare`` builds a verified carry, ``run --quick`` runs every step (on CPU here).
+
+The wheel download needs the network, so ``prepare`` runs with ``--no-wheels``
+on a fake data folder; ``run`` then installs nothing (every carried package
+imports here).  No timing is asserted.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "benchmarks", "gpu_run.py")
+IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def _gpu_run(*args, env=None, timeout=60):
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def carry(tmp_path):
+    """A carry prepared from a fake data folder of four tiny files."""
+    src = tmp_path / "fake_fashion_mnist"
+    src.mkdir()
+    for i, name in enumerate(IDX_FILES):
+        (src / name).write_bytes(bytes([i]) * (10 + i))
+    out = tmp_path / "carry"
+    proc = _gpu_run("prepare", "--carry", str(out), "--data-dir", str(src), "--no-wheels")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def test_prepare_copies_and_writes_manifest(carry):
+    manifest = json.loads((carry / "manifest.json").read_text())
+    paths = {f["path"]: f for f in manifest["files"]}
+    assert set(paths) == {f"fashion_mnist/{n}" for n in IDX_FILES}
+    for i, name in enumerate(IDX_FILES):
+        assert (carry / "fashion_mnist" / name).read_bytes() == bytes([i]) * (10 + i)
+        assert paths[f"fashion_mnist/{name}"]["bytes"] == 10 + i
+        assert len(paths[f"fashion_mnist/{name}"]["sha256"]) == 64
+    assert manifest["total_bytes"] == sum(10 + i for i in range(4))
+    assert not manifest["wheels"]["downloaded"]
+
+
+def test_user_mistakes_are_one_line_exit_2(tmp_path, carry):
+    proc = _gpu_run("prepare", "--carry", str(tmp_path / "c"), "--data-dir", str(tmp_path / "nowhere"), "--no-wheels")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    proc = _gpu_run("run", "--carry", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "not found" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    # A carried file that changed on the way is caught before anything runs.
+    (carry / "fashion_mnist" / IDX_FILES[0]).write_bytes(b"truncated")
+    proc = _gpu_run("run", "--carry", str(carry), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "differs" in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_run_quick_on_cpu(tmp_path, carry):
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+    speed_args = ["--reps=1", "--slow-reps=1", "--pretrain-steps=1", "--set-size=64", "--deepfool-size=32",
+                  "--power-iters=2", "--no-memory", "--torch-threads=1"]
+    proc = _gpu_run("run", "--carry", str(carry), "--out", str(out), "--workdir", str(work), "--quick",
+                    "--budget-s", "400", *[f"--speed-arg={a}" for a in speed_args], env=env, timeout=480)
+    assert (out / "gpu_run.json").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "gpu_run.json").read_text())
+    assert report["status"] == "done" and report["carry"]["verified"]
+    assert report["jax_devices"] and all("cpu" in d.lower() for d in report["jax_devices"])
+    assert list(report["steps"]) == ["speed", "train", "attack", "speed_lax"]
+    for name, step in report["steps"].items():
+        assert step["skipped"] is None, (name, step["skipped"])
+        assert step["exit_code"] == 0, (name, step["tail"])
+        assert step["wall_s"] > 0 and isinstance(step["tail"], list)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("speed_gpu.json", "speed_gpu_lax_conv.json"):
+        speed = json.loads((out / name).read_text())
+        assert speed["rows"] and "partial" not in speed
+    assert json.loads((out / "speed_gpu_lax_conv.json").read_text())["config"]["conv"] == "lax"
+    assert (out / "train_summary.json").is_file() and (out / "attack_results.json").is_file()
+    assert (out / "gpu_run.log").stat().st_size > 0
+    # Every file comes back through a device run's $OUT: at most 8, none deeper.
+    assert len(list(out.iterdir())) <= 8 and all(p.is_file() for p in out.iterdir())
