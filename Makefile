@@ -43,13 +43,15 @@ run: install
 	    --eps=0.05,0.1,0.2 --num_craft=2000 --num_eval=2000 --out=$(RUN_DIR)/$$DS/attack; \
 	fi
 
-# The 8-device equivalence tests need the XLA flag before JAX starts: a second process.
+# One pytest worker per core (pytest-xdist); compiled programs are shared through
+# JAX's persistent cache in .pytest_cache/ (tests/conftest.py).  The 8-device
+# equivalence tests need the XLA flag before JAX starts: a second process.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests/test_parallel.py
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

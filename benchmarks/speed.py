@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import jacuap  # noqa: E402
-from jacuap import attacks, jacobian, models, parallel, train  # noqa: E402
+from jacuap import attacks, io, jacobian, models, parallel, train  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -556,7 +556,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 def _write_json(path: str, obj: Any) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    parallel.write_text_atomic(path, json.dumps(obj, indent=2))  # never a half-written file
+    io.write_text_atomic(path, json.dumps(obj, indent=2))  # never a half-written file
 
 
 def _best_torch_threads(tmodel, x, y) -> int:

@@ -68,7 +68,7 @@ _PUBLIC = {
     "get_config": "jacuap.configs",
     "train_and_evaluate": "jacuap.train",
     "train_step": "jacuap.train",
-    "restore_model": "jacuap.checkpoints",
+    "restore_model": "jacuap.train.checkpoints",
 }
 
 _SUBMODULES = (

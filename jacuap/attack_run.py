@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jacuap import attacks, batching, checkpoints, data, io, jacobian, metrics, parallel
+from jacuap import attacks, batching, data, io, jacobian, metrics, parallel
+from jacuap.train import checkpoints
 from jacuap.errors import AttackError, CheckpointError
 
 __all__ = ["AttackRequest", "craft_and_eval_sets", "craft", "run_attacks", "plot_uaps", "print_results"]

@@ -23,7 +23,8 @@ from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional
 
 from absl import app, flags, logging
 
-from jacuap import checkpoints, configs, errors, train
+from jacuap import configs, errors, train
+from jacuap.train import checkpoints
 
 __all__ = [
     "EXIT_FAILED",

@@ -21,6 +21,7 @@ __all__ = [
     "CheckpointError",
     "AttackError",
     "ParallelError",
+    "BusyError",
     "one_line",
 ]
 
@@ -76,3 +77,7 @@ class AttackError(UserError):
 
 class ParallelError(UserError):
     """A batch that cannot be split over the devices, or a failed multi-host start."""
+
+
+class BusyError(UserError):
+    """A workdir or output folder another live process holds (see :func:`jacuap.io.exclusive_lock`)."""

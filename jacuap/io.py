@@ -10,17 +10,23 @@ and resumed run) sees the old file or the new one, never a part:
    failure (including ``KeyboardInterrupt``).
 
 On a multi-host job only process 0 writes; the others return at once.
+
+:func:`exclusive_lock` keeps two processes out of one workdir or output folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import tempfile
-from typing import Any, Callable, IO
+from typing import Any, Callable, IO, Iterator
 
 import jax
+
+from jacuap.errors import BusyError
 
 __all__ = [
     "is_primary",
@@ -30,7 +36,11 @@ __all__ = [
     "save_npy_atomic",
     "save_figure_atomic",
     "to_json",
+    "exclusive_lock",
+    "LOCK_NAME",
 ]
+
+LOCK_NAME = ".lock"
 
 
 def is_primary() -> bool:
@@ -90,3 +100,42 @@ def save_figure_atomic(fig: Any, path: str, **savefig_kwargs: Any) -> None:
     """Process 0 saves a matplotlib figure to ``path`` atomically; the format comes from ``path``'s suffix."""
     fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, **savefig_kwargs))
+
+
+@contextlib.contextmanager
+def exclusive_lock(directory: str) -> Iterator[None]:
+    """Holds ``directory/.lock`` for the ``with`` block, or raises :class:`BusyError` at once.
+
+    The lock is the kernel's ``flock`` on that file: it dies with its process,
+    so a lock left by a killed run (SIGKILL, a crash, a lost machine) is not
+    stale: the next run simply takes it.  The file holds the holder's PID, which
+    the error names.  Only process 0 locks (the hosts of one multi-host job
+    share the workdir by design).  ``directory`` must exist.
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> with exclusive_lock(d):
+    ...     with exclusive_lock(d):
+    ...         pass
+    Traceback (most recent call last):
+    jacuap.errors.BusyError: ... is in use by process ...
+    """
+    if not is_primary():
+        yield
+        return
+    path = os.path.join(os.fspath(directory), LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            raise BusyError(f"{directory} is in use by process {holder}; wait for it to finish "
+                            f"or choose another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock

@@ -39,15 +39,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jacuap.batching import round_up  # noqa: F401  (transitional: callers move to jacuap.batching)
 from jacuap.errors import ParallelError
-from jacuap.io import is_primary, write_text_atomic  # noqa: F401  (transitional: callers move to jacuap.io)
 
 __all__ = [
     "BATCH_AXIS",
     "ParallelError",
     "initialize_multihost",
-    "is_primary",
     "make_mesh",
     "batch_sharding",
     "replicated_sharding",

@@ -64,7 +64,8 @@ def test_run_quick_on_cpu(tmp_path, carry):
     out, work = tmp_path / "out", tmp_path / "work"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
     speed_args = ["--reps=1", "--slow-reps=1", "--pretrain-steps=1", "--set-size=64", "--deepfool-size=32",
-                  "--power-iters=2", "--no-memory", "--torch-threads=1"]
+                  "--power-iters=2", "--no-memory", "--torch-threads=1",
+                  "--rows=train_plain,input_jacobian"]  # the orchestration is under test; speed.py has its own
     proc = _gpu_run("run", "--carry", str(carry), "--out", str(out), "--workdir", str(work), "--quick",
                     "--budget-s", "400", *[f"--speed-arg={a}" for a in speed_args], env=env, timeout=480)
     assert (out / "gpu_run.json").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]

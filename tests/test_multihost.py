@@ -24,7 +24,8 @@ import jax
 import numpy as np
 import pytest
 
-from jacuap import checkpoints, configs, parallel, train
+from jacuap import configs, parallel, train
+from jacuap.train import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = [f"--config={configs.config_path('digits')}", "--config.num_epochs=1", "--config.batch_size=128",

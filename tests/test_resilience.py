@@ -29,7 +29,8 @@ import jax
 import numpy as np
 import pytest
 
-from jacuap import checkpoints, configs, parallel, train
+from jacuap import configs, parallel, train
+from jacuap.train import checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # digits MLP, 1 epoch of 22 steps, a checkpoint every 3 steps (all kept).

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import jacuap
-from jacuap import checkpoints, configs, jacobian, train
+from jacuap import configs, jacobian, train
+from jacuap.train import checkpoints
 from jacuap.configs import default
 from jacuap.train import loop
 

@@ -9,13 +9,16 @@
 * :mod:`.loss`: :func:`loss_fn`.
 * :mod:`.step`: :func:`train_step`, :func:`eval_step`, :func:`step_key`.
 * :mod:`.adversarial`: the PGD and UAT adversarial-training baselines.
+* :mod:`.checkpoints`: orbax save/restore of the train state and its
+  metadata, :func:`restore_model` for a finished workdir.
 * :mod:`.runtime`: stop signals, resume checks, divergence
   (:class:`Preempted`, :class:`TrainingDiverged`).
 * :mod:`.loop`: :func:`train_and_evaluate` (the job train.py runs),
   :func:`epoch_permutation`.
 
 Reported Jacobian metrics (``summary.json``) are always in pixel units.
-:func:`restore_model` (from :mod:`jacuap.checkpoints`) rebuilds a trained
+:func:`restore_model` (from :mod:`.checkpoints`: orbax save/restore,
+resume checks) rebuilds a trained
 workdir's model::
 
     from jacuap import configs, train
@@ -26,6 +29,7 @@ workdir's model::
 
 from jacuap.errors import ConfigError
 from jacuap.train.adversarial import Adversary, make_adversary
+from jacuap.train.checkpoints import RestoredModel, restore_model
 from jacuap.train.loop import epoch_permutation, train_and_evaluate
 from jacuap.train.loss import loss_fn
 from jacuap.train.runtime import Preempted, TrainingDiverged
@@ -52,12 +56,3 @@ __all__ = [
     "step_key",
 ]
 
-
-def __getattr__(name):
-    # jacuap.checkpoints imports jacuap.train.state, so re-exporting its
-    # restore_model eagerly here would be circular when checkpoints is imported first.
-    if name in ("restore_model", "RestoredModel"):
-        from jacuap import checkpoints
-
-        return getattr(checkpoints, name)
-    raise AttributeError(f"module 'jacuap.train' has no attribute {name!r}")

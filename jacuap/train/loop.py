@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jacuap import checkpoints, configs, data, io, jacobian, metrics, models, parallel
+from jacuap import configs, data, io, jacobian, metrics, models, parallel
 from jacuap.batching import round_up
 from jacuap.errors import ConfigError, ParallelError
-from jacuap.train import runtime
+from jacuap.train import checkpoints, runtime
 from jacuap.train.adversarial import Adversary, make_adversary
 from jacuap.train.state import TrainState, create_train_state, make_optimizer
 from jacuap.train.step import STATIC_ARGNAMES, step_key, train_step

@@ -19,7 +19,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import ml_collections
 
-from jacuap import checkpoints
+from jacuap.train import checkpoints
 from jacuap.errors import CheckpointError
 
 __all__ = [

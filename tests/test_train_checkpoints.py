@@ -10,7 +10,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jacuap import checkpoints, configs, models, train
+from jacuap import configs, models, train
+from jacuap.train import checkpoints
 
 MODEL_SPEC = {"name": "mlp", "num_classes": 10, "mean": [0.3], "std": [0.4], "image_shape": [8, 8, 1]}
 
