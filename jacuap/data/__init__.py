@@ -19,6 +19,13 @@ Sources, in the order :func:`load_dataset` tries them:
   ``data_dir`` (or ``data_dir/cifar-10-batches-bin``, ``data_dir/cifar10``);
   then tfds.  The pickled "python version" is never read.
 
+tfds, the last source, is used only when it can answer at once: the dataset
+is already prepared in the tfds data directory (``data_dir``, else
+``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``), or its download host
+accepts a TCP connection within 2 seconds (never with ``JACUAP_OFFLINE=1``).
+Otherwise :func:`load_dataset` fails at once with one line and writes
+nothing (:func:`jacuap.data.tfds.load_tfds`).
+
 The real datasets keep their canonical train/test split.  Nothing is cached
 at module level: each call reads the files again (a Fashion-MNIST load from
 the gzipped IDX files takes well under a second).
@@ -102,6 +109,12 @@ def _validated(name: str, splits: Splits, source: str) -> Dataset:
     want, k = info.image_shape, info.num_classes
     train_x, train_y, test_x, test_y = splits
     for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        if len(x) == 0:
+            # Training divides by the number of examples: an empty split is no dataset.
+            raise DataError(
+                f"{name} from {source}: the {split} split holds 0 images; "
+                "the files are empty or truncated, download them again"
+            )
         if x.shape[1:] != want:
             raise DataError(
                 f"{name} from {source}: {split} images have shape "
