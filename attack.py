@@ -4,8 +4,11 @@
         --norm=linf --eps=0.05,0.1,0.2 --out=runs/fmnist/attack
 
 Crafts each UAP on the training split (``--craft_split``) and evaluates it on
-the test split; writes ``out/results.json``, one ``.npy`` per UAP and
-``out/uaps.png``.
+the test split; writes one ``.npy`` and one ``rows/*.json`` per finished
+(attack, eps) as it goes, ``out/uaps.png``, and ``out/results.json`` last.
+Rerunning the same command resumes (finished rows are reused); another
+request in the same ``--out`` needs ``--overwrite``.  Exit codes: 0 done,
+1 the output folder cannot be written (full, read-only), 2 a user mistake.
 """
 
 from absl import flags
@@ -26,6 +29,8 @@ flags.DEFINE_integer("sgd_epochs", 5, "SGD-UAP epochs over the crafting set.")
 flags.DEFINE_integer("deepfool_passes", 5, "DeepFool-UAP maximum passes.")
 flags.DEFINE_integer("seed", 0, "Seed of the crafting subset, shuffles and random starts.")
 flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/attack).")
+flags.DEFINE_bool("overwrite", False, "Replace the outputs of another request in --out (only files jacuap wrote); "
+                  "the same request resumes either way.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -34,9 +39,15 @@ def main(argv):
     del argv  # cli.run refuses positional arguments
     with cli.user_errors():
         request = attack_run.AttackRequest.from_flags(FLAGS)
-        results = attack_run.run_attacks(request)
+        try:
+            results = attack_run.run_attacks(request)
+        except OSError as exc:
+            message = attack_run.output_failure(exc, request.out)
+            if message is None:
+                raise
+            cli.fail(message, code=cli.EXIT_FAILED)
     attack_run.print_results(results)
-    print(f"outputs in {request.out}: results.json, uaps.png, *.npy")
+    print(f"outputs in {request.out}: {', '.join(attack_run.output_files(results))}")
 
 
 if __name__ == "__main__":

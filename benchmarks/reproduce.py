@@ -125,7 +125,8 @@ def attack(name: str, workdir: str, s: Dict[str, Any]) -> Dict[str, Any]:
         request = attack_run.AttackRequest(
             workdir=workdir, attacks=names, norm="linf", eps=s["eps"], out=os.path.join(workdir, f"attack_{tag}"),
             num_craft=num_craft, num_eval=s["num_eval"], num_metrics=num_metrics, sgd_epochs=s["sgd_epochs"],
-            deepfool_passes=s["deepfool_passes"], progress=FLAGS.progress)
+            deepfool_passes=s["deepfool_passes"], progress=FLAGS.progress,
+            overwrite=True)  # the same request resumes; another (a changed sweep) replaces the old outputs
         path = os.path.join(request.out, "results.json")
         done = None
         if os.path.exists(path):

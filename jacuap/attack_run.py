@@ -12,19 +12,24 @@ crafted on ``num_craft`` inputs of the crafting split and evaluated on
 * per-input attacks (``pgd``, ``fgsm``) perturb each evaluation input on its
   own; ``uer`` is then their evasion rate, the per-input reference.
 
-Results are written once, complete, through :mod:`jacuap.io` (temporary
-file, fsync, rename): the ``.npy`` files and the PNG first, ``results.json``
-last, so a killed run leaves whole files or none.  Every local device is
-used: the model is :func:`jacuap.parallel.batch_sharded_apply`-wrapped and
-its parameters replicated, so each batch of every attack and metric is split
-over the devices.
+The run is resumable and all-or-nothing (:mod:`jacuap.attack_store`): each
+row, and its UAP, is written through :mod:`jacuap.io` as soon as it is
+finished, under a name unique per (attack, norm, eps, seed); ``results.json``
+last, ``"complete": true``.  A rerun of the same request reuses the finished
+rows; another request in the same folder is refused unless ``overwrite``.  One
+process at a time uses a folder (:func:`jacuap.io.exclusive_lock`).  Every
+local device is used: the model is :func:`jacuap.parallel.batch_sharded_apply`-wrapped
+and its parameters replicated, so each batch of every attack and metric is
+split over the devices.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -32,11 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jacuap import attacks, batching, data, io, jacobian, metrics, parallel
+from jacuap import attack_store, attacks, batching, data, io, jacobian, metrics, parallel
+from jacuap.attack_store import output_failure, output_files, plot_uaps, print_results
+from jacuap.errors import AttackError, CheckpointError, ConfigError, one_line
 from jacuap.train import checkpoints
-from jacuap.errors import AttackError, CheckpointError
 
-__all__ = ["AttackRequest", "craft_and_eval_sets", "craft", "run_attacks", "plot_uaps", "print_results"]
+__all__ = ["AttackRequest", "craft_and_eval_sets", "craft", "run_attacks", "plot_uaps", "print_results",
+           "output_files", "output_failure"]
 
 # Per-input attacks run on the evaluation set in batches of this many inputs.
 _PER_INPUT_BATCH = 500
@@ -48,13 +55,18 @@ class AttackRequest:
 
     ``attacks`` are names of ``jacuap.attacks.ATTACKS``, ``norm`` one of
     ``jacuap.attacks.NORMS``, ``eps`` the budgets in pixel units (l_inf
-    ``eps`` in ``[0, 1]``); ``out`` is the output folder.
+    ``eps`` in ``[0, 1]``), rounded to 6 significant digits (two budgets equal
+    then are refused); ``out`` is the output folder; ``overwrite`` lets a run
+    replace the outputs of another request there.
 
     >>> AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1], out="o").num_craft
     5000
     >>> AttackRequest(workdir="w", attacks=["carlini"], norm="linf", eps=[0.1], out="o")
     Traceback (most recent call last):
     jacuap.errors.AttackError: unknown attack carlini; choose from sgd_uap, sv_uap, deepfool_uap, pgd, fgsm
+    >>> AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1, 0.1000001], out="o")
+    Traceback (most recent call last):
+    jacuap.errors.AttackError: eps 0.1 is given twice (budgets are compared to 6 significant digits)
     """
 
     workdir: str
@@ -70,6 +82,7 @@ class AttackRequest:
     deepfool_passes: int = 5
     seed: int = 0
     progress: bool = True
+    overwrite: bool = False
 
     def __post_init__(self):
         unknown = [a for a in self.attacks if a not in attacks.ATTACKS]
@@ -85,6 +98,15 @@ class AttackRequest:
                 raise AttackError(f"eps must be a finite number >= 0, got {e}")
             if self.norm == "linf" and e > 1:
                 raise AttackError(f"linf eps must be in [0, 1] (pixel units), got {e}")
+        eps = [attack_store.canonical_eps(e) for e in self.eps]
+        for twice in (e for i, e in enumerate(eps) if e in eps[:i]):
+            raise AttackError(f"eps {twice:g} is given twice (budgets are compared to 6 significant digits)")
+        for twice in (a for i, a in enumerate(self.attacks) if a in self.attacks[:i]):
+            raise AttackError(f"attack {twice} is given twice")
+        object.__setattr__(self, "eps", eps)
+        object.__setattr__(self, "attacks", list(self.attacks))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
+            raise AttackError(f"seed must be an integer >= 0, got {self.seed}")
         for name in ("num_craft", "num_eval", "sgd_epochs", "deepfool_passes"):
             if getattr(self, name) <= 0:
                 raise AttackError(f"{name} must be positive, got {getattr(self, name)}")
@@ -114,6 +136,7 @@ class AttackRequest:
             deepfool_passes=flags.deepfool_passes,
             seed=flags.seed,
             progress=flags.progress,
+            overwrite=bool(getattr(flags, "overwrite", False)),
         )
 
 
@@ -185,10 +208,21 @@ def _per_input_predictions(name, apply_fn, params, x, y, eps, norm, key) -> np.n
 
 
 def _restore(request: AttackRequest):
-    """The newest checkpoint of ``request.workdir`` on every local device, and its dataset."""
-    restored = checkpoints.restore_model(request.workdir)
+    """The newest checkpoint of ``request.workdir`` on every local device, and its dataset.
+
+    ``config.json`` must agree with the settings the checkpoint was trained
+    with (ConfigError naming the first that differ): the model is rebuilt from it.
+    """
+    _check_config(request.workdir)
+    try:
+        restored = checkpoints.restore_model(request.workdir)
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{os.path.join(request.workdir, 'config.json')} cannot rebuild the checkpoint's "
+                          f"model ({type(exc).__name__}: {one_line(exc, limit=120)}); restore it from the run") from None
     config = restored.config
-    dataset = data.load_dataset(config.dataset, config.data_dir or None, seed=config.seed)
+    trained = restored.meta.get("fingerprint") or {}
+    dataset = data.load_dataset(trained.get("dataset", config.dataset), config.get("data_dir") or None,
+                                seed=trained.get("seed", config.get("seed", 0)))
     expected = restored.meta["model_spec"]["image_shape"]
     if tuple(dataset.image_shape) != tuple(expected):
         raise CheckpointError(f"the checkpoint expects inputs {expected}, "
@@ -198,150 +232,177 @@ def _restore(request: AttackRequest):
     return restored, dataset, apply_fn, parallel.replicate(restored.params, mesh)
 
 
-def run_attacks(request: AttackRequest) -> Dict[str, Any]:
-    """Runs every (attack, eps) of ``request``; writes ``request.out`` and returns the results dict.
+def _check_config(workdir: str) -> None:
+    """ConfigError unless ``workdir/config.json`` holds the settings its newest checkpoint was trained with."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isdir(workdir) or not os.path.isfile(path):
+        return  # restore_model words these
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} is not a config (a JSON object); restore it from the run")
+    step, meta = checkpoints.restore_meta(workdir)
+    trained = dict(meta.get("fingerprint") or {})
+    trained.setdefault("model", (meta.get("model_spec") or {}).get("name"))
+    missing = [k for k in trained if k not in config]
+    if missing:
+        raise ConfigError(f"{path} lacks {', '.join(missing)}, which checkpoint {step} was trained with; "
+                          f"restore config.json from the run")
+    differ = [f"{k}={config[k]!r} (checkpoint: {v!r})" for k, v in trained.items() if config[k] != v]
+    if differ:
+        raise ConfigError(f"{path} disagrees with checkpoint {step}: {', '.join(differ[:3])}; "
+                          f"restore config.json from the run")
 
-    The dict (also ``out/results.json``) has ``config`` (what was run),
-    ``results`` (one row per (attack, eps): ``uer``, ``fooling_rate``,
+
+def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Runs every (attack, eps) of ``request``, resuming a killed run; writes ``request.out``; returns the results.
+
+    The dict (also ``out/results.json``, written last) has ``complete``
+    (true), ``config`` (what was run: the model as the checkpoint describes
+    it, the set sizes actually used next to the requested ones), ``results``
+    (one row per (attack, eps): ``uer``, ``fooling_rate``,
     ``clean_accuracy``, ``perturbation_norm``, ``seconds``, the ``.npy``
     ``file`` of a UAP) and ``metrics`` (:func:`jacuap.metrics.jacobian_metrics`
-    on the first ``num_metrics`` evaluation inputs).  Raises CheckpointError
-    (before writing anything) for a workdir without a usable checkpoint.
+    on the first ``num_metrics`` evaluation inputs).  A value that is not a
+    number (NaN) is written as null with a ``<key>_note`` saying why.
+
+    The output folder's layout and the resume rule are :mod:`jacuap.attack_store`'s.
+    ``log`` (default: a line on stderr) hears that a set size was capped and
+    how many finished rows are reused.  Raises AttackError, CheckpointError or
+    ConfigError (one line) before writing anything for a bad request, output
+    folder or workdir; BusyError when another process uses ``out``; OSError
+    for a failed write (:func:`output_failure` words it).
     """
+    log = log or _stderr_line
+    attack_store.check_out_path(request.out)
     restored, dataset, apply_fn, params = _restore(request)
     x_craft, y_craft, x_eval, y_eval = craft_and_eval_sets(dataset, request)
+    capped = [f"{name} {asked} capped at {got}" for name, asked, got in (
+        ("num_craft", request.num_craft, len(x_craft)), ("num_eval", request.num_eval, len(x_eval))) if got < asked]
+    if capped:
+        log(f"note: {'; '.join(capped)}, what the {dataset.name} splits hold (craft_split={request.craft_split})")
+    fingerprint = attack_store.model_fingerprint(restored.params)
+    spec, trained = restored.meta["model_spec"], restored.meta.get("fingerprint") or {}
+    record = attack_store.request_record(request, restored.step, fingerprint, dataset.name)
     os.makedirs(request.out, exist_ok=True)
-    key = jax.random.PRNGKey(request.seed)
-    rows, uaps = _attack_rows(request, apply_fn, params, x_craft, y_craft, x_eval, y_eval, key)
-
-    metric_values: Dict[str, Any] = {}
-    if request.num_metrics:
-        n = min(request.num_metrics, len(x_eval))
-        metric_values = metrics.jacobian_metrics(apply_fn, params, x_eval[:n], y_eval[:n], key,
-                                                 num_pairs_inputs=min(200, n))
-        metric_values["num_inputs"] = n
-    if uaps:
-        plot_uaps(uaps, apply_fn, params, x_eval[:4], os.path.join(request.out, "uaps.png"))
-    config = restored.config
-    results = {
-        "config": {
-            "workdir": os.path.abspath(request.workdir),
-            "dataset": config.dataset,
-            "model": config.model,
-            "jr_lambda": float(config.jr_lambda),
-            "checkpoint_step": restored.step,
-            "attacks": list(request.attacks),
-            "norm": request.norm,
-            "eps": list(request.eps),
-            "num_craft": len(x_craft),
-            "num_eval": len(x_eval),
-            "craft_split": request.craft_split,
-            "seed": request.seed,
-        },
-        "results": rows,
-        "metrics": metric_values,
-    }
-    io.write_json_atomic(os.path.join(request.out, "results.json"), results)
+    with io.exclusive_lock(request.out):
+        attack_store.claim(request.out, record, request.overwrite)
+        key = jax.random.PRNGKey(request.seed)
+        rows, uaps, computed = _attack_rows(request, apply_fn, params, x_craft, y_craft, x_eval, y_eval, key, log)
+        metric_values = attack_store.load_metrics(request.out)
+        if metric_values is None:
+            metric_values = {}
+            if request.num_metrics:
+                n = min(request.num_metrics, len(x_eval))
+                metric_values = metrics.jacobian_metrics(apply_fn, params, x_eval[:n], y_eval[:n], key,
+                                                         num_pairs_inputs=min(200, n))
+                metric_values["num_inputs"] = n
+            metric_values = attack_store.save_metrics(request.out, metric_values)
+        figure = os.path.join(request.out, attack_store.FIGURE_NAME)
+        if uaps and (computed or not os.path.exists(figure)):
+            attack_store.plot_uaps(uaps, apply_fn, params, x_eval[:4], figure)
+        config = restored.config
+        results = attack_store.finite_or_null({
+            "complete": True,
+            "config": {
+                "workdir": os.path.abspath(request.workdir),
+                "dataset": trained.get("dataset", dataset.name),
+                "model": spec["name"],
+                "jr_lambda": float(trained.get("jr_lambda", config.get("jr_lambda", 0.0))),
+                "checkpoint_step": restored.step,
+                "model_fingerprint": fingerprint,
+                "attacks": list(request.attacks),
+                "norm": request.norm,
+                "eps": list(request.eps),
+                "num_craft": len(x_craft),
+                "num_eval": len(x_eval),
+                "num_craft_requested": request.num_craft,
+                "num_eval_requested": request.num_eval,
+                "craft_split": request.craft_split,
+                "sgd_epochs": request.sgd_epochs,
+                "deepfool_passes": request.deepfool_passes,
+                "seed": request.seed,
+            },
+            "results": rows,
+            "metrics": metric_values,
+        })
+        attack_store.write_results(request.out, results)
     return results
 
 
-def _attack_rows(request, apply_fn, params, x_craft, y_craft, x_eval, y_eval,
-                 key) -> Tuple[List[Dict[str, Any]], Dict[str, np.ndarray]]:
-    """One result row per (attack, eps), and the UAPs by label; each UAP saved as ``.npy``."""
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _attack_rows(request, apply_fn, params, x_craft, y_craft, x_eval, y_eval, key, log):
+    """``(rows, uaps, computed)``: one row per (attack, eps), reused when finished, else computed and saved.
+
+    Task ``i`` (in attack-major order) is keyed by ``fold_in(key, i)``; SV-UAP's
+    singular vector (shared by its budgets) by its first task's key, so a
+    resumed run computes what an uninterrupted one does.
+    """
     from tqdm.auto import tqdm
 
+    tasks = [(a, e) for a in request.attacks for e in request.eps]
+    names = [attack_store.stem(a, request.norm, e, request.seed) for a, e in tasks]
+    done = {}
+    for (name, eps), stem in zip(tasks, names):
+        row = attack_store.load_row(request.out, stem, {"attack": name, "norm": request.norm, "eps": eps,
+                                                        "seed": request.seed})
+        if row is not None:
+            done[stem] = row
+    if done:
+        log(f"reusing {len(done)} finished rows of {len(tasks)} in {request.out}")
+    if len(done) < len(tasks):
+        attack_store.remove_results(request.out)  # it would describe rows that are about to change
     clean_pred = metrics.predict(apply_fn, params, x_eval)
     clean_accuracy = float(np.mean(clean_pred == y_eval))
-    tasks = [(a, e) for a in request.attacks for e in request.eps]
     rows: List[Dict[str, Any]] = []
     uaps: Dict[str, np.ndarray] = {}
     cache: Dict[str, Any] = {}
-    bar = tqdm(tasks, desc="attacks", disable=not request.progress, dynamic_ncols=True)
-    for name, eps in bar:
-        bar.set_postfix_str(f"{name} eps={eps:g}")
-        task_key = jax.random.fold_in(key, len(rows))
-        start = time.time()
+    first = {}
+    for i, (name, _) in enumerate(tasks):
+        first.setdefault(name, i)
+    bar = tqdm(list(zip(tasks, names)), desc="attacks", disable=not request.progress, dynamic_ncols=True)
+    for i, ((name, eps), stem) in enumerate(bar):
         universal = name in attacks.UNIVERSAL_ATTACKS
+        row = done.get(stem)
+        if row is not None:
+            rows.append(row)
+            if row.get("file"):
+                uaps[f"{name} eps={eps:g}"] = np.load(os.path.join(request.out, row["file"]))
+            continue
+        bar.set_postfix_str(f"{name} eps={eps:g}")
+        task_key = jax.random.fold_in(key, first[name] if name == "sv_uap" else i)
+        start = time.time()
+        v = None
         if universal:
-            progress = (lambda i, rate: bar.set_postfix_str(
-                f"{name} eps={eps:g} pass {i + 1} fooling {rate:.3f}"))
+            progress = (lambda p, rate: bar.set_postfix_str(
+                f"{name} eps={eps:g} pass {p + 1} fooling {rate:.3f}"))
             v = craft(name, apply_fn, params, x_craft, y_craft, eps, request, task_key, progress, cache)
             pred = metrics.predict(apply_fn, params, np.clip(x_eval + v, 0.0, 1.0))
-            file = f"{name}_{request.norm}_eps{eps:g}.npy"
-            io.save_npy_atomic(os.path.join(request.out, file), v)
             uaps[f"{name} eps={eps:g}"] = v
             norm_of_v = float(np.max(np.abs(v)) if request.norm == "linf" else np.linalg.norm(v))
         else:
             pred = _per_input_predictions(name, apply_fn, params, x_eval, y_eval, eps, request.norm, task_key)
-            file, norm_of_v = None, None
-        rows.append({
+            norm_of_v = None
+        row = {
             "attack": name,
             "norm": request.norm,
             "eps": eps,
+            "seed": request.seed,
             "universal": universal,
             "uer": float(np.mean(pred != y_eval)),
             "fooling_rate": float(np.mean(pred != clean_pred)),
             "clean_accuracy": clean_accuracy,
             "perturbation_norm": norm_of_v,
             "seconds": time.time() - start,
-            "file": file,
-        })
+            "file": f"{stem}.npy" if universal else None,
+        }
+        attack_store.save_row(request.out, stem, row, v)
+        rows.append(attack_store.finite_or_null(row))
     bar.close()
-    return rows, uaps
-
-
-def plot_uaps(uaps: Dict[str, np.ndarray], apply_fn, params, x: np.ndarray, path: str) -> None:
-    """Saves a figure with one row per UAP: the UAP (amplified to the full grey range), then ``x + v``.
-
-    Each perturbed input is titled ``clean prediction -> perturbed prediction``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows, cols = len(uaps), 1 + len(x)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
-    clean = metrics.predict(apply_fn, params, x)
-    for r, (label, v) in enumerate(uaps.items()):
-        scale = max(float(np.max(np.abs(v))), 1e-12)
-        _show(axes[r, 0], 0.5 + 0.5 * v / scale, f"{label}\n(amplified)")
-        perturbed = np.clip(x + v, 0.0, 1.0)
-        pred = metrics.predict(apply_fn, params, perturbed)
-        for c in range(len(x)):
-            _show(axes[r, c + 1], perturbed[c], f"{clean[c]} -> {pred[c]}")
-    fig.tight_layout()
-    try:
-        io.save_figure_atomic(fig, path, dpi=80)
-    finally:
-        plt.close(fig)
-
-
-def _show(ax, image: np.ndarray, title: str) -> None:
-    image = np.clip(image, 0.0, 1.0)
-    if image.shape[-1] == 1:
-        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
-    else:
-        ax.imshow(image)
-    ax.set_title(title, fontsize=7)
-    ax.axis("off")
-
-
-def print_results(results: Dict[str, Any]) -> None:
-    """Prints the result table of :func:`run_attacks`: one row per (attack, eps), then the metrics.
-
-    >>> print_results({"results": [dict(attack="sgd_uap", norm="linf", eps=0.1, uer=0.25,
-    ...     fooling_rate=0.2, clean_accuracy=0.9, seconds=1.5)], "metrics": {"universality_ratio": 0.5}})
-    attack        norm      eps     UER  fooling  clean acc  seconds
-    sgd_uap       linf    0.100   0.250    0.200      0.900      1.5
-      universality_ratio: 0.5
-    """
-    print(f"{'attack':<14}{'norm':<6}{'eps':>7}{'UER':>8}{'fooling':>9}{'clean acc':>11}{'seconds':>9}")
-    for row in results["results"]:
-        print(f"{row['attack']:<14}{row['norm']:<6}{row['eps']:>7.3f}{row['uer']:>8.3f}"
-              f"{row['fooling_rate']:>9.3f}{row['clean_accuracy']:>11.3f}{row['seconds']:>9.1f}")
-    m = results.get("metrics") or {}
-    for key in ("mean_frobenius_sq", "stacked_spectral_norm", "universality_ratio",
-                "shared_perturbation_strength", "jacobian_cosine", "gram_cosine"):
-        if key in m and not isinstance(m[key], (list, dict)):
-            print(f"  {key}: {m[key]:.4g}")
+    return rows, uaps, len(tasks) - len(done)

@@ -62,8 +62,12 @@ def test_run_attacks_writes_complete_results(trained, tmp_path):
     m = saved["metrics"]
     assert 0.5 <= m["shared_perturbation_strength"] <= 1.0
     assert m["mean_frobenius_sq"] > 0
-    # Only the results: every temporary file was renamed onto its target.
-    assert sorted(os.listdir(out)) == sorted([r["file"] for r in rows] + ["results.json", "uaps.png"])
+    # Only jacuap's outputs: every temporary file was renamed onto its target.
+    assert sorted(os.listdir(out)) == sorted([r["file"] for r in rows]
+                                             + [".lock", "request.json", "results.json", "rows", "uaps.png"])
+    assert sorted(os.listdir(out / "rows")) == sorted([r["file"][:-4] + ".json" for r in rows] + ["metrics.json"])
+    assert saved["complete"] is True
+    assert [r["file"] for r in rows][:2] == ["sgd_uap_linf_eps0_seed0.npy", "sgd_uap_linf_eps0.1_seed0.npy"]
 
 
 def test_per_input_attacks_in_results(trained, tmp_path):
@@ -95,6 +99,8 @@ def test_craft_and_eval_sets_are_disjoint():
     (dict(eps=[float("nan")]), "finite"),
     (dict(num_craft=0), "num_craft"),
     (dict(num_metrics=-1), "num_metrics"),
+    (dict(seed=-1), "seed must be an integer >= 0"),
+    (dict(eps=[0.1, 0.1]), "eps 0.1 is given twice"),
     (dict(craft_split="val"), "craft_split"),
 ])
 def test_bad_requests(kw, message, tmp_path):

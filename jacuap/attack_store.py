@@ -1,0 +1,379 @@
+"""What ``attack.py`` keeps in its output folder, and how a rerun finds it again.
+
+The layout of an output folder ``OUT`` (every file written whole through
+:mod:`jacuap.io`, with the permissions of a normally created file)::
+
+    OUT/.lock                              io.exclusive_lock: one run per folder
+    OUT/request.json                       what was asked, written when the run starts
+    OUT/rows/<stem>.json                   one finished (attack, eps) row, written as soon as it is done
+    OUT/<stem>.npy                         the UAP of a universal row, written just before its row
+    OUT/rows/metrics.json                  the Jacobian metrics, once computed
+    OUT/uaps.png                           the figure of every UAP
+    OUT/results.json                       written last: the whole run, ``"complete": true``
+
+with ``<stem>`` = ``<attack>_<norm>_eps<eps>_seed<seed>`` (:func:`stem`),
+``eps`` rounded to 6 significant digits, so the name is unique per budget.
+
+The resume rule: a run whose request (:func:`request_record`: attacks, norm,
+eps, seed, set sizes, attack settings, the checkpoint step and a fingerprint of
+its parameters) equals the one in ``request.json`` reuses every finished row
+and computes only the others; a different request is refused unless
+``overwrite``, which first removes what jacuap wrote there (:func:`jacuap_files`),
+never anything else.  ``results.json`` exists only while it describes the rows
+beside it: it is removed before any row is (re)computed.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import math
+import os
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from jacuap import attacks, io, metrics
+from jacuap.errors import AttackError
+
+__all__ = [
+    "REQUEST_NAME", "RESULTS_NAME", "FIGURE_NAME", "ROWS_DIR", "METRICS_NAME",
+    "canonical_eps", "stem", "model_fingerprint", "check_out_path", "request_record", "claim",
+    "jacuap_files", "load_row", "save_row", "load_metrics", "save_metrics", "remove_results",
+    "write_results", "finite_or_null", "output_files", "output_failure", "plot_uaps", "print_results",
+]
+
+REQUEST_NAME = "request.json"
+RESULTS_NAME = "results.json"
+FIGURE_NAME = "uaps.png"
+ROWS_DIR = "rows"
+METRICS_NAME = "metrics.json"
+#: Budgets equal to this many significant digits are the same budget (and the same file name).
+EPS_DIGITS = 6
+_FORMAT = 1
+
+_STEM = re.compile(r"^(?:%s)_(?:%s)_eps[0-9.e+-]+_seed[0-9]+$"
+                   % ("|".join(map(re.escape, attacks.ATTACKS)), "|".join(map(re.escape, attacks.NORMS))))
+# Names of the previous layout (before the seed was in the name): "<attack>_<norm>_eps<eps>.npy".
+_OLD_STEM = re.compile(r"^(?:%s)_(?:%s)_eps[0-9.e+-]+$"
+                       % ("|".join(map(re.escape, attacks.ATTACKS)), "|".join(map(re.escape, attacks.NORMS))))
+_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_]+$")  # io.atomic_write's temporary files
+
+
+def canonical_eps(eps: float) -> float:
+    """``eps`` rounded to 6 significant digits: the budget a run records and names files by.
+
+    >>> canonical_eps(0.1000001), canonical_eps(0.05)
+    (0.1, 0.05)
+    """
+    return float(f"{float(eps):.{EPS_DIGITS}g}")
+
+
+def stem(attack: str, norm: str, eps: float, seed: int) -> str:
+    """The file stem of one row.
+
+    >>> stem("sgd_uap", "linf", 0.1, 0)
+    'sgd_uap_linf_eps0.1_seed0'
+    """
+    return f"{attack}_{norm}_eps{canonical_eps(eps):.{EPS_DIGITS}g}_seed{seed}"
+
+
+def model_fingerprint(params: Any) -> str:
+    """``sha256:<16 hex>`` of a parameter tree (paths, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def check_out_path(out: str) -> None:
+    """AttackError (one line) when ``out`` is, or lies under, something that is not a folder."""
+    path = os.path.abspath(out)
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if os.path.exists(path) and not os.path.isdir(path):
+        where = "is" if path == os.path.abspath(out) else f"lies under {path}, which is"
+        raise AttackError(f"--out {out} {where} a file, not a folder; choose a folder")
+
+
+def request_record(request: Any, checkpoint_step: int, fingerprint: str, dataset: str) -> Dict[str, Any]:
+    """What ``request.json`` holds: everything that decides the rows (``workdir`` only informs)."""
+    return {
+        "format": _FORMAT,
+        "attacks": list(request.attacks),
+        "norm": request.norm,
+        "eps": [canonical_eps(e) for e in request.eps],
+        "seed": int(request.seed),
+        "num_craft": int(request.num_craft),
+        "num_eval": int(request.num_eval),
+        "craft_split": request.craft_split,
+        "num_metrics": int(request.num_metrics),
+        "sgd_epochs": int(request.sgd_epochs),
+        "deepfool_passes": int(request.deepfool_passes),
+        "dataset": dataset,
+        "checkpoint_step": int(checkpoint_step),
+        "model_fingerprint": fingerprint,
+        "workdir": os.path.abspath(request.workdir),
+    }
+
+
+def _same_request(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    strip = lambda r: {k: v for k, v in r.items() if k != "workdir"}
+    return strip(a) == strip(b)
+
+
+def _read_json(path: str) -> Optional[Any]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def jacuap_files(out: str) -> List[str]:
+    """Paths in ``out`` that jacuap wrote (any run, any request, this layout or the previous one).
+
+    Never anything else: user files, other programs' files and folders stay.
+    The lock file is not listed (it is held while the folder is used).
+    """
+    found: List[str] = []
+    if not os.path.isdir(out):
+        return found
+    legacy = _read_json(os.path.join(out, RESULTS_NAME))
+    legacy_files = set()
+    if isinstance(legacy, dict) and isinstance(legacy.get("results"), list):
+        legacy_files = {r.get("file") for r in legacy["results"] if isinstance(r, dict)}
+    top = {REQUEST_NAME, RESULTS_NAME, FIGURE_NAME}
+
+    def ours(name: str, rows: bool) -> bool:
+        base, ext = os.path.splitext(name)
+        if rows:
+            return ext == ".json" and (name == METRICS_NAME or bool(_STEM.match(base)))
+        return (name in top or (ext == ".npy" and bool(_STEM.match(base)))
+                or (ext == ".npy" and bool(_OLD_STEM.match(base)) and name in legacy_files))
+
+    for folder, rows in ((out, False), (os.path.join(out, ROWS_DIR), True)):
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            temp = _TEMP.match(name)
+            if os.path.isfile(path) and (ours(name, rows) or (temp and ours(temp.group("name"), rows))):
+                found.append(path)
+    return found
+
+
+def _remove(paths: Sequence[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def claim(out: str, record: Dict[str, Any], overwrite: bool) -> None:
+    """Makes ``out`` hold ``record``'s run: keeps a matching one, refuses or (``overwrite``) clears another.
+
+    Called with ``out``'s lock held.  Temporary files of a killed run are removed.
+    """
+    old = _read_json(os.path.join(out, REQUEST_NAME))
+    previous = jacuap_files(out)
+    temps = [p for p in previous if _TEMP.match(os.path.basename(p))]
+    if isinstance(old, dict) and _same_request(old, record):
+        _remove(temps)
+        return
+    leftovers = [p for p in previous if p not in temps]
+    if leftovers and not overwrite:
+        what = "another request" if old is not None else "an earlier run"
+        diff = ""
+        if isinstance(old, dict):
+            keys = [k for k in record if k != "workdir" and old.get(k) != record[k]]
+            diff = " (" + ", ".join(f"{k} {old.get(k)!r} -> {record[k]!r}" for k in keys[:4]) + ")"
+        raise AttackError(f"--out {out} holds the outputs of {what}{diff}; rerun that command to resume it, "
+                          f"pass --overwrite to replace them, or choose another --out")
+    _remove(previous)
+    rows = os.path.join(out, ROWS_DIR)
+    if os.path.isdir(rows) and not os.listdir(rows):
+        os.rmdir(rows)
+    io.write_json_atomic(os.path.join(out, REQUEST_NAME), record)
+
+
+def load_row(out: str, name: str, expected: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The finished row ``name`` if it is whole and matches ``expected`` (its UAP too), else None."""
+    row = _read_json(os.path.join(out, ROWS_DIR, name + ".json"))
+    if not isinstance(row, dict) or any(row.get(k) != v for k, v in expected.items()):
+        return None
+    if row.get("file"):
+        try:
+            np.load(os.path.join(out, row["file"]), allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+    return row
+
+
+def save_row(out: str, name: str, row: Dict[str, Any], v: Optional[np.ndarray] = None) -> None:
+    """Saves a finished row (and its UAP first): both atomically, so a kill leaves the row whole or absent."""
+    if v is not None:
+        io.save_npy_atomic(os.path.join(out, row["file"]), v)
+    os.makedirs(os.path.join(out, ROWS_DIR), exist_ok=True)
+    io.write_json_atomic(os.path.join(out, ROWS_DIR, name + ".json"), finite_or_null(row))
+
+
+def load_metrics(out: str) -> Optional[Dict[str, Any]]:
+    value = _read_json(os.path.join(out, ROWS_DIR, METRICS_NAME))
+    return value if isinstance(value, dict) else None
+
+
+def save_metrics(out: str, values: Dict[str, Any]) -> Dict[str, Any]:
+    values = finite_or_null(values)
+    os.makedirs(os.path.join(out, ROWS_DIR), exist_ok=True)
+    io.write_json_atomic(os.path.join(out, ROWS_DIR, METRICS_NAME), values)
+    return values
+
+
+def remove_results(out: str) -> None:
+    """Removes ``results.json``: the folder is about to hold rows it does not describe."""
+    _remove([os.path.join(out, RESULTS_NAME)])
+
+
+def write_results(out: str, results: Dict[str, Any]) -> bool:
+    """Writes ``results.json`` (last); False when the file already holds exactly this."""
+    path = os.path.join(out, RESULTS_NAME)
+    text = io.to_json(results)
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return False
+    except OSError:
+        pass
+    io.write_text_atomic(path, text)
+    return True
+
+
+_NOTES = {
+    "uer": "undefined: no evaluation input",
+    "fooling_rate": "undefined: no evaluation input",
+    "clean_accuracy": "undefined: no evaluation input",
+    "universality_ratio": "undefined: the Jacobians vanish on the metric inputs",
+    "shared_perturbation_strength": "undefined: fewer than 2 metric inputs (raise --num_eval/--num_metrics)",
+    "jacobian_cosine": "undefined: fewer than 2 metric inputs (raise --num_eval/--num_metrics)",
+    "gram_cosine": "undefined: fewer than 2 metric inputs (raise --num_eval/--num_metrics)",
+}
+
+
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every NaN/infinity as None; a dict key ``k`` so nulled gets ``k_note`` (why).
+
+    >>> finite_or_null({"gram_cosine": float("nan"), "x": [1.0, float("inf")]})
+    {'gram_cosine': None, 'gram_cosine_note': 'undefined: fewer than 2 metric inputs (raise --num_eval/--num_metrics)', 'x': [1.0, None]}
+    """
+    if isinstance(obj, dict):
+        out: Dict[str, Any] = {}
+        for key, value in obj.items():
+            if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+                out[key] = None
+                out[f"{key}_note"] = _NOTES.get(key, f"undefined: the value is {float(value)}")
+            else:
+                out[key] = finite_or_null(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def output_files(results: Mapping[str, Any]) -> List[str]:
+    """The files of a finished run that a user reads: results.json, uaps.png when written, each UAP."""
+    npys = [r["file"] for r in results.get("results", []) if r.get("file")]
+    return [RESULTS_NAME] + ([FIGURE_NAME] if npys else []) + npys
+
+
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def output_failure(exc: BaseException, out: str) -> Optional[str]:
+    """The one line for a failed write into ``out`` (a full disk, a read-only folder), else None."""
+    if not isinstance(exc, OSError) or exc.errno not in _READ_ONLY + _FULL:
+        return None
+    out_abs = os.path.abspath(out)
+    names = [os.path.abspath(n) for n in (exc.filename, exc.filename2) if n]
+    if names and not any(os.path.commonpath([n, out_abs]) in (n, out_abs) for n in names):
+        return None  # not about the output folder (e.g. an unreadable checkpoint)
+    rows_dir = os.path.join(out, ROWS_DIR)
+    kept = sum(1 for n in os.listdir(rows_dir) if n != METRICS_NAME and n.endswith(".json")) \
+        if os.path.isdir(rows_dir) else 0
+    resume = f"{kept} finished rows are kept; " if kept else ""
+    if exc.errno in _FULL:
+        return f"{exc.strerror} writing {out}; {resume}free space and rerun the same command to resume"
+    return (f"cannot write to {out}: {exc.strerror}; {resume}make it writable and rerun the same command, "
+            f"or choose another --out")
+
+
+def plot_uaps(uaps: Dict[str, np.ndarray], apply_fn, params, x: np.ndarray, path: str) -> None:
+    """Saves a figure with one row per UAP: the UAP (amplified to the full grey range), then ``x + v``.
+
+    Each perturbed input is titled ``clean prediction -> perturbed prediction``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = len(uaps), 1 + len(x)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
+    try:
+        clean = metrics.predict(apply_fn, params, x)
+        for r, (label, v) in enumerate(uaps.items()):
+            scale = max(float(np.max(np.abs(v))), 1e-12)
+            _show(axes[r, 0], 0.5 + 0.5 * v / scale, f"{label}\n(amplified)")
+            perturbed = np.clip(x + v, 0.0, 1.0)
+            pred = metrics.predict(apply_fn, params, perturbed)
+            for c in range(len(x)):
+                _show(axes[r, c + 1], perturbed[c], f"{clean[c]} -> {pred[c]}")
+        fig.tight_layout()
+        io.save_figure_atomic(fig, path, dpi=80)
+    finally:
+        plt.close(fig)
+
+
+def _show(ax, image: np.ndarray, title: str) -> None:
+    image = np.clip(image, 0.0, 1.0)
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(image)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def print_results(results: Dict[str, Any]) -> None:
+    """Prints the result table of :func:`run_attacks`: one row per (attack, eps), then the metrics.
+
+    >>> print_results({"results": [dict(attack="sgd_uap", norm="linf", eps=0.1, uer=0.25,
+    ...     fooling_rate=0.2, clean_accuracy=0.9, seconds=1.5)], "metrics": {"universality_ratio": 0.5}})
+    attack        norm      eps     UER  fooling  clean acc  seconds
+    sgd_uap       linf    0.100   0.250    0.200      0.900      1.5
+      universality_ratio: 0.5
+    """
+    num = lambda v, spec: "n/a" if v is None else format(v, spec)
+    print(f"{'attack':<14}{'norm':<6}{'eps':>7}{'UER':>8}{'fooling':>9}{'clean acc':>11}{'seconds':>9}")
+    for row in results["results"]:
+        print(f"{row['attack']:<14}{row['norm']:<6}{row['eps']:>7.3f}{num(row['uer'], '.3f'):>8}"
+              f"{num(row['fooling_rate'], '.3f'):>9}{num(row['clean_accuracy'], '.3f'):>11}{row['seconds']:>9.1f}")
+    m = results.get("metrics") or {}
+    for key in ("mean_frobenius_sq", "stacked_spectral_norm", "universality_ratio",
+                "shared_perturbation_strength", "jacobian_cosine", "gram_cosine"):
+        if key in m and not isinstance(m[key], (list, dict)):
+            print(f"  {key}: {num(m[key], '.4g')}")
