@@ -188,7 +188,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     one_of("model", sorted(models.MODELS))
     need(isinstance(config.data_dir, str),
          f"data_dir must be a string (\"\" = the usual places), got {config.data_dir!r}")
-    need(_is_number(config.jr_lambda) and config.jr_lambda >= 0 and math.isfinite(config.jr_lambda),
+    need(_is_finite(config.jr_lambda) and config.jr_lambda >= 0,
          f"jr_lambda must be a finite number >= 0, got {config.jr_lambda!r}")
     need(config.jr_num_proj is None or (_is_int(config.jr_num_proj) and config.jr_num_proj >= 1),
          f"jr_num_proj must be None (exact) or an integer >= 1, got {config.jr_num_proj!r}")
@@ -197,20 +197,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"num_epochs must be a positive integer, got {config.num_epochs!r}")
     need(_is_int(config.batch_size) and config.batch_size > 0,
          f"batch_size must be a positive integer, got {config.batch_size!r}")
-    need(_is_number(config.learning_rate) and config.learning_rate > 0,
-         f"learning_rate must be > 0, got {config.learning_rate!r}")
-    need(_is_number(config.momentum) and config.momentum >= 0 and math.isfinite(config.momentum),
-         f"momentum must be a finite number >= 0, got {config.momentum!r}")
+    need(_is_finite(config.learning_rate) and config.learning_rate > 0,
+         f"learning_rate must be a finite number > 0, got {config.learning_rate!r}")
+    need(_is_finite(config.momentum) and 0 <= config.momentum < 1,
+         f"momentum must be a number in [0, 1), got {config.momentum!r}")
     one_of("optimizer", OPTIMIZERS)
     one_of("lr_schedule", LR_SCHEDULES)
     one_of("adv_training", ADV_TRAINING)
-    need(_is_number(config.adv_eps) and 0 <= config.adv_eps <= 1,
+    need(_is_finite(config.adv_eps) and 0 <= config.adv_eps <= 1,
          f"adv_eps must be in [0, 1] (pixel units), got {config.adv_eps!r}")
     need(_is_int(config.adv_steps) and config.adv_steps >= 1,
          f"adv_steps must be a positive integer, got {config.adv_steps!r}")
-    need(_is_number(config.adv_step_size) and config.adv_step_size >= 0,
-         f"adv_step_size must be >= 0 (0 = default), got {config.adv_step_size!r}")
-    need(_is_int(config.seed) and config.seed >= 0, f"seed must be an integer >= 0, got {config.seed!r}")
+    need(_is_finite(config.adv_step_size) and config.adv_step_size >= 0,
+         f"adv_step_size must be a finite number >= 0 (0 = default), got {config.adv_step_size!r}")
+    # PRNGKey(seed) keeps 32 bits (without x64): seeds 2**32 apart would be the same run.
+    need(_is_int(config.seed) and 0 <= config.seed < 2**32,
+         f"seed must be an integer in [0, 2**32), got {config.seed!r}")
     need(_is_int(config.checkpoint_every_steps) and config.checkpoint_every_steps >= 0,
          f"checkpoint_every_steps must be an integer >= 0, got {config.checkpoint_every_steps!r}")
     need(config.max_to_keep is None or (_is_int(config.max_to_keep) and config.max_to_keep >= 1),
@@ -229,3 +231,8 @@ def _is_int(v) -> bool:
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _is_finite(v) -> bool:
+    """A number, neither NaN nor infinite."""
+    return _is_number(v) and math.isfinite(v)

@@ -11,8 +11,8 @@
 * :mod:`.adversarial`: the PGD and UAT adversarial-training baselines.
 * :mod:`.checkpoints`: orbax save/restore of the train state and its
   metadata, :func:`restore_model` for a finished workdir.
-* :mod:`.runtime`: stop signals, resume checks, divergence
-  (:class:`Preempted`, :class:`TrainingDiverged`).
+* :mod:`.runtime`: the workdir's lock, stop signals, resume checks,
+  divergence (:class:`Preempted`, :class:`TrainingDiverged`).
 * :mod:`.loop`: :func:`train_and_evaluate` (the job train.py runs),
   :func:`epoch_permutation`.
 

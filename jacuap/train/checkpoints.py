@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
@@ -154,15 +155,64 @@ class _DropOrbaxErrors(logging.Filter):
         return not (record.levelno >= logging.ERROR and "orbax" in (record.pathname or ""))
 
 
+class _DropOrbaxTaskErrors(logging.Filter):
+    """asyncio's "Task exception was never retrieved" for orbax's sibling reads of a failed restore."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("never retrieved" in text and "orbax" in text)
+
+
+class _DropClosedLoopCallbacks:
+    """A ``sys.unraisablehook`` that drops the ``RuntimeError('Event loop is closed')`` of orbax's stragglers.
+
+    When one read of a restore fails, orbax closes its asyncio loop while
+    TensorStore still completes the other reads on its own threads; each
+    completion calls into the closed loop and Python prints a traceback, at
+    any time afterwards.  Everything else goes to the previous hook.
+    """
+
+    def __init__(self, previous: Callable):
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        self.previous(unraisable)
+
+
+_TASK_ERRORS = _DropOrbaxTaskErrors()
+_SILENCED = []  # non-empty once a failure silenced the stragglers for good
+
+
+def _silence_stragglers() -> None:
+    """After a failed restore: the late noise of its reads still in flight stays quiet (process-wide, narrow)."""
+    if not isinstance(sys.unraisablehook, _DropClosedLoopCallbacks):
+        sys.unraisablehook = _DropClosedLoopCallbacks(sys.unraisablehook)
+    logging.getLogger("asyncio").addFilter(_TASK_ERRORS)  # a no-op when there
+    _SILENCED.append(True)
+
+
 @contextlib.contextmanager
 def _quiet_orbax_errors():
-    """Orbax logs each failure (a traceback per writer thread) before raising; we report once."""
+    """Orbax logs each failure (a traceback per writer or reader task) before raising; we report once.
+
+    A failure inside also silences its stragglers for good (:func:`_silence_stragglers`).
+    """
     logger, drop = logging.getLogger("absl"), _DropOrbaxErrors()
+    asyncio_logger = logging.getLogger("asyncio")
     logger.addFilter(drop)
+    asyncio_logger.addFilter(_TASK_ERRORS)
     try:
         yield
+    except BaseException:
+        _silence_stragglers()
+        raise
     finally:
         logger.removeFilter(drop)
+        if not _SILENCED:
+            asyncio_logger.removeFilter(_TASK_ERRORS)
 
 
 def restore_meta(workdir: str, step: Optional[int] = None) -> Tuple[int, Dict[str, Any]]:

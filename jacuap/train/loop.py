@@ -21,6 +21,7 @@ and only process 0 writes ``config.json``, ``metrics.jsonl``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -87,19 +88,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ``mesh``: the devices to train on (default ``parallel.make_mesh()``, every
     device); ``batch_size`` must be a multiple of their number.
 
+    One run at a time per workdir: the run holds ``workdir/.lock``
+    (:func:`jacuap.io.exclusive_lock`) from before it reads the checkpoint to
+    its return; a second one raises BusyError.  Rerunning a finished run
+    trains nothing: it rewrites ``metrics.jsonl`` from the history kept in the
+    checkpoint and recomputes ``summary.json`` (repairing either).
+
+    Stop signals: SIGTERM/SIGINT during training save a checkpoint and raise
+    Preempted.  Once the last step is done they no longer stop the run: the
+    final evaluation finishes and ``summary.json`` is written (seconds), so
+    the run always ends with a complete workdir and no traceback.
+
     Raises:
-      ConfigError, DataError, CheckpointError: user mistakes, raised before
-        anything is written.
+      ConfigError, DataError, CheckpointError, BusyError: user mistakes, raised
+        before anything is written (a workdir that holds a run keeps it as it was).
+      OSError: the workdir cannot be created or written (errno EACCES, EPERM or EROFS).
       TrainingDiverged: a non-finite loss; the last good checkpoint is kept.
       Preempted: SIGTERM/SIGINT; a checkpoint of the current step was saved.
     """
-    job = _prepare(config, workdir, parallel.make_mesh() if mesh is None else mesh)
-    os.makedirs(workdir, exist_ok=True)
+    configs.validate(config)
+    runtime.check_workdir(workdir)
+    with contextlib.ExitStack() as stack:
+        # An existing workdir is claimed at once (a run there now is reported before any data
+        # loads); a new one only once the data loaded, so that a user mistake leaves no folder.
+        claimed = os.path.isdir(workdir)
+        if claimed:
+            stack.enter_context(runtime.claim_workdir(workdir))
+        job = _prepare(config, workdir, parallel.make_mesh() if mesh is None else mesh)
+        if not claimed:
+            stack.enter_context(runtime.claim_workdir(workdir))
+        with runtime.StopSignals() as stop:
+            return _run(job, stop)
+
+
+def _run(job: _Job, stop: runtime.StopSignals) -> Dict[str, Any]:
+    """Resumes, trains and evaluates ``job`` in its claimed workdir."""
+    config, workdir = job.config, job.workdir
+    _resume(job)
     io.write_text_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    if job.meta["history"]:  # repairs a metrics.jsonl cut short or deleted
+        _write_metrics(job)
     step_fn = jax.jit(train_step, static_argnames=STATIC_ARGNAMES, donate_argnums=0,
                       out_shardings=parallel.replicated_sharding(job.mesh))
     step = int(job.state.step)
-    with checkpoints.manager(workdir, max_to_keep=config.max_to_keep) as mngr, runtime.StopSignals() as stop:
+    with checkpoints.manager(workdir, max_to_keep=config.max_to_keep) as mngr:
         while step < job.total_steps:
             step = _train_epoch(job, step_fn, mngr, stop, step)
             if parallel.any_process(stop.received is not None) and step < job.total_steps:
@@ -110,8 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _prepare(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh) -> _Job:
-    """Validates ``config``, loads the data, builds (or restores) the state; writes nothing."""
-    configs.validate(config)
+    """Loads the data, builds the fresh state (``config`` is valid); reads and writes nothing in ``workdir``."""
     dataset = data.load_dataset(config.dataset, config.data_dir or None, seed=config.seed)
     model = models.create_model(config.model, dataset.num_classes, dataset.mean, dataset.std)
     n_train = len(dataset.train_images)
@@ -131,14 +162,32 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding
     meta: Dict[str, Any] = {"model_spec": model_spec, "steps_per_epoch": steps_per_epoch,
                             "history": [], "epoch_sums": None, "train_seconds": 0.0,
                             "fingerprint": runtime.config_fingerprint(config)}
-    if checkpoints.latest_step(workdir) is not None:
-        _, old_meta = checkpoints.restore_meta(workdir)
-        runtime.check_resumable(workdir, old_meta, meta["fingerprint"])
-        _, state, meta = checkpoints.restore(workdir, state)
     return _Job(config, workdir, dataset, mesh, batch_size, steps_per_epoch, state, meta,
                 adversary=make_adversary(config),
                 input_std=tuple(dataset.std) if config.jr_space == "normalized" else None,
                 jr_num_proj=None if config.jr_num_proj is None else int(config.jr_num_proj))
+
+
+def _resume(job: _Job) -> None:
+    """Restores the newest checkpoint into ``job`` if there is one and it belongs to this run's config.
+
+    The restored meta takes this run's fingerprint (a superset, for a
+    checkpoint of an earlier version that stored fewer fields).
+    """
+    step = checkpoints.latest_step(job.workdir)
+    if step is None:
+        return
+    _, old_meta = checkpoints.restore_meta(job.workdir, step)
+    fingerprint = job.meta["fingerprint"]
+    runtime.check_resumable(job.workdir, old_meta, fingerprint, step, job.total_steps)
+    _, job.state, job.meta = checkpoints.restore(job.workdir, job.state, step)
+    job.meta["fingerprint"] = fingerprint
+
+
+def _write_metrics(job: _Job) -> None:
+    """``metrics.jsonl``: the checkpoint's history, one JSON line per epoch, written whole."""
+    io.write_text_atomic(os.path.join(job.workdir, "metrics.jsonl"),
+                         "".join(json.dumps(h) + "\n" for h in job.meta["history"]))
 
 
 def _train_epoch(job: _Job, step_fn: Callable, mngr, stop: runtime.StopSignals, step: int) -> int:
@@ -209,8 +258,7 @@ def _end_epoch(job: _Job, mngr, epoch: int, step: int, sums: Dict[str, float]) -
     job.meta["history"].append(line)
     job.meta["epoch_sums"] = None
     checkpoints.save(mngr, step, job.state, job.meta)
-    io.write_text_atomic(os.path.join(job.workdir, "metrics.jsonl"),
-                         "".join(json.dumps(h) + "\n" for h in job.meta["history"]))
+    _write_metrics(job)
     if config.progress and io.is_primary():
         print(f"epoch {epoch + 1}/{config.num_epochs}: loss {line['loss']:.4f} "
               f"ce {line['ce']:.4f} test_accuracy {line['test_accuracy']:.4f}", flush=True)

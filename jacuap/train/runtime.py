@@ -1,11 +1,16 @@
 """What keeps a long training run safe: stop signals, resume checks, divergence, progress.
 
+* :func:`claim_workdir`: one run per workdir (an exclusive ``flock``,
+  :func:`jacuap.io.exclusive_lock`); a workdir that is a file or cannot be
+  written is refused before anything is written.
 * :class:`StopSignals` turns SIGTERM/SIGINT into a flag the loop checks
   between steps; the loop then saves a checkpoint and raises
   :class:`Preempted` (:func:`preempted`), and rerunning the same command
   resumes.
 * :func:`config_fingerprint` / :func:`check_resumable`: a workdir's
-  checkpoint is resumed only by a run with the same settings.
+  checkpoint is resumed only by a run with the same settings: every config
+  field but the few of :data:`NOT_FINGERPRINTED`, which cannot change what
+  the run computes.
 * :func:`check_finite` raises :class:`TrainingDiverged` on a non-finite
   running loss, before that state is saved, so the last good checkpoint
   is kept.
@@ -13,20 +18,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
+import os
 import signal
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import ml_collections
 
+from jacuap import configs, io
+from jacuap.errors import CheckpointError, ConfigError
 from jacuap.train import checkpoints
-from jacuap.errors import CheckpointError
 
 __all__ = [
     "TrainingDiverged",
     "Preempted",
     "StopSignals",
-    "FINGERPRINT_KEYS",
+    "check_workdir",
+    "claim_workdir",
+    "NOT_FINGERPRINTED",
     "config_fingerprint",
     "check_resumable",
     "check_finite",
@@ -70,23 +81,116 @@ class StopSignals:
         return False
 
 
-#: The settings a resumed run must share with the run that wrote the checkpoint.
-FINGERPRINT_KEYS = ("dataset", "model", "jr_lambda", "jr_num_proj", "jr_space", "num_epochs", "batch_size",
-                    "learning_rate", "optimizer", "lr_schedule", "seed", "adv_training", "adv_eps", "adv_steps",
-                    "adv_step_size")
+#: The config fields left out of a run's fingerprint, and why leaving each out is safe: none of
+#: them changes a parameter, an optimizer state or a metrics.jsonl line (the bitwise resume
+#: guarantee holds across a change of any of them).  Every other field of
+#: ``configs.FIELDS`` is in the fingerprint, including fields added later: a field is
+#: resume-neutral only once it is listed here.
+NOT_FINGERPRINTED = {
+    "data_dir": "where the dataset's files are read from, not which dataset (that is `dataset`, "
+                "and the split depends only on `seed`): moving the files or resuming on another machine is fine",
+    "progress": "whether a progress bar is drawn",
+    "checkpoint_every_steps": "when mid-epoch checkpoints are written; a mid-epoch checkpoint keeps the "
+                              "epoch's exact float32 running sums, so resuming from any step is bitwise equal",
+    "max_to_keep": "how many checkpoints stay on disk",
+    "eval_num_inputs": "only the final summary.json (recomputed by every run that finishes, and "
+                       "recorded there as jacobian_num_inputs); training never reads it",
+    "num_epochs": "with lr_schedule='constant' only (a run may then be extended: data order and "
+                  "randomness depend on the step alone); with 'cosine' it sets every step's "
+                  "learning rate, so it is fingerprinted",
+}
 
 
 def config_fingerprint(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-    """``{key: config[key]}`` for :data:`FINGERPRINT_KEYS` (stored in every checkpoint's meta)."""
-    return {k: config[k] for k in FINGERPRINT_KEYS}
+    """``{field: value}`` of every config field that changes the computation (stored in each checkpoint's meta).
+
+    All of ``configs.FIELDS`` but :data:`NOT_FINGERPRINTED`; ``num_epochs``
+    too unless ``lr_schedule`` is ``"constant"``.
+    """
+    keep = lambda k: k not in NOT_FINGERPRINTED or (k == "num_epochs" and config.lr_schedule != "constant")
+    return {k: config[k] for k in configs.FIELDS if keep(k)}
 
 
-def check_resumable(workdir: str, old_meta: Mapping[str, Any], fingerprint: Mapping[str, Any]) -> None:
-    """Raises CheckpointError naming the differing settings unless the checkpoint has ``fingerprint``."""
+def check_resumable(workdir: str, old_meta: Mapping[str, Any], fingerprint: Mapping[str, Any],
+                    step: Optional[int] = None, total_steps: Optional[int] = None) -> None:
+    """Raises CheckpointError naming each differing field, with both values, unless the checkpoint fits.
+
+    Compared: the fields both fingerprints have.  A checkpoint written before
+    a field was fingerprinted (earlier versions stored fewer fields) is
+    checked on the fields it has; a field left out of this run's fingerprint
+    (:data:`NOT_FINGERPRINTED`) is not compared.  ``step`` (the checkpoint's)
+    beyond ``total_steps`` (this run's) is refused too: a run cannot be shortened.
+    """
     old = old_meta.get("fingerprint") or {}
-    if old_meta.get("fingerprint") != fingerprint:
-        diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v}
-        raise CheckpointError(f"workdir {workdir!r} holds a run with another config {diff}; use a fresh --workdir")
+    diff = {k: (old[k], v) for k, v in fingerprint.items() if k in old and old[k] != v}
+    if diff:
+        raise CheckpointError(f"workdir {workdir!r} holds a run with another config {diff} (the checkpoint's "
+                              f"value, this run's); rerun with the checkpoint's values or use a fresh --workdir")
+    if step is not None and total_steps is not None and step > total_steps:
+        done = len(old_meta.get("history") or [])
+        raise CheckpointError(f"workdir {workdir!r} holds a run already at step {step} ({done} epochs), past this "
+                              f"run's {total_steps} steps; raise num_epochs or use a fresh --workdir")
+
+
+def check_workdir(workdir: str) -> None:
+    """Raises ConfigError if ``workdir`` (or a folder above it) is an existing file; looks only."""
+    path = os.path.abspath(workdir)
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if os.path.exists(path) and not os.path.isdir(path):
+        what = "is a file" if path == os.path.abspath(workdir) else f"is inside {path!r}, a file"
+        raise ConfigError(f"workdir {workdir!r} {what}, not a directory; choose another --workdir")
+
+
+def _unwritable(workdir: str, code: int) -> OSError:
+    """The OSError (errno ``code``, filename ``workdir``) that jacuap.cli reports as "W is not writable"."""
+    return OSError(code, os.strerror(code), workdir)
+
+
+def _access_errno(workdir: str) -> Optional[int]:
+    """EROFS or EACCES if this process cannot create files in ``workdir``, else None."""
+    if os.access(workdir, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(workdir).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return errno.EROFS if read_only else errno.EACCES
+
+
+@contextlib.contextmanager
+def claim_workdir(workdir: str) -> Iterator[None]:
+    """Creates ``workdir`` if needed and holds it exclusively (``workdir/.lock``) for the ``with`` block.
+
+    Raises (before the block runs, having written nothing but the folder and its lock):
+      ConfigError: ``workdir`` is a file.
+      BusyError: another live process holds it (a lock from a killed process is taken over).
+      OSError: it cannot be created or written (``errno`` EACCES, EPERM or EROFS,
+        ``filename`` the workdir; PermissionError for the first two).
+    """
+    check_workdir(workdir)
+    unwritable = (errno.EACCES, errno.EPERM, errno.EROFS)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as exc:
+        if exc.errno in unwritable:
+            raise _unwritable(workdir, exc.errno) from None
+        raise
+    code = _access_errno(workdir)
+    if code is not None:
+        raise _unwritable(workdir, code)
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(io.exclusive_lock(workdir))
+    except OSError as exc:
+        if exc.errno in unwritable:
+            raise _unwritable(workdir, exc.errno) from None
+        raise
+    with stack:
+        yield
 
 
 def check_finite(sums: Mapping[str, float], workdir: str, epoch: int, step: int) -> None:
