@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from jacuap.batching import LOOPS, reduce_chunks
+from jacuap.checks import check_jacobian_inputs, check_key, check_positive_int
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -82,6 +83,7 @@ def logits_and_input_jacobian(apply_fn: ApplyFn, params: Any, x: jax.Array) -> T
       ``(logits (B, K), jac (B, K, *S))`` with
       ``jac[b, k] = d logits[b, k] / d x[b]``.
     """
+    check_jacobian_inputs(apply_fn, params, x)
     f = lambda inp: apply_fn(params, inp)
     batch, spatial = x.shape[0], x.shape[1:]
     d = math.prod(spatial)
@@ -149,8 +151,10 @@ def logits_and_frobenius_sq(
       ``(logits (B, K), frobenius_sq (B,))``.
 
     Raises:
-      ValueError: ``num_proj`` is set and ``key`` is None, or ``num_proj < 1``.
+      ValueError: ``num_proj`` is set and ``key`` is None, or ``num_proj < 1``; a bad input
+        (:mod:`jacuap.checks`; ``x`` need not lie in ``[0, 1]`` here: training passes normalised inputs).
     """
+    check_jacobian_inputs(apply_fn, params, x, unit_range=False)
     logits, vjp = jax.vjp(lambda inp: apply_fn(params, inp), x)
     batch, num_classes = logits.shape
     if num_proj is None:
@@ -158,10 +162,8 @@ def logits_and_frobenius_sq(
         cotangents = [jnp.broadcast_to(eye[k], logits.shape) for k in range(num_classes)]
         scale = 1.0
     else:
-        if key is None:
-            raise ValueError("frobenius_sq: num_proj is set, so a PRNG key is required: pass key=")
-        if num_proj < 1:
-            raise ValueError(f"frobenius_sq: num_proj must be >= 1 or None, got {num_proj}")
+        check_key(key, why="when num_proj is set (frobenius_sq's random projections)")
+        check_positive_int(num_proj, "num_proj")
         keys = jax.random.split(key, num_proj)
         cotangents = [_sphere(k, logits.shape, logits.dtype) for k in keys]
         scale = num_classes / num_proj
@@ -189,6 +191,7 @@ def frobenius_sq(
     >>> frobenius_sq(apply_fn, W, jnp.ones((2, 3))).tolist()  # ||W||_F^2 = 91
     [91.0, 91.0]
     """
+    check_jacobian_inputs(apply_fn, params, x)
     return logits_and_frobenius_sq(apply_fn, params, x, key, num_proj)[1]
 
 
@@ -230,6 +233,7 @@ def jacobian_penalty(
     >>> float(jacobian_penalty(apply_fn, W, jnp.ones((2, 3))))  # 0.5 * ||W||_F^2
     45.5
     """
+    check_jacobian_inputs(apply_fn, params, x)
     return logits_and_jacobian_penalty(apply_fn, params, x, key, num_proj)[1]
 
 
@@ -258,6 +262,7 @@ def spectral_norm(
       num_iters: power iterations.
       method: ``"power"`` or ``"exact"``.
     """
+    check_jacobian_inputs(apply_fn, params, x)
     if method == "exact":
         jac = input_jacobian(apply_fn, params, x)
         jac = jac.reshape(jac.shape[:2] + (-1,))
@@ -265,8 +270,8 @@ def spectral_norm(
         return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(gram)[:, -1], 0.0))
     if method != "power":
         raise ValueError(f"spectral_norm: unknown method {method!r}; use 'power' or 'exact'")
-    if key is None:
-        raise ValueError("spectral_norm: method='power' needs a PRNG key for its starting vectors: pass key=")
+    check_key(key, why="by spectral_norm's power method (its starting vectors)")
+    check_positive_int(num_iters, "num_iters")
     # One forward pass: linearize stores the residuals, its transpose is the VJP.
     _, jvp = jax.linearize(lambda inp: apply_fn(params, inp), x)
     vjp = jax.linear_transpose(jvp, x)
@@ -312,6 +317,8 @@ def stacked_gram(
         (a Python loop over one compiled chunk step; concrete arguments only,
         faster on CPU, see :func:`jacuap.batching.reduce_chunks`).
     """
+    check_jacobian_inputs(apply_fn, params, x)
+    check_positive_int(batch_size, "batch_size")
     x = jnp.asarray(x)
     d = math.prod(x.shape[1:])
     return reduce_chunks(_gram_chunk, apply_fn, jnp.zeros((d, d), x.dtype), params, x, batch_size, loop=loop)
@@ -372,6 +379,9 @@ def stacked_spectral_norm(
     """
     if loop not in LOOPS:
         raise ValueError(f"stacked_spectral_norm: loop must be one of {LOOPS}, got {loop!r}")
+    check_jacobian_inputs(apply_fn, params, x)
+    check_positive_int(num_iters, "num_iters")
+    check_positive_int(batch_size, "batch_size")
     x = jnp.asarray(x)
     spatial = x.shape[1:]
     d = math.prod(spatial)
@@ -384,8 +394,7 @@ def stacked_spectral_norm(
         raise ValueError(
             f"stacked_spectral_norm: unknown method {method!r}; use 'power', 'gram' or 'auto'"
         )
-    if key is None:
-        raise ValueError("stacked_spectral_norm: the power method needs a PRNG key: pass key=")
+    check_key(key, why="by stacked_spectral_norm's power method")
     v0 = jax.random.normal(key, spatial, x.dtype)
     v0 = v0 / jnp.linalg.norm(v0)
     rayleigh0 = jnp.zeros((), x.dtype)

@@ -19,6 +19,8 @@ from typing import Any, Tuple
 import jax
 import jax.numpy as jnp
 
+from jacuap.checks import check_budget, check_key
+
 __all__ = [
     "NORMS",
     "TINY",
@@ -93,6 +95,7 @@ def project(v: jax.Array, norm: str, eps: Any, batched: bool = False) -> jax.Arr
     [ 0.5 -0.1]
     """
     check_norm(norm)
+    check_budget(eps, norm)
     eps = jnp.asarray(eps, v.dtype)
     if norm == "linf":
         return jnp.clip(v, -eps, eps)
@@ -124,6 +127,8 @@ def scale_to_budget(u: jax.Array, norm: str, eps: Any) -> jax.Array:
     >>> print(scale_to_budget(jnp.array([0.3, -0.01]), "linf", 0.1))
     [ 0.1 -0.1]
     """
+    check_norm(norm)
+    check_budget(eps, norm)
     return jnp.asarray(eps, u.dtype) * ascent_direction(u, norm)
 
 
@@ -138,9 +143,9 @@ def random_in_ball(key: jax.Array, shape: Tuple[int, ...], norm: str, eps: Any, 
     >>> z.shape, bool(jnp.all(perturbation_norm(z, "l2", batched=True) <= 0.5))
     ((3, 4), True)
     """
-    if key is None:
-        raise ValueError("random_in_ball: key is required (a jax.random.PRNGKey)")
+    check_key(key, why="by random_in_ball")
     check_norm(norm)
+    check_budget(eps, norm)
     if norm == "linf":
         return jax.random.uniform(key, shape, dtype, -1.0, 1.0) * eps
     dkey, rkey = jax.random.split(key)

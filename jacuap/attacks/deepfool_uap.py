@@ -21,6 +21,7 @@ from jacuap.attacks.balls import TINY, check_norm, project
 from jacuap.attacks.per_input import fgsm_delta, pgd_delta
 from jacuap.attacks.result import UAPResult
 from jacuap.batching import effective_batch_size, index_batches
+from jacuap.checks import check_budget, check_key, check_model_inputs, check_number, check_positive_int
 from jacuap.jacobian import ApplyFn
 
 __all__ = ["INNER_ATTACKS", "AGGREGATES", "deepfool_delta", "deepfool_uap_pass", "deepfool_uap"]
@@ -294,16 +295,25 @@ def deepfool_uap(
       ``<= max_passes``; the last entry is the fooling rate of ``v``).
 
     Raises:
-      ValueError: ``key`` is None, or an unknown ``norm``, ``inner`` or
-        ``aggregate``.
+      ValueError: ``key`` is None, an unknown ``norm``, ``inner`` or
+        ``aggregate``, or an input breaking a rule of :mod:`jacuap.checks`.
     """
     check_norm(norm)
-    if key is None:
-        raise ValueError("deepfool_uap: key is required (a jax.random.PRNGKey for the pass orders)")
+    check_key(key, why="by deepfool_uap (the pass orders)")
     if inner not in INNER_ATTACKS:
         raise ValueError(f"deepfool_uap: unknown inner attack {inner!r}; use one of {INNER_ATTACKS}")
     if aggregate not in AGGREGATES:
         raise ValueError(f"deepfool_uap: unknown aggregate {aggregate!r}; use one of {AGGREGATES}")
+    check_budget(eps, norm)
+    if inner_eps is not None:
+        check_budget(inner_eps, norm, "inner_eps")
+    check_model_inputs(apply_fn, params, x)
+    for value, name in ((max_passes, "max_passes"), (deepfool_max_iter, "deepfool_max_iter"),
+                        (inner_steps, "inner_steps"), (batch_size, "batch_size"), (num_classes, "num_classes")):
+        if value is not None:
+            check_positive_int(value, name)
+    check_number(overshoot, "overshoot", minimum=0.0)
+    check_number(target_fooling_rate, "target_fooling_rate", minimum=0.0, maximum=1.0)
     x = jnp.asarray(x)
     n = x.shape[0]
     batch = effective_batch_size(batch_size, n)

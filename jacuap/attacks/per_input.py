@@ -12,12 +12,13 @@ from __future__ import annotations
 import functools
 from typing import Any, Optional
 
-import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jacuap.attacks.balls import ascent_direction, check_norm, project, random_in_ball
+from jacuap.checks import check_budget, check_key, check_labels, check_model_inputs, check_number, check_positive_int
 from jacuap.jacobian import ApplyFn
 
 __all__ = ["fgsm_delta", "pgd_delta", "fgsm", "pgd"]
@@ -110,9 +111,10 @@ def fgsm(
     """
     del key
     check_norm(norm)
+    check_budget(eps, norm)
+    check_labels(y, np.shape(x)[0], check_model_inputs(apply_fn, params, x))
     x = jnp.asarray(x)
     y = jnp.asarray(y, jnp.int32)
-    chex.assert_shape(y, (x.shape[0],))
     return _fgsm(apply_fn, params, x, y, jnp.asarray(eps, x.dtype), norm=norm)
 
 
@@ -170,11 +172,15 @@ def pgd(
     [[0.25 0.75]]
     """
     check_norm(norm)
-    if random_start and key is None:
-        raise ValueError("pgd: key is required for the random start (or pass random_start=False)")
+    if random_start:
+        check_key(key, why="by pgd's random start (or pass random_start=False)")
+    check_budget(eps, norm)
+    check_positive_int(num_steps, "num_steps")
+    if step_size is not None:
+        check_number(step_size, "step_size", minimum=0.0)
+    check_labels(y, np.shape(x)[0], check_model_inputs(apply_fn, params, x))
     x = jnp.asarray(x)
     y = jnp.asarray(y, jnp.int32)
-    chex.assert_shape(y, (x.shape[0],))
     if step_size is None:
         step_size = 2.5 * float(eps) / max(num_steps, 1)
     return _pgd(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Optional, Tuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +18,8 @@ import optax
 from jacuap.attacks.balls import ascent_direction, check_norm, project
 from jacuap.attacks.result import UAPResult
 from jacuap.batching import ceil_div, effective_batch_size, index_batches
+from jacuap.checks import (check_budget, check_class, check_key, check_labels, check_model_inputs, check_number,
+                           check_perturbation, check_positive_int)
 from jacuap.jacobian import ApplyFn
 from jacuap.models.features import FeaturesFn
 
@@ -198,7 +199,8 @@ def sgd_uap(
 
     Raises:
       ValueError: ``key`` is None, ``y`` is missing for the untargeted CE
-        attack, or ``norm`` is unknown.
+        attack, ``norm`` is unknown, or an input breaks a rule of
+        :mod:`jacuap.checks` (TypeError for a wrong dtype).
 
     A two-pixel linear model; ``v`` ends on a vertex of the l_inf ball:
 
@@ -212,24 +214,32 @@ def sgd_uap(
     [ 0.1 -0.1] (4,)
     """
     check_norm(norm)
-    if key is None:
-        raise ValueError("sgd_uap: key is required (a jax.random.PRNGKey for the minibatch shuffles)")
+    check_key(key, why="by sgd_uap (the minibatch shuffles)")
+    check_budget(eps, norm)
+    num_classes = check_model_inputs(apply_fn, params, x)
+    for value, name in ((num_epochs, "num_epochs"), (batch_size, "batch_size")):
+        check_positive_int(value, name)
+    for value, name in ((step_size, "step_size"), (step_decay, "step_decay"), (beta, "beta")):
+        if value is not None:
+            check_number(value, name, minimum=0.0)
     x = jnp.asarray(x)
     n, spatial = x.shape[0], x.shape[1:]
     if targeted is not None:
+        check_class(targeted, num_classes, "targeted")
         labels = jnp.full((n,), int(targeted), jnp.int32)
     elif features_fn is not None:
         labels = jnp.zeros((n,), jnp.int32)
     elif y is None:
         raise ValueError("sgd_uap: labels y are required for the untargeted CE attack")
     else:
+        check_labels(y, n, num_classes)
         labels = jnp.asarray(y, jnp.int32)
-    chex.assert_shape(labels, (n,))
     batch = effective_batch_size(batch_size, n)
     if step_size is None:
         step_size = default_sgd_step_size(eps, ceil_div(n, batch))
+    if init is not None:
+        check_perturbation(init, spatial, "init")
     v = jnp.zeros(spatial, x.dtype) if init is None else jnp.asarray(init, x.dtype)
-    chex.assert_shape(v, spatial)
     v = project(v, norm, eps)
     scalar = lambda value: jnp.asarray(value, x.dtype)
     losses = []

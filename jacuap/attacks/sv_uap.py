@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +12,7 @@ from jacuap import jacobian, metrics
 from jacuap.attacks.balls import check_norm, scale_to_budget
 from jacuap.attacks.result import UAPResult
 from jacuap.batching import effective_batch_size
+from jacuap.checks import check_budget, check_key, check_labels, check_model_inputs, check_perturbation, check_positive_int
 from jacuap.jacobian import ApplyFn
 
 __all__ = ["singular_vector_uap"]
@@ -78,8 +78,14 @@ def singular_vector_uap(
     (-0.5, [1.0, 0.0])
     """
     check_norm(norm)
-    if direction is None and key is None and method == "power":
-        raise ValueError("singular_vector_uap: key is required for method='power' (the power iteration's start)")
+    if direction is None and (key is not None or method == "power"):
+        check_key(key, why="by singular_vector_uap with method='power' (the power iteration's start)")
+    check_budget(eps, norm)
+    check_labels(y, np.shape(x)[0], check_model_inputs(apply_fn, params, x))
+    check_positive_int(num_iters, "num_iters")
+    check_positive_int(batch_size, "batch_size")
+    if direction is not None:
+        check_perturbation(direction, np.shape(x)[1:], "direction")
     x = jnp.asarray(x)
     u = direction
     if u is None:
@@ -89,7 +95,6 @@ def singular_vector_uap(
             num_iters=num_iters, batch_size=effective_batch_size(batch_size, x.shape[0]), method=method,
             loop="host",
         )
-    chex.assert_shape(u, x.shape[1:])
     v = scale_to_budget(u, norm, eps).astype(x.dtype)
     plus = metrics.universal_evasion_rate(apply_fn, params, x, y, v, batch_size=batch_size)
     minus = metrics.universal_evasion_rate(apply_fn, params, x, y, -v, batch_size=batch_size)

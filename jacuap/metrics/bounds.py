@@ -27,6 +27,7 @@ import numpy as np
 
 from jacuap import jacobian, parallel
 from jacuap.batching import effective_batch_size, map_batches
+from jacuap.checks import check_budget, check_jacobian_inputs, check_number, check_positive_int
 from jacuap.jacobian import ApplyFn
 
 __all__ = [
@@ -49,6 +50,12 @@ def _spectral_norm_batch(apply_fn: ApplyFn, params: Any, xb: jax.Array) -> jax.A
     return jacobian.spectral_norm(apply_fn, params, xb, method="exact")
 
 
+def _checked(apply_fn: ApplyFn, params: Any, x: Any, batch_size: int) -> None:
+    """Images, model and batch size (:mod:`jacuap.checks`)."""
+    check_jacobian_inputs(apply_fn, params, x)
+    check_positive_int(batch_size, "batch_size")
+
+
 @functools.partial(jax.jit, static_argnames="apply_fn")
 def _input_jacobian_batch(apply_fn: ApplyFn, params: Any, xb: jax.Array) -> jax.Array:
     return jacobian.input_jacobian(apply_fn, params, xb)
@@ -61,6 +68,7 @@ def mean_frobenius_sq(apply_fn: ApplyFn, params: Any, x: Any, batch_size: int = 
     >>> mean_frobenius_sq(lambda W, x: x @ W, W, jnp.ones((5, 3)))
     91.0
     """
+    _checked(apply_fn, params, x, batch_size)
     fro = map_batches(lambda xb: _frobenius_sq_batch(apply_fn, params, xb), x, batch_size,
                       parallel.batch_multiple(apply_fn))
     return float(np.mean(fro))
@@ -73,6 +81,7 @@ def per_example_spectral_norms(apply_fn: ApplyFn, params: Any, x: Any, batch_siz
     >>> per_example_spectral_norms(lambda W, x: x @ W, W, jnp.ones((2, 3))).round(4).tolist()
     [3.0, 3.0]
     """
+    _checked(apply_fn, params, x, batch_size)
     return map_batches(lambda xb: _spectral_norm_batch(apply_fn, params, xb), x, batch_size,
                        parallel.batch_multiple(apply_fn))
 
@@ -84,6 +93,7 @@ def input_jacobians(apply_fn: ApplyFn, params: Any, x: Any, batch_size: int = 25
     >>> input_jacobians(lambda W, x: x @ W, W, jnp.ones((4, 3))).shape
     (4, 2, 3)
     """
+    _checked(apply_fn, params, x, batch_size)
     x = jnp.asarray(x)
     jac = map_batches(lambda xb: _input_jacobian_batch(apply_fn, params, xb), x, batch_size,
                       parallel.batch_multiple(apply_fn))
@@ -111,6 +121,7 @@ def stacked_sigma_max(
     >>> round(stacked_sigma_max(lambda W, x: x @ W, W, jnp.ones((4, 3))), 4)  # sqrt(4 * 3^2)
     6.0
     """
+    _checked(apply_fn, params, x, batch_size)
     x = jnp.asarray(x)
     sigma, _ = jacobian.stacked_spectral_norm(
         apply_fn, params, x, key, num_iters=num_iters, method=method,
@@ -137,6 +148,9 @@ def first_order_uap_bound(sigma_stacked: Any, eps: Any, norm: str, input_dim: in
     >>> first_order_uap_bound(2.0, 0.5, "l2", 64), first_order_uap_bound(2.0, 0.5, "linf", 64)
     (1.0, 64.0)
     """
+    check_number(sigma_stacked, "sigma_stacked", minimum=0.0)
+    check_budget(eps, norm)
+    check_positive_int(input_dim, "input_dim")
     if norm == "l2":
         radius_sq = eps * eps
     elif norm == "linf":

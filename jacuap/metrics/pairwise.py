@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jacuap.batching import pad_rows
+from jacuap.checks import InputError, check_finite, check_jacobians, check_labels, check_positive_int
 from jacuap.jacobian import ApplyFn
 from jacuap.metrics.bounds import input_jacobians
 
@@ -136,10 +137,16 @@ def pairwise_metrics_from_jacobians(
     >>> {name: m.round(4).tolist() for name, m in pairwise_metrics_from_jacobians(jac).items()}
     {'shared_perturbation_strength': [[1.0, 0.5], [0.5, 1.0]], 'jacobian_cosine': [[1.0, 0.0], [0.0, 1.0]], 'gram_cosine': [[1.0, 0.0], [0.0, 1.0]]}
     """
+    check_jacobians(jac)
+    which = (which,) if isinstance(which, str) else tuple(which)
+    unknown = [name for name in which if name not in PAIRWISE_METRICS]
+    if unknown or not which:
+        raise InputError(f"which must name pairwise metrics from {PAIRWISE_METRICS}, got {which}")
+    if row_block is not None:
+        check_positive_int(row_block, "row_block")
     jac = jnp.asarray(jac)
     n, k = jac.shape[:2]
     jac = jac.reshape(n, k, -1)
-    which = tuple(which)
     if row_block is None:
         row_block = max(1, _PAIR_BLOCK_ELEMENTS // (n * 4 * k * k))
     row_block = min(int(row_block), n)
@@ -228,10 +235,14 @@ def class_pair_summary(matrix: Any, labels: Any, num_classes: int) -> Tuple[np.n
     >>> table.round(4).tolist(), round(overall, 4)
     ([[0.2, 0.5], [0.5, nan]], 0.4)
     """
+    check_positive_int(num_classes, "num_classes")
+    n = np.shape(matrix)[0] if np.ndim(matrix) else 0
+    if np.shape(matrix) != (n, n):
+        raise InputError(f"matrix must be a square (N, N) pairwise matrix, got shape {np.shape(matrix)}")
+    check_finite(matrix, "matrix")
+    check_labels(labels, n, num_classes, name="labels")
     matrix = np.asarray(matrix, np.float64)
     labels = np.asarray(labels).astype(np.int64)
-    n = labels.shape[0]
-    chex.assert_shape(matrix, (n, n))
     off = ~np.eye(n, dtype=bool)
     onehot = np.eye(num_classes)[labels]  # (N, K)
     sums = onehot.T @ np.where(off, matrix, 0.0) @ onehot

@@ -6,7 +6,8 @@ sees ``clip(x + v, 0, 1)``.  Predictions are ``argmax_k f(x)_k`` with
 :func:`jacuap.batching.map_batches` (one compiled step per model and batch
 size, the last batch zero-padded).  Rates are Python floats.  A model
 wrapped by :func:`jacuap.parallel.batch_sharded_apply` splits each batch
-over the devices (batch sizes are rounded up to the device count).
+over the devices (batch sizes are rounded up to the device count).  Inputs are
+checked first (:mod:`jacuap.checks`): pixels, labels in ``[0, K)``, ``v`` of shape ``S``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from __future__ import annotations
 import functools
 from typing import Any, Optional
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jacuap import parallel
 from jacuap.batching import map_batches
+from jacuap.checks import check_labels, check_model_inputs, check_perturbation, check_positive_int
 from jacuap.jacobian import ApplyFn
 
 __all__ = ["predict", "accuracy", "universal_evasion_rate", "fooling_rate"]
@@ -34,11 +35,20 @@ def _predict_batch(apply_fn: ApplyFn, params: Any, xb: jax.Array, v: Optional[ja
     return jnp.argmax(apply_fn(params, xb), axis=-1)
 
 
+def _checked(apply_fn: ApplyFn, params: Any, x: Any, batch_size: int, y: Any = False, v: Any = False) -> None:
+    """The checks of every rate (:mod:`jacuap.checks`): images, model, batch size, then ``y`` and ``v`` if given."""
+    num_classes = check_model_inputs(apply_fn, params, x)
+    check_positive_int(batch_size, "batch_size")
+    if y is not False:
+        check_labels(y, np.shape(x)[0], num_classes)
+    if v is not False:
+        check_perturbation(v, np.shape(x)[1:])
+
+
 def _perturbed_predictions(apply_fn: ApplyFn, params: Any, x: Any, v: Any, batch_size: int) -> np.ndarray:
     x = jnp.asarray(x)
     if v is not None:
         v = jnp.asarray(v, x.dtype)
-        chex.assert_shape(v, x.shape[1:])
     return map_batches(lambda xb: _predict_batch(apply_fn, params, xb, v), x, batch_size,
                        parallel.batch_multiple(apply_fn))
 
@@ -51,6 +61,7 @@ def predict(apply_fn: ApplyFn, params: Any, x: Any, batch_size: int = 1000) -> n
     >>> predict(apply_fn, W, jnp.array([[0.9, 0.1], [0.2, 0.7]])).tolist()
     [0, 1]
     """
+    _checked(apply_fn, params, x, batch_size)
     return _perturbed_predictions(apply_fn, params, x, None, batch_size)
 
 
@@ -61,9 +72,8 @@ def accuracy(apply_fn: ApplyFn, params: Any, x: Any, y: Any, batch_size: int = 1
     >>> accuracy(lambda W, x: x @ W, W, jnp.array([[0.9, 0.1], [0.2, 0.7]]), [0, 0])
     0.5
     """
-    y = np.asarray(y)
-    chex.assert_shape(y, (x.shape[0],))
-    return float(np.mean(predict(apply_fn, params, x, batch_size) == y))
+    _checked(apply_fn, params, x, batch_size, y)
+    return float(np.mean(_perturbed_predictions(apply_fn, params, x, None, batch_size) == np.asarray(y)))
 
 
 def universal_evasion_rate(
@@ -78,9 +88,8 @@ def universal_evasion_rate(
     >>> universal_evasion_rate(lambda W, x: x @ W, W, x, y, jnp.array([0.0, 0.85]))
     0.5
     """
-    y = np.asarray(y)
-    chex.assert_shape(y, (x.shape[0],))
-    return float(np.mean(_perturbed_predictions(apply_fn, params, x, v, batch_size) != y))
+    _checked(apply_fn, params, x, batch_size, y, v)
+    return float(np.mean(_perturbed_predictions(apply_fn, params, x, v, batch_size) != np.asarray(y)))
 
 
 def fooling_rate(apply_fn: ApplyFn, params: Any, x: Any, v: Any, batch_size: int = 1000) -> float:
@@ -91,5 +100,6 @@ def fooling_rate(apply_fn: ApplyFn, params: Any, x: Any, v: Any, batch_size: int
     >>> fooling_rate(lambda W, x: x @ W, W, x, jnp.array([0.0, 0.85]))
     0.5
     """
-    clean = predict(apply_fn, params, x, batch_size)
+    _checked(apply_fn, params, x, batch_size, v=v)
+    clean = _perturbed_predictions(apply_fn, params, x, None, batch_size)
     return float(np.mean(_perturbed_predictions(apply_fn, params, x, v, batch_size) != clean))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
+from jacuap.checks import check_finite, check_jacobian_inputs, check_key, check_labels, check_positive_int
 from jacuap.jacobian import ApplyFn
 from jacuap.metrics.bounds import _ratio, input_jacobians, mean_frobenius_sq, per_example_spectral_norms, stacked_sigma_max
 from jacuap.metrics.pairwise import class_pair_summary, pairwise_metrics_from_jacobians
@@ -66,8 +67,13 @@ def jacobian_metrics(
     >>> out["mean_frobenius_sq"], round(out["universality_ratio"], 4), round(out["jacobian_cosine"], 4)
     (91.0, 1.0, 1.0)
     """
-    if key is None:
-        raise ValueError("jacobian_metrics: a PRNG key is required (input sampling, power iteration): pass key=")
+    check_key(key, why="by jacobian_metrics (input sampling, power iteration)")
+    model_classes = check_jacobian_inputs(apply_fn, params, x)
+    if num_classes is not None:
+        check_positive_int(num_classes, "num_classes")
+    check_labels(y, np.shape(x)[0], model_classes if num_classes is None else num_classes)
+    for value, name in ((num_pairs_inputs, "num_pairs_inputs"), (batch_size, "batch_size"), (num_iters, "num_iters")):
+        check_positive_int(value, name)
     x = jnp.asarray(x)
     y = np.asarray(y)
     n = x.shape[0]
@@ -99,6 +105,8 @@ def _samples(a: Any, b: Any, who: str) -> Tuple[np.ndarray, np.ndarray]:
     b = np.asarray(b, np.float64).ravel()
     if a.shape != b.shape or a.size < 2:
         raise ValueError(f"{who}: need two samples of equal length >= 2, got {a.shape} and {b.shape}")
+    check_finite(a, "a")
+    check_finite(b, "b")
     return a, b
 
 
@@ -111,7 +119,7 @@ def pearson(a: Any, b: Any) -> float:
     """Pearson correlation ``cov(a, b) / (std(a) std(b))`` of two 1-D samples (``scipy.stats.pearsonr``).
 
     NaN when one sample is constant (the correlation is undefined); ValueError
-    unless both have the same length ``>= 2``.
+    unless both have the same length ``>= 2`` and hold finite numbers.
 
     >>> pearson([1, 2, 3], [2, 4, 7]), pearson([1, 1, 1], [1, 2, 3])
     (0.9933992677987828, nan)
@@ -126,7 +134,7 @@ def spearman(a: Any, b: Any) -> float:
     """Spearman rank correlation: Pearson of the average ranks, ties averaged (``scipy.stats.spearmanr``).
 
     NaN when one sample is constant; ValueError unless both have the same
-    length ``>= 2``.
+    length ``>= 2`` and hold finite numbers.
 
     >>> spearman([1, 2, 3], [2, 4, 7]), spearman([1, 2, 2], [3, 1, 2])
     (1.0, -0.8660254037844387)
