@@ -12,26 +12,34 @@ traceback.  Exit codes:
 ``--config=configs/NAME.py`` (the path the README used before the configs
 moved into the package) names the packaged ``jacuap/configs/NAME.py`` when
 no such file exists from the current folder.
+
+This module imports no JAX: :mod:`jacuap.train` and its checkpoints are
+imported by the functions that need them, so a flag or config mistake is
+reported in about a second.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import sys
 from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional
 
 from absl import app, flags, logging
 
-from jacuap import configs, errors, train
-from jacuap.train import checkpoints
+from jacuap import configs, errors
+from jacuap.configs import reference
 
 __all__ = [
     "EXIT_FAILED",
     "EXIT_USER_ERROR",
+    "CONFIG_HELP",
     "fail",
     "flag_errors",
     "user_errors",
+    "check_workdir",
     "resolve_config_file",
     "run",
     "print_table",
@@ -42,6 +50,18 @@ EXIT_USER_ERROR = 2
 # Long enough for a whole config dict in "workdir holds a run with another config {...}".
 _MESSAGE_LIMIT = 2000
 _HELP_FLAGS = ("--help", "-help", "-?", "--helpshort", "--helpfull", "--helpxml")
+# Out of space: the run failed, free space and rerun (exit 1).
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# The folder cannot be written at all: choose another (exit 2).
+_UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+# A file where a folder should be.
+_NOT_A_FOLDER_ERRNOS = (errno.EEXIST, errno.ENOTDIR)
+
+#: The help of ``--config`` (train.py): the config fields, and where their defaults and meanings are.
+CONFIG_HELP = (
+    "Training configuration: a file with get_config(); configs/NAME.py names the packaged one. "
+    "Set a field with --config.FIELD=VALUE; the fields: " + ", ".join(reference.DESCRIPTIONS)
+    + f". Defaults and meanings: README 'Config fields' or `{reference.COMMAND}`.")
 
 
 def _prog() -> str:
@@ -54,13 +74,57 @@ def fail(message: Any, code: int = EXIT_USER_ERROR) -> NoReturn:
     sys.exit(code)
 
 
-def _disk_full_message(exc: OSError, workdir: Optional[str]) -> str:
-    where = f" ({exc.filename})" if exc.filename else ""
+def _latest_checkpoint(workdir: str) -> Optional[int]:
+    from jacuap.train import checkpoints  # JAX, orbax: only once there is something to report
+
+    return checkpoints.latest_step(workdir)
+
+
+def _os_errno(exc: BaseException) -> Optional[int]:
+    """The errno of ``exc`` that the user can act on, else None.
+
+    Orbax reports disk errors as ``ValueError``s naming the errno; they are
+    looked for only when :mod:`jacuap.train.checkpoints` is loaded (else no
+    checkpoint was written).
+    """
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS + _UNWRITABLE_ERRNOS + _NOT_A_FOLDER_ERRNOS:
+        return exc.errno
+    checkpoints = sys.modules.get("jacuap.train.checkpoints")
+    return None if checkpoints is None else checkpoints.disk_errno(exc)
+
+
+def _disk_message(exc: BaseException, code: int, workdir: Optional[str]) -> str:
+    """One line for an OS error on a folder the program writes: what happened and what to do."""
+    strerror = getattr(exc, "strerror", None) or os.strerror(code)
+    filename = getattr(exc, "filename", None)
+    where = f" ({filename})" if filename else ""
+    last = _latest_checkpoint(workdir) if workdir else None
+    kept = f"checkpoint {last} is intact; " if last is not None else ""
+    if code in _NOT_A_FOLDER_ERRNOS:
+        return (f"cannot create the folder {filename or workdir!r}: {os.strerror(code)}; a file is in the way; "
+                f"choose another folder")
+    if code in _UNWRITABLE_ERRNOS:
+        folder = workdir or (os.path.dirname(filename) if filename else "the output folder")
+        return f"{folder} is not writable ({strerror}{where}); {kept}choose a writable folder"
     if workdir is None:
-        return f"{exc.strerror}{where}; free space and rerun the same command"
-    last = checkpoints.latest_step(workdir)
-    kept = f"checkpoint {last} is intact" if last is not None else "no checkpoint was written"
-    return f"{exc.strerror}{where}; {kept}; free space and rerun the same command to resume"
+        return f"{strerror}{where}; free space and rerun the same command"
+    kept = kept or "no checkpoint was written; "
+    return f"{strerror}{where}; {kept}free space and rerun the same command to resume"
+
+
+def _user_exit(exc: BaseException, workdir: Optional[str]) -> None:
+    """Exits for ``exc`` if the user can act on it; returns (a bug) otherwise."""
+    if isinstance(exc, errors.UserError):
+        fail(exc)
+    train = sys.modules.get("jacuap.train")  # its exceptions exist only once it is loaded
+    if train is not None and isinstance(exc, train.TrainingDiverged):
+        fail(exc, code=EXIT_FAILED)
+    if train is not None and isinstance(exc, train.Preempted):
+        print(f"{_prog()}: {errors.one_line(exc, limit=_MESSAGE_LIMIT)}", file=sys.stderr, flush=True)
+        sys.exit(0)
+    code = _os_errno(exc)
+    if code is not None:
+        fail(_disk_message(exc, code, workdir), code=EXIT_FAILED if code in _FULL_ERRNOS else EXIT_USER_ERROR)
 
 
 @contextlib.contextmanager
@@ -68,23 +132,39 @@ def user_errors(workdir: Optional[str] = None) -> Iterator[None]:
     """Ends the program with one line and its exit code on what the user can act on.
 
     ``UserError`` exits 2; a diverged run or a full disk (``ENOSPC``,
-    ``EDQUOT``, ...) exits 1, naming the checkpoint of ``workdir`` that is
-    intact; a preempted run exits 0.  Anything else is a bug: its traceback
+    ``EDQUOT``, ``EFBIG``) exits 1, naming the checkpoint of ``workdir``
+    that is intact; a folder that cannot be written (``EROFS``, ``EACCES``,
+    ``EPERM``) or a file where a folder should be (``EEXIST``, ``ENOTDIR``)
+    exits 2; a preempted run exits 0.  Anything else is a bug: its traceback
     shows.
     """
     try:
         yield
-    except errors.UserError as exc:
-        fail(exc)
-    except train.TrainingDiverged as exc:
-        fail(exc, code=EXIT_FAILED)
-    except train.Preempted as exc:
-        print(f"{_prog()}: {errors.one_line(exc, limit=_MESSAGE_LIMIT)}", file=sys.stderr, flush=True)
-        sys.exit(0)
-    except OSError as exc:
-        if checkpoints.disk_errno(exc) is None:
-            raise
-        fail(_disk_full_message(exc, workdir), code=EXIT_FAILED)
+    except Exception as exc:  # noqa: BLE001 - re-raised unless the user can act on it
+        _user_exit(exc, workdir)
+        raise
+
+
+def check_workdir(workdir: Optional[str], flag: str = "--workdir") -> None:
+    """Raises ConfigError, before anything is written, if ``workdir`` cannot be a folder this program writes.
+
+    It must be non-empty and an existing writable folder, or creatable: its
+    nearest existing ancestor a writable folder.  (As root, permissions
+    rarely stop a write; a read-only file system still does.)
+    """
+    if not workdir:
+        raise errors.ConfigError(f"{flag} must name a folder, got {workdir!r}")
+    path = os.path.abspath(os.path.expanduser(workdir))
+    existing = path
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise errors.ConfigError(f"{flag} {workdir!r} {what}, not a folder; choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "" if existing == path else f" cannot be created: {existing}"
+        raise errors.ConfigError(f"{flag} {workdir!r}{what} is not writable (permissions or a read-only "
+                                 f"file system); choose a writable folder")
 
 
 @contextlib.contextmanager
@@ -99,17 +179,45 @@ def flag_errors() -> Iterator[None]:
     try:
         yield
     except errors.UserError as exc:
-        fail(exc)
-    except (flags.Error, AttributeError, KeyError) as exc:
+        fail(_with_field_advice(exc))
+    except (flags.Error, AttributeError, KeyError, TypeError) as exc:
+        sub_field = _sub_field_error(sys.argv)  # at DEFINE time, the overrides come from sys.argv
+        if sub_field is not None:
+            fail(sub_field)
         config_error = configs.as_config_error(exc)
         if config_error is not None:
-            fail(config_error)
+            fail(_with_field_advice(config_error))
         if isinstance(exc, flags.Error):
             fail(exc)
+        if isinstance(exc, AttributeError) and "'get_config'" in str(exc):
+            fail("bad --config: the file defines no get_config(); a config file returns its "
+                 "ml_collections.ConfigDict from get_config() (see jacuap/configs/default.py)")
         fail(f"bad --config: {errors.one_line(exc, limit=_MESSAGE_LIMIT)}")
-    except (ValueError, TypeError, OSError, SyntaxError) as exc:
+    except (ValueError, OSError, SyntaxError) as exc:
         # A config file that cannot be read or whose get_config() fails.
         fail(f"bad --config: {errors.one_line(exc, limit=_MESSAGE_LIMIT)}")
+
+
+_UNKNOWN_FIELD = re.compile(r"^unknown config field '([^']+)' \(did you mean '[^']+'\?\)$")
+
+
+def _with_field_advice(exc: errors.UserError) -> Any:
+    """An unknown-field error whose guess is not close becomes one naming every field."""
+    match = _UNKNOWN_FIELD.match(str(exc))
+    return reference.unknown_field_message(match.group(1)) if match else exc
+
+
+def _sub_field_error(argv: List[str]) -> Optional[errors.ConfigError]:
+    """``--config.dataset.x=1``: a dotted override below a field that is no group (absl says less)."""
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        name = arg.lstrip("-").partition("=")[0]
+        parts = name.split(".")
+        if len(parts) > 2 and parts[0] == "config" and parts[1] in configs.FIELDS:
+            return errors.ConfigError(f"--{name}: config field {parts[1]!r} has no sub-fields; "
+                                      f"use --config.{parts[1]}=VALUE")
+    return None
 
 
 def resolve_config_file(value: str) -> str:
@@ -151,6 +259,9 @@ def _parse_flags(argv: List[str]) -> List[str]:
     try:
         with flag_errors():
             if "config" in flags.FLAGS:
+                sub_field = _sub_field_error(argv)
+                if sub_field is not None:
+                    raise sub_field
                 argv = _with_config_file_resolved(argv)
             rest = flags.FLAGS(argv)
     except SystemExit as exc:
