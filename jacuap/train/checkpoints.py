@@ -186,33 +186,37 @@ _TASK_ERRORS = _DropOrbaxTaskErrors()
 _SILENCED = []  # non-empty once a failure silenced the stragglers for good
 
 
-def _silence_stragglers() -> None:
-    """After a failed restore: the late noise of its reads still in flight stays quiet (process-wide, narrow)."""
-    if not isinstance(sys.unraisablehook, _DropClosedLoopCallbacks):
-        sys.unraisablehook = _DropClosedLoopCallbacks(sys.unraisablehook)
-    logging.getLogger("asyncio").addFilter(_TASK_ERRORS)  # a no-op when there
-    _SILENCED.append(True)
-
-
 @contextlib.contextmanager
 def _quiet_orbax_errors():
     """Orbax logs each failure (a traceback per writer or reader task) before raising; we report once.
 
-    A failure inside also silences its stragglers for good (:func:`_silence_stragglers`).
+    Inside, orbax's absl error logs, asyncio's "never retrieved" task errors
+    and the closed-loop callbacks of TensorStore reads still in flight
+    (:class:`_DropClosedLoopCallbacks`) are dropped.  After a failure the
+    last two stay dropped for the rest of the process: those reads finish
+    at any time afterwards.
     """
     logger, drop = logging.getLogger("absl"), _DropOrbaxErrors()
     asyncio_logger = logging.getLogger("asyncio")
+    previous_hook = sys.unraisablehook
+    installed = not isinstance(previous_hook, _DropClosedLoopCallbacks)
+    if installed:
+        sys.unraisablehook = _DropClosedLoopCallbacks(previous_hook)
     logger.addFilter(drop)
     asyncio_logger.addFilter(_TASK_ERRORS)
+    failed = False
     try:
         yield
     except BaseException:
-        _silence_stragglers()
+        failed = True
+        _SILENCED.append(True)
         raise
     finally:
         logger.removeFilter(drop)
-        if not _SILENCED:
+        if not (failed or _SILENCED):
             asyncio_logger.removeFilter(_TASK_ERRORS)
+            if installed and isinstance(sys.unraisablehook, _DropClosedLoopCallbacks):
+                sys.unraisablehook = previous_hook
 
 
 def restore_meta(workdir: str, step: Optional[int] = None) -> Tuple[int, Dict[str, Any]]:
