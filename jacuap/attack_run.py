@@ -249,7 +249,8 @@ def _check_config(workdir: str) -> None:
     trained.setdefault("model", (meta.get("model_spec") or {}).get("name"))
     missing = [k for k in trained if k not in config]
     if missing:
-        raise ConfigError(f"{path} lacks {', '.join(missing)}, which checkpoint {step} was trained with; "
+        shown = ", ".join(sorted(missing)[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        raise ConfigError(f"{path} lacks {shown}, which checkpoint {step} was trained with; "
                           f"restore config.json from the run")
     differ = [f"{k}={config[k]!r} (checkpoint: {v!r})" for k, v in trained.items() if config[k] != v]
     if differ:
@@ -293,7 +294,7 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
         key = jax.random.PRNGKey(request.seed)
         rows, uaps, computed = _attack_rows(request, apply_fn, params, x_craft, y_craft, x_eval, y_eval, key, log)
         metric_values = attack_store.load_metrics(request.out)
-        if metric_values is None:
+        if parallel.any_process(metric_values is None):
             metric_values = {}
             if request.num_metrics:
                 n = min(request.num_metrics, len(x_eval))
@@ -302,7 +303,7 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
                 metric_values["num_inputs"] = n
             metric_values = attack_store.save_metrics(request.out, metric_values)
         figure = os.path.join(request.out, attack_store.FIGURE_NAME)
-        if uaps and (computed or not os.path.exists(figure)):
+        if uaps and parallel.any_process(computed or not os.path.exists(figure)):
             attack_store.plot_uaps(uaps, apply_fn, params, x_eval[:4], figure)
         config = restored.config
         results = attack_store.finite_or_null({
@@ -352,7 +353,7 @@ def _attack_rows(request, apply_fn, params, x_craft, y_craft, x_eval, y_eval, ke
     for (name, eps), stem in zip(tasks, names):
         row = attack_store.load_row(request.out, stem, {"attack": name, "norm": request.norm, "eps": eps,
                                                         "seed": request.seed})
-        if row is not None:
+        if not parallel.any_process(row is None):  # every process reuses it, or every one computes it
             done[stem] = row
     if done:
         log(f"reusing {len(done)} finished rows of {len(tasks)} in {request.out}")

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from jacuap import attacks, io, metrics
+from jacuap import attacks, io, metrics, parallel
 from jacuap.errors import AttackError
 
 __all__ = [
@@ -182,28 +182,34 @@ def _remove(paths: Sequence[str]) -> None:
 def claim(out: str, record: Dict[str, Any], overwrite: bool) -> None:
     """Makes ``out`` hold ``record``'s run: keeps a matching one, refuses or (``overwrite``) clears another.
 
-    Called with ``out``'s lock held.  Temporary files of a killed run are removed.
+    Called with ``out``'s lock held, on every process (process 0 decides and
+    writes).  Temporary files of a killed run are removed.
     """
-    old = _read_json(os.path.join(out, REQUEST_NAME))
-    previous = jacuap_files(out)
-    temps = [p for p in previous if _TEMP.match(os.path.basename(p))]
-    if isinstance(old, dict) and _same_request(old, record):
-        _remove(temps)
-        return
-    leftovers = [p for p in previous if p not in temps]
-    if leftovers and not overwrite:
-        what = "another request" if old is not None else "an earlier run"
-        diff = ""
-        if isinstance(old, dict):
-            keys = [k for k in record if k != "workdir" and old.get(k) != record[k]]
-            diff = " (" + ", ".join(f"{k} {old.get(k)!r} -> {record[k]!r}" for k in keys[:4]) + ")"
-        raise AttackError(f"--out {out} holds the outputs of {what}{diff}; rerun that command to resume it, "
-                          f"pass --overwrite to replace them, or choose another --out")
-    _remove(previous)
-    rows = os.path.join(out, ROWS_DIR)
-    if os.path.isdir(rows) and not os.listdir(rows):
-        os.rmdir(rows)
-    io.write_json_atomic(os.path.join(out, REQUEST_NAME), record)
+    refusal = None
+    if io.is_primary():
+        old = _read_json(os.path.join(out, REQUEST_NAME))
+        previous = jacuap_files(out)
+        temps = [p for p in previous if _TEMP.match(os.path.basename(p))]
+        same = isinstance(old, dict) and _same_request(old, record)
+        leftovers = [p for p in previous if p not in temps]
+        if same:
+            _remove(temps)
+        elif leftovers and not overwrite:
+            what = "another request" if old is not None else "an earlier run"
+            diff = ""
+            if isinstance(old, dict):
+                keys = [k for k in record if k != "workdir" and old.get(k) != record[k]]
+                diff = " (" + ", ".join(f"{k} {old.get(k)!r} -> {record[k]!r}" for k in keys[:4]) + ")"
+            refusal = (f"--out {out} holds the outputs of {what}{diff}; rerun that command to resume it, "
+                       f"pass --overwrite to replace them, or choose another --out")
+        else:
+            _remove(previous)
+            rows = os.path.join(out, ROWS_DIR)
+            if os.path.isdir(rows) and not os.listdir(rows):
+                os.rmdir(rows)
+            io.write_json_atomic(os.path.join(out, REQUEST_NAME), record)
+    if parallel.any_process(refusal is not None):
+        raise AttackError(refusal or f"--out {out} holds the outputs of another request (see process 0)")
 
 
 def load_row(out: str, name: str, expected: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
@@ -241,7 +247,8 @@ def save_metrics(out: str, values: Dict[str, Any]) -> Dict[str, Any]:
 
 def remove_results(out: str) -> None:
     """Removes ``results.json``: the folder is about to hold rows it does not describe."""
-    _remove([os.path.join(out, RESULTS_NAME)])
+    if io.is_primary():
+        _remove([os.path.join(out, RESULTS_NAME)])
 
 
 def write_results(out: str, results: Dict[str, Any]) -> bool:

@@ -278,7 +278,7 @@ def test_every_output_has_the_umask_permissions(trained, tmp_path):
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda c: {}, "lacks dataset, model"),
+    (lambda c: {}, r"config.json lacks \w+, .* more, which checkpoint \d+ was trained with; restore config.json"),
     (lambda c: dict(c, model="cnn"), "disagrees with checkpoint .*: model='cnn' \\(checkpoint: 'mlp'\\)"),
 ])
 def test_edited_config_json_is_one_config_error(trained, tmp_path, edit, message):
