@@ -94,8 +94,8 @@ def _extrema(x: Any) -> Tuple[float, float]:
 
 def _first_non_finite(x: Any) -> str:
     """``"nan at index (i, ...)"`` for the first non-finite entry of ``x``."""
-    xp, flat = (jnp, x.reshape(-1)) if isinstance(x, jax.Array) else (np, np.asarray(x).reshape(-1))
-    with jax.ensure_compile_time_eval():
+    with jax.ensure_compile_time_eval():  # see _extrema
+        xp, flat = (jnp, x.reshape(-1)) if isinstance(x, jax.Array) else (np, np.asarray(x).reshape(-1))
         first = int(xp.argmax(~xp.isfinite(flat)))
         value = float(flat[first])
     index = tuple(int(i) for i in np.unravel_index(first, _shape(x)))
