@@ -30,6 +30,7 @@ scalars from the device.  Failures raise :class:`InputError` (a
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
@@ -196,23 +197,23 @@ def check_class(value: Any, num_classes: Optional[int], name: str) -> None:
         raise InputError(f"{name} must be a class index {expected}, got {value}")
 
 
-_LOGITS_CACHE: dict = {}
+# apply_fn -> {(parameter and input shapes): eval_shape}; weak, so a model's closures are not kept alive.
+_LOGITS_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _abstract_logits(apply_fn: Callable, params: Any, spec: jax.ShapeDtypeStruct) -> Any:
     """``jax.eval_shape`` of ``apply_fn(params, x)``, cached per (model, parameter shapes, input spec)."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    key = (apply_fn, treedef, tuple((_shape(l), str(_dtype(l))) for l in leaves), spec.shape, str(spec.dtype))
+    key = (treedef, tuple((_shape(l), str(_dtype(l))) for l in leaves), spec.shape, str(spec.dtype))
     try:
-        if key in _LOGITS_CACHE:
-            return _LOGITS_CACHE[key]
-    except TypeError:  # an unhashable apply_fn: no caching
-        return jax.eval_shape(apply_fn, params, spec)
-    out = jax.eval_shape(apply_fn, params, spec)
-    if len(_LOGITS_CACHE) >= 64:
-        _LOGITS_CACHE.clear()
-    _LOGITS_CACHE[key] = out
-    return out
+        per_fn = _LOGITS_CACHE.setdefault(apply_fn, {})
+    except TypeError:  # not weakly referenceable or unhashable: no caching
+        per_fn = {}
+    if key not in per_fn:
+        if len(per_fn) >= 16:
+            per_fn.clear()
+        per_fn[key] = jax.eval_shape(apply_fn, params, spec)
+    return per_fn[key]
 
 
 def check_logits(apply_fn: Callable, params: Any, x: Any, name: str = "x", *, min_classes: int = 2) -> Optional[int]:
