@@ -164,12 +164,14 @@ class _DropOrbaxTaskErrors(logging.Filter):
 
 
 class _DropClosedLoopCallbacks:
-    """A ``sys.unraisablehook`` that drops the ``RuntimeError('Event loop is closed')`` of orbax's stragglers.
+    """A ``sys.unraisablehook`` that drops what orbax's stragglers raise after a failed restore.
 
     When one read of a restore fails, orbax closes its asyncio loop while
     TensorStore still completes the other reads on its own threads; each
-    completion calls into the closed loop and Python prints a traceback, at
-    any time afterwards.  Everything else goes to the previous hook.
+    completion calls into the closed loop (``RuntimeError('Event loop is
+    closed')``), and orbax's reading coroutines, closed mid-read, raise as
+    they are collected; Python prints a traceback for each, at any time
+    afterwards.  Everything else goes to the previous hook.
     """
 
     def __init__(self, previous: Callable):
@@ -178,6 +180,9 @@ class _DropClosedLoopCallbacks:
     def __call__(self, unraisable) -> None:
         exc = unraisable.exc_value
         if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        code = getattr(unraisable.object, "cr_code", None)  # an orbax coroutine closed mid-read
+        if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
             return
         self.previous(unraisable)
 
