@@ -185,6 +185,9 @@ def craft(name: str, apply_fn, params, x, y, eps: float, request: AttackRequest,
                 apply_fn, params, jnp.asarray(x), key, batch_size=batch, method="auto", loop="host")
         result = attacks.singular_vector_uap(apply_fn, params, x, y, eps=eps, norm=request.norm,
                                              direction=cache["sv_direction"])
+    elif name in ("sga_uap", "sgd_uap_restarts"):
+        result = attacks.ATTACKS[name](apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
+                                       num_epochs=request.sgd_epochs)
     elif name == "deepfool_uap":
         result = attacks.deepfool_uap(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
                                       max_passes=request.deepfool_passes, progress=progress)

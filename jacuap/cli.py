@@ -6,7 +6,8 @@ the program with ``<prog>: error: <one line>`` on stderr, never a
 traceback.  Exit codes:
 
 * 0: done, or preempted (SIGTERM/SIGINT) after saving a checkpoint; ``--help``;
-* 1: the run failed (the loss diverged, the disk is full);
+* 1: the run failed, or its environment did (the loss diverged, the disk is
+  full, a folder cannot be written);
 * 2: a user mistake.
 
 ``--config=configs/NAME.py`` (the path the README used before the configs
@@ -115,7 +116,7 @@ def _disk_message(exc: BaseException, code: int, workdir: Optional[str]) -> str:
 def _user_exit(exc: BaseException, workdir: Optional[str]) -> None:
     """Exits for ``exc`` if the user can act on it; returns (a bug) otherwise."""
     if isinstance(exc, errors.UserError):
-        fail(exc)
+        fail(exc, code=exc.exit_code)
     train = sys.modules.get("jacuap.train")  # its exceptions exist only once it is loaded
     if train is not None and isinstance(exc, train.TrainingDiverged):
         fail(exc, code=EXIT_FAILED)
@@ -124,18 +125,20 @@ def _user_exit(exc: BaseException, workdir: Optional[str]) -> None:
         sys.exit(0)
     code = _os_errno(exc)
     if code is not None:
-        fail(_disk_message(exc, code, workdir), code=EXIT_FAILED if code in _FULL_ERRNOS else EXIT_USER_ERROR)
+        fail(_disk_message(exc, code, workdir),
+             code=EXIT_FAILED if code in _FULL_ERRNOS + _UNWRITABLE_ERRNOS else EXIT_USER_ERROR)
 
 
 @contextlib.contextmanager
 def user_errors(workdir: Optional[str] = None) -> Iterator[None]:
     """Ends the program with one line and its exit code on what the user can act on.
 
-    ``UserError`` exits 2; a diverged run or a full disk (``ENOSPC``,
-    ``EDQUOT``, ``EFBIG``) exits 1, naming the checkpoint of ``workdir``
-    that is intact; a folder that cannot be written (``EROFS``, ``EACCES``,
-    ``EPERM``) or a file where a folder should be (``EEXIST``, ``ENOTDIR``)
-    exits 2; a preempted run exits 0.  Anything else is a bug: its traceback
+    ``UserError`` exits with its ``exit_code`` (2, or 1 for
+    ``UnwritableError``); a diverged run, a full disk (``ENOSPC``, ``EDQUOT``,
+    ``EFBIG``) or a folder that cannot be written (``EROFS``, ``EACCES``,
+    ``EPERM``) exits 1, naming the checkpoint of ``workdir`` that is intact;
+    a file where a folder should be (``EEXIST``, ``ENOTDIR``) exits 2; a
+    preempted run exits 0.  Anything else is a bug: its traceback
     shows.
     """
     try:
@@ -146,7 +149,7 @@ def user_errors(workdir: Optional[str] = None) -> Iterator[None]:
 
 
 def check_workdir(workdir: Optional[str], flag: str = "--workdir") -> None:
-    """Raises ConfigError, before anything is written, if ``workdir`` cannot be a folder this program writes.
+    """Raises ConfigError (UnwritableError if not writable), before anything is written, if ``workdir`` cannot be a folder this program writes.
 
     It must be non-empty and an existing writable folder, or creatable: its
     nearest existing ancestor a writable folder.  (As root, permissions
@@ -163,7 +166,7 @@ def check_workdir(workdir: Optional[str], flag: str = "--workdir") -> None:
         raise errors.ConfigError(f"{flag} {workdir!r} {what}, not a folder; choose another {flag}")
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "" if existing == path else f" cannot be created: {existing}"
-        raise errors.ConfigError(f"{flag} {workdir!r}{what} is not writable (permissions or a read-only "
+        raise errors.UnwritableError(f"{flag} {workdir!r}{what} is not writable (permissions or a read-only "
                                  f"file system); choose a writable folder")
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "AttackError",
     "ParallelError",
     "BusyError",
+    "UnwritableError",
     "one_line",
 ]
 
@@ -49,7 +50,13 @@ def one_line(what: Union[BaseException, str], limit: int = 300) -> str:
 
 
 class UserError(ValueError):
-    """A user mistake; the message is always one line (newlines are folded)."""
+    """A user mistake; the message is always one line (newlines are folded).
+
+    ``exit_code`` is what the programs exit with: 2 for a mistake in the
+    request, 1 for a fault of the environment the user must fix outside it.
+    """
+
+    exit_code = 2
 
     def __init__(self, message: object = ""):
         super().__init__(one_line(str(message), limit=2000))
@@ -81,3 +88,9 @@ class ParallelError(UserError):
 
 class BusyError(UserError):
     """A workdir or output folder another live process holds (see :func:`jacuap.io.exclusive_lock`)."""
+
+
+class UnwritableError(UserError):
+    """A folder the program must write that the file system refuses (permissions, read-only): exit 1."""
+
+    exit_code = 1

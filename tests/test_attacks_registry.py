@@ -18,13 +18,17 @@ UNIVERSAL_CASES = {
     ("sv_uap", "l2"): (400, dict(method="power", num_iters=5)),
     ("deepfool_uap", "linf"): (400, dict(max_passes=1)),
     ("deepfool_uap", "l2"): (200, dict(max_passes=1, batch_size=64, num_classes=5, aggregate="sequential")),
+    ("sga_uap", "linf"): (400, dict(num_epochs=1, batch_size=32)),
+    ("sga_uap", "l2"): (400, dict(num_epochs=1, batch_size=100)),
+    ("sgd_uap_restarts", "linf"): (400, dict(num_epochs=1, batch_size=32, restarts=2)),
+    ("sgd_uap_restarts", "l2"): (400, dict(num_epochs=1, batch_size=100, restarts=2)),
 }
 EPS = {"linf": 0.2, "l2": 2.0}
 PER_INPUT_EPS = {"linf": 0.1, "l2": 1.0}
 
 
 def test_registry_names():
-    assert set(attacks.ATTACKS) == {"sgd_uap", "sv_uap", "deepfool_uap", "pgd", "fgsm"}
+    assert set(attacks.ATTACKS) == {"sgd_uap", "sv_uap", "deepfool_uap", "sga_uap", "sgd_uap_restarts", "pgd", "fgsm"}
     assert set(attacks.UNIVERSAL_ATTACKS) | set(attacks.PER_INPUT_ATTACKS) == set(attacks.ATTACKS)
     assert not set(attacks.UNIVERSAL_ATTACKS) & set(attacks.PER_INPUT_ATTACKS)
     assert attacks.ATTACKS["sv_uap"] is attacks.singular_vector_uap

@@ -339,8 +339,8 @@ def test_train_py_on_a_read_only_workdir_is_one_line_without_free_space_advice(t
     try:
         assert not os.access(path, os.W_OK)
         proc = _train_py(path)
-        # jacuap.cli reports a folder that cannot be written as a user mistake (exit 2).
-        line = _one_line(proc, 2, "not writable")
+        # A folder that cannot be written is a fault of the environment (exit 1), with its own advice.
+        line = _one_line(proc, 1, "not writable")
         assert "free space" not in line
         assert os.listdir(path) == []
     finally:

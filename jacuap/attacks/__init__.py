@@ -1,4 +1,4 @@
-"""Adversarial attacks: three universal perturbations, two per-input ones, and their registry.
+"""Adversarial attacks: five universal perturbations, two per-input ones, and their registry.
 
 Conventions.  ``apply_fn(params, x) -> logits`` maps a batch ``x`` of shape
 ``(B, *S)`` (pixels in ``[0, 1]``) to ``(B, K)`` logits, each example
@@ -18,6 +18,15 @@ Universal attacks, crafted on a set ``(x, y)``, each returning
   to the budget.
 * :func:`deepfool_uap` (:mod:`.deepfool_uap`): the iterative
   universal-perturbation algorithm of Moosavi-Dezfooli et al. (2017), batched.
+* :func:`sga_uap` (:mod:`.sga`): stochastic gradient aggregation (Liu et
+  al., ICCV 2023): inner minibatch steps whose gradients are aggregated
+  before each outer update.
+* :func:`sgd_uap_restarts` (:mod:`.restarts`): SGD-UAP from random starts in
+  the ball, the best kept by its UER on the crafting set
+  (:func:`best_of_restarts` does this for any attack taking ``init``).
+
+:func:`targeted_uap_matrix` (:mod:`.targeted`) crafts one targeted UAP per
+class and gives the ``K x K`` matrix of success rates (source x target).
 
 Per-input attacks (:mod:`.per_input`), returning ``x_adv`` in ``[0, 1]``
 with ``||x_adv - x||_p <= eps``: :func:`fgsm` and :func:`pgd`.
@@ -34,7 +43,7 @@ keys traced, so that sweeps over epochs, passes and budgets reuse one
 compiled program (as long as the caller passes the same ``apply_fn`` object).
 
 >>> sorted(ATTACKS), UNIVERSAL_ATTACKS, NORMS
-(['deepfool_uap', 'fgsm', 'pgd', 'sgd_uap', 'sv_uap'], ('sgd_uap', 'sv_uap', 'deepfool_uap'), ('linf', 'l2'))
+(['deepfool_uap', 'fgsm', 'pgd', 'sga_uap', 'sgd_uap', 'sgd_uap_restarts', 'sv_uap'], ('sgd_uap', 'sv_uap', 'deepfool_uap', 'sga_uap', 'sgd_uap_restarts'), ('linf', 'l2'))
 """
 
 from __future__ import annotations
@@ -52,9 +61,12 @@ from jacuap.attacks.balls import (
 )
 from jacuap.attacks.deepfool_uap import AGGREGATES, INNER_ATTACKS, deepfool_uap, deepfool_uap_pass
 from jacuap.attacks.per_input import fgsm, pgd
+from jacuap.attacks.restarts import best_of_restarts, restart_score, sgd_uap_restarts
 from jacuap.attacks.result import UAPResult
+from jacuap.attacks.sga import sga_uap, sga_uap_epoch
 from jacuap.attacks.sgd_uap import default_sgd_step_size, sgd_uap, sgd_uap_epoch, uap_objective
 from jacuap.attacks.sv_uap import singular_vector_uap
+from jacuap.attacks.targeted import TargetedUAPs, class_transfer_matrix, targeted_uap_matrix
 from jacuap.models.features import layer_features_fn
 
 __all__ = [
@@ -68,6 +80,14 @@ __all__ = [
     "sgd_uap",
     "singular_vector_uap",
     "deepfool_uap",
+    "sga_uap",
+    "sgd_uap_restarts",
+    "best_of_restarts",
+    "restart_score",
+    "targeted_uap_matrix",
+    "TargetedUAPs",
+    "class_transfer_matrix",
+    "sga_uap_epoch",
     "fgsm",
     "pgd",
     "project",
@@ -88,11 +108,13 @@ ATTACKS: Dict[str, Callable[..., Any]] = {
     "sgd_uap": sgd_uap,
     "sv_uap": singular_vector_uap,
     "deepfool_uap": deepfool_uap,
+    "sga_uap": sga_uap,
+    "sgd_uap_restarts": sgd_uap_restarts,
     "pgd": pgd,
     "fgsm": fgsm,
 }
 
 # Return a UAPResult (v of shape S).
-UNIVERSAL_ATTACKS = ("sgd_uap", "sv_uap", "deepfool_uap")
+UNIVERSAL_ATTACKS = ("sgd_uap", "sv_uap", "deepfool_uap", "sga_uap", "sgd_uap_restarts")
 # Return x_adv of shape (B, *S).
 PER_INPUT_ATTACKS = ("pgd", "fgsm")
