@@ -63,7 +63,7 @@ class AttackRequest:
     5000
     >>> AttackRequest(workdir="w", attacks=["carlini"], norm="linf", eps=[0.1], out="o")
     Traceback (most recent call last):
-    jacuap.errors.AttackError: unknown attack carlini; choose from sgd_uap, sv_uap, deepfool_uap, pgd, fgsm
+    jacuap.errors.AttackError: unknown attack carlini; choose from sgd_uap, sv_uap, deepfool_uap, sga_uap, sgd_uap_restarts, pgd, fgsm
     >>> AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1, 0.1000001], out="o")
     Traceback (most recent call last):
     jacuap.errors.AttackError: eps 0.1 is given twice (budgets are compared to 6 significant digits)
