@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 from absl import app, flags  # noqa: E402
 
 from jacuap.configs import default  # noqa: E402
-from jacuap import attack_run, attacks, cli, data, metrics  # noqa: E402
+from jacuap import attack_run, cli, data, metrics  # noqa: E402
 from jacuap.train import train_and_evaluate  # noqa: E402
 
 FLAGS = flags.FLAGS
