@@ -245,3 +245,9 @@ def test_epoch_permutation_is_a_pure_function_of_seed_and_epoch():
     np.testing.assert_array_equal(a, train.epoch_permutation(0, 1, 100))
     assert not np.array_equal(a, train.epoch_permutation(0, 2, 100))
     assert not np.array_equal(a, train.epoch_permutation(1, 1, 100))
+
+
+def test_a_batch_larger_than_the_training_split_is_capped_and_said(tmp_path, capsys):
+    summary = train.train_and_evaluate(tiny_config(num_epochs=1, batch_size=4096), str(tmp_path / "run"))
+    assert "note: batch_size 4096 capped at the 1437 training examples" in capsys.readouterr().err
+    assert summary["batch_size"] == 1437 and summary["steps"] == 1

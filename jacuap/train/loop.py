@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -154,6 +155,9 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding
         clipped = f" (batch_size {config.batch_size} capped at the {n_train} training examples)" \
             if batch_size != config.batch_size else ""
         raise ConfigError(f"{exc}{clipped}") from None
+    if batch_size != config.batch_size and io.is_primary():
+        print(f"note: batch_size {config.batch_size} capped at the {n_train} training examples",
+              file=sys.stderr, flush=True)
     tx = make_optimizer(config, steps_per_epoch)
     state = create_train_state(model, jax.random.PRNGKey(config.seed), dataset.image_shape, tx)
     state = parallel.replicate(state, mesh)
@@ -332,6 +336,7 @@ def _summary(job: _Job) -> Dict[str, Any]:
         "mean_jacobian_frobenius_sq": float(fro),
         "stacked_spectral_norm": float(sigma),
         "jacobian_num_inputs": n,
+        "batch_size": job.batch_size,
         "train_seconds": meta["train_seconds"],
         "data_source": dataset.source,
     }
