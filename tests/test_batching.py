@@ -83,3 +83,16 @@ def test_arithmetic():
     assert batching.effective_batch_size(0, 10) == 1
     assert batching.effective_batch_size(7, 3, multiple=2) == 4
     assert batching.pad_rows(np.ones((3, 2)), 2).shape == (3, 2)
+
+
+def test_eager_loop_is_backend_aware_and_overridable(monkeypatch):
+    monkeypatch.delenv(batching.LOOP_ENV, raising=False)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert batching.eager_loop() == "host"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert batching.eager_loop() == "scan"
+    monkeypatch.setenv(batching.LOOP_ENV, "host")
+    assert batching.eager_loop() == "host"
+    monkeypatch.setenv(batching.LOOP_ENV, "fast")
+    with pytest.raises(ValueError, match="JACUAP_LOOP"):
+        batching.eager_loop()

@@ -11,7 +11,7 @@ import numpy as np
 from jacuap import jacobian, metrics
 from jacuap.attacks.balls import check_norm, scale_to_budget
 from jacuap.attacks.result import UAPResult
-from jacuap.batching import effective_batch_size
+from jacuap.batching import eager_loop, effective_batch_size
 from jacuap.checks import check_budget, check_key, check_labels, check_model_inputs, check_perturbation, check_positive_int
 from jacuap.jacobian import ApplyFn
 
@@ -89,11 +89,11 @@ def singular_vector_uap(
     x = jnp.asarray(x)
     u = direction
     if u is None:
-        # Eager host loop: XLA:CPU runs the chunk VJPs 2-4x faster outside a loop body.
+        # Eager: the backend's loop (XLA:CPU runs the chunk VJPs 2-4x faster outside a loop body).
         _, u = jacobian.stacked_spectral_norm(
             apply_fn, params, x, key,
             num_iters=num_iters, batch_size=effective_batch_size(batch_size, x.shape[0]), method=method,
-            loop="host",
+            loop=eager_loop(),
         )
     v = scale_to_budget(u, norm, eps).astype(x.dtype)
     plus = metrics.universal_evasion_rate(apply_fn, params, x, y, v, batch_size=batch_size)

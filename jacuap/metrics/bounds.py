@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jacuap import jacobian, parallel
-from jacuap.batching import effective_batch_size, map_batches
+from jacuap.batching import eager_loop, effective_batch_size, map_batches
 from jacuap.checks import check_budget, check_jacobian_inputs, check_number, check_positive_int
 from jacuap.jacobian import ApplyFn
 
@@ -125,7 +125,8 @@ def stacked_sigma_max(
     x = jnp.asarray(x)
     sigma, _ = jacobian.stacked_spectral_norm(
         apply_fn, params, x, key, num_iters=num_iters, method=method,
-        batch_size=effective_batch_size(batch_size, x.shape[0], parallel.batch_multiple(apply_fn)), loop="host",
+        batch_size=effective_batch_size(batch_size, x.shape[0], parallel.batch_multiple(apply_fn)),
+        loop=eager_loop(),
     )
     return float(sigma)
 
