@@ -3,6 +3,11 @@
     python attack.py --workdir=runs/fmnist --attack=sgd_uap,sv_uap,deepfool_uap \
         --norm=linf --eps=0.05,0.1,0.2 --out=runs/fmnist/attack
 
+    python attack.py --workdir=W --suite=standard --eps=0.05,0.1   # the ensemble, its worst case, targeted matrices
+    python attack.py --workdir=W --source_workdir=W2 --suite=quick   # transfer: craft on W2, evaluate on W
+    python attack.py --workdir=W --uap_file=F.npy --eps=0.1           # evaluate a given perturbation
+    python attack.py --workdir=W --attack=layer_max --layer=dense0    # layer maximisation
+
 Crafts each UAP on the training split (``--craft_split``) and evaluates it on
 the test split; writes one ``.npy`` and one ``rows/*.json`` per finished
 (attack, eps) as it goes, ``out/uaps.png``, and ``out/results.json`` last.
@@ -13,11 +18,18 @@ request in the same ``--out`` needs ``--overwrite``.  Exit codes: 0 done,
 
 from absl import flags
 
-from jacuap import attack_run, attacks, cli
+from jacuap import attack_run, attacks, cli, suite
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir (its config and newest checkpoint).")
-flags.DEFINE_list("attack", ["sgd_uap", "sv_uap"], f"Comma list of {', '.join(attacks.ATTACKS)}.")
+flags.DEFINE_list("attack", ["sgd_uap", "sv_uap"], f"Comma list of {', '.join(attack_run.ATTACK_NAMES)} "
+                  "(layer_max: SGD-UAP maximising the layer --layer).")
+flags.DEFINE_enum("suite", "", ["", *suite.SUITES], "Run a fixed ensemble (jacuap.suite.SUITES) instead of --attack, "
+                  "and report the worst case per budget.")
+flags.DEFINE_bool("targeted", False, "Also the K x K targeted UAP matrix per budget (the standard suite has it).")
+flags.DEFINE_string("layer", "", "The model submodule layer_max ascends (e.g. dense0).")
+flags.DEFINE_string("source_workdir", "", "Craft on this workdir's model and data, evaluate on --workdir's (transfer).")
+flags.DEFINE_string("uap_file", "", "Evaluate this .npy perturbation (checked against --eps and the input shape).")
 flags.DEFINE_string("norm", "linf", f"{' or '.join(attacks.NORMS)}.")
 flags.DEFINE_list("eps", ["0.1"], "Comma list of budgets in pixel units.")
 flags.DEFINE_integer("num_craft", 5000, "Inputs the UAPs are crafted on.")
@@ -38,7 +50,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     del argv  # cli.run refuses positional arguments
     with cli.user_errors():
-        request = attack_run.AttackRequest.from_flags(FLAGS)
+        request = attack_run.AttackRequest.from_flags(FLAGS, attack_given=FLAGS["attack"].present)
         try:
             results = attack_run.run_attacks(request)
         except OSError as exc:
@@ -47,7 +59,9 @@ def main(argv):
                 raise
             cli.fail(message, code=cli.EXIT_FAILED)
     attack_run.print_results(results)
-    print(f"outputs in {request.out}: {', '.join(attack_run.output_files(results))}")
+    suite.print_extras(results)
+    files = attack_run.output_files(results) + [f for t in results.get("targeted") or [] for f in (t["figure"], t["file"])]
+    print(f"outputs in {request.out}: {', '.join(files)}")
 
 
 if __name__ == "__main__":

@@ -26,27 +26,26 @@ split over the devices.
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
 import math
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jacuap import attack_store, attacks, batching, data, io, jacobian, metrics, parallel
+from jacuap import attack_store, attacks, io, metrics, parallel, suite
+from jacuap.attack_setup import craft, craft_and_eval_sets, per_input_predictions, restore
 from jacuap.attack_store import output_failure, output_files, plot_uaps, print_results
-from jacuap.errors import AttackError, CheckpointError, ConfigError, one_line
-from jacuap.train import checkpoints
+from jacuap.errors import AttackError
 
 __all__ = ["AttackRequest", "craft_and_eval_sets", "craft", "run_attacks", "plot_uaps", "print_results",
-           "output_files", "output_failure"]
+           "output_files", "output_failure", "ATTACK_NAMES"]
 
-# Per-input attacks run on the evaluation set in batches of this many inputs.
-_PER_INPUT_BATCH = 500
+#: What ``--attack`` accepts: the registry, and layer maximisation (SGD-UAP on ``--layer``).
+ATTACK_NAMES = tuple(attacks.ATTACKS) + ("layer_max",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +62,7 @@ class AttackRequest:
     5000
     >>> AttackRequest(workdir="w", attacks=["carlini"], norm="linf", eps=[0.1], out="o")
     Traceback (most recent call last):
-    jacuap.errors.AttackError: unknown attack carlini; choose from sgd_uap, sv_uap, deepfool_uap, sga_uap, sgd_uap_restarts, pgd, fgsm
+    jacuap.errors.AttackError: unknown attack carlini; choose from sgd_uap, sv_uap, deepfool_uap, sga_uap, sgd_uap_restarts, pgd, fgsm, layer_max
     >>> AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1, 0.1000001], out="o")
     Traceback (most recent call last):
     jacuap.errors.AttackError: eps 0.1 is given twice (budgets are compared to 6 significant digits)
@@ -83,12 +82,28 @@ class AttackRequest:
     seed: int = 0
     progress: bool = True
     overwrite: bool = False
+    suite: str = ""  # a name of jacuap.suite.SUITES: its members replace `attacks` (which must be empty)
+    targeted: bool = False  # also the K x K targeted matrix per budget (on with a suite that has one)
+    layer: str = ""  # the submodule layer_max ascends
+    source_workdir: str = ""  # craft on this workdir's model and crafting split (transfer); "" = workdir
+    uap_file: str = ""  # evaluate this .npy perturbation (no attack)
 
     def __post_init__(self):
-        unknown = [a for a in self.attacks if a not in attacks.ATTACKS]
-        if unknown or not self.attacks:
+        unknown = [a for a in self.attacks if a not in ATTACK_NAMES]
+        if unknown or not (self.attacks or self.suite or self.uap_file):
             raise AttackError(f"unknown attack {', '.join(unknown) or '(none)'}; "
-                              f"choose from {', '.join(attacks.ATTACKS)}")
+                              f"choose from {', '.join(ATTACK_NAMES)}")
+        if self.suite and self.suite not in suite.SUITES:
+            raise AttackError(f"unknown suite {self.suite!r}; choose from {', '.join(suite.SUITES)}")
+        if self.suite and self.attacks:
+            raise AttackError("--suite and --attack are exclusive (a suite fixes its attacks); drop one")
+        if self.uap_file and (self.attacks or self.suite or self.targeted):
+            raise AttackError("--uap_file evaluates the given perturbation only; drop --attack/--suite/--targeted")
+        if self.uap_file and len(self.eps) != 1:
+            raise AttackError("--uap_file takes one --eps, the budget the perturbation is checked against")
+        if ("layer_max" in self.attacks) != bool(self.layer):
+            raise AttackError("--attack=layer_max needs --layer=NAME (a submodule of the model), and --layer "
+                              "is used by layer_max only")
         if self.norm not in attacks.NORMS:
             raise AttackError(f"unknown norm {self.norm!r}; choose {' or '.join(attacks.NORMS)}")
         if not self.eps:
@@ -116,15 +131,22 @@ class AttackRequest:
             raise AttackError(f"craft_split must be train or test, got {self.craft_split!r}")
 
     @classmethod
-    def from_flags(cls, flags) -> "AttackRequest":
-        """The request of ``attack.py``'s flags (``--eps`` a comma list of numbers)."""
+    def from_flags(cls, flags, attack_given: bool = True) -> "AttackRequest":
+        """The request of ``attack.py``'s flags (``--eps`` a comma list of numbers).
+
+        ``attack_given`` says ``--attack`` was on the command line: without it,
+        ``--suite`` and ``--uap_file`` replace the default attacks.
+        """
+        extra = {k: getattr(flags, k, d) or d for k, d in (("suite", ""), ("targeted", False), ("layer", ""),
+                                                            ("source_workdir", ""), ("uap_file", ""))}
         try:
             eps = [float(e) for e in flags.eps]
         except ValueError:
             raise AttackError(f"eps must be a comma list of numbers, got {','.join(flags.eps)!r}") from None
         return cls(
             workdir=flags.workdir,
-            attacks=[a.strip() for a in flags.attack if a.strip()],
+            attacks=[a.strip() for a in flags.attack if a.strip()]
+            if attack_given or not (extra["suite"] or extra["uap_file"]) else [],
             norm=flags.norm,
             eps=eps,
             out=flags.out or os.path.join(flags.workdir, "attack"),
@@ -137,128 +159,8 @@ class AttackRequest:
             seed=flags.seed,
             progress=flags.progress,
             overwrite=bool(getattr(flags, "overwrite", False)),
+            **extra,
         )
-
-
-def craft_and_eval_sets(dataset: data.Dataset, request: AttackRequest):
-    """``(x_craft, y_craft, x_eval, y_eval)``: disjoint, fixed by ``request.seed``.
-
-    The evaluation set is the first ``num_eval`` test inputs; the crafting
-    set ``num_craft`` random training inputs, or (``craft_split="test"``)
-    random test inputs after the evaluation ones (which then take at most
-    half the test split).
-    """
-    rng = np.random.default_rng(request.seed)
-    n_test = len(dataset.test_images)
-    if request.craft_split == "train":
-        idx = rng.permutation(len(dataset.train_images))[: request.num_craft]
-        x_craft, y_craft = dataset.train_images[idx], dataset.train_labels[idx]
-        eval_idx = np.arange(min(request.num_eval, n_test))
-    else:
-        if n_test < 2:
-            raise AttackError("the test split is too small to hold disjoint craft and eval sets")
-        num_eval = min(request.num_eval, n_test // 2)
-        eval_idx = np.arange(num_eval)
-        rest = num_eval + rng.permutation(n_test - num_eval)[: request.num_craft]
-        x_craft, y_craft = dataset.test_images[rest], dataset.test_labels[rest]
-    return x_craft, y_craft, dataset.test_images[eval_idx], dataset.test_labels[eval_idx]
-
-
-def craft(name: str, apply_fn, params, x, y, eps: float, request: AttackRequest, key,
-          progress: Optional[Callable[[int, float], None]] = None,
-          cache: Optional[Dict[str, Any]] = None) -> np.ndarray:
-    """The universal perturbation of attack ``name`` crafted on ``(x, y)``: shape of one input.
-
-    ``key`` seeds the attack's randomness; ``progress(pass, fooling_rate)``
-    is called by DeepFool-UAP.  ``cache`` (a dict kept across the budgets of
-    one crafting set) holds the singular vector of ``sv_uap``, which depends
-    on the model and the set but not on ``eps``.
-    """
-    if name == "sgd_uap":
-        result = attacks.sgd_uap(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
-                                 num_epochs=request.sgd_epochs)
-    elif name == "sv_uap":
-        cache = {} if cache is None else cache
-        if "sv_direction" not in cache:
-            batch = batching.round_up(min(256, len(x)), parallel.batch_multiple(apply_fn))
-            _, cache["sv_direction"] = jacobian.stacked_spectral_norm(
-                apply_fn, params, jnp.asarray(x), key, batch_size=batch, method="auto", loop="host")
-        result = attacks.singular_vector_uap(apply_fn, params, x, y, eps=eps, norm=request.norm,
-                                             direction=cache["sv_direction"])
-    elif name in ("sga_uap", "sgd_uap_restarts"):
-        result = attacks.ATTACKS[name](apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
-                                       num_epochs=request.sgd_epochs)
-    elif name == "deepfool_uap":
-        result = attacks.deepfool_uap(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
-                                      max_passes=request.deepfool_passes, progress=progress)
-    else:
-        raise AttackError(f"{name} is not a universal attack; choose from {', '.join(attacks.UNIVERSAL_ATTACKS)}")
-    return np.asarray(result.v)
-
-
-def _per_input_predictions(name, apply_fn, params, x, y, eps, norm, key) -> np.ndarray:
-    """Predictions on per-input adversarial examples, batch by batch (pgd's key folded with the offset)."""
-    preds = []
-    for start in range(0, len(x), _PER_INPUT_BATCH):
-        xb = jnp.asarray(x[start:start + _PER_INPUT_BATCH])
-        yb = jnp.asarray(y[start:start + _PER_INPUT_BATCH])
-        if name == "pgd":
-            x_adv = attacks.pgd(apply_fn, params, xb, yb, eps=eps, norm=norm, key=jax.random.fold_in(key, start))
-        else:
-            x_adv = attacks.fgsm(apply_fn, params, xb, yb, eps=eps, norm=norm)
-        preds.append(metrics.predict(apply_fn, params, x_adv))
-    return np.concatenate(preds)
-
-
-def _restore(request: AttackRequest):
-    """The newest checkpoint of ``request.workdir`` on every local device, and its dataset.
-
-    ``config.json`` must agree with the settings the checkpoint was trained
-    with (ConfigError naming the first that differ): the model is rebuilt from it.
-    """
-    _check_config(request.workdir)
-    try:
-        restored = checkpoints.restore_model(request.workdir)
-    except (AttributeError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{os.path.join(request.workdir, 'config.json')} cannot rebuild the checkpoint's "
-                          f"model ({type(exc).__name__}: {one_line(exc, limit=120)}); restore it from the run") from None
-    config = restored.config
-    trained = restored.meta.get("fingerprint") or {}
-    dataset = data.load_dataset(trained.get("dataset", config.dataset), config.get("data_dir") or None,
-                                seed=trained.get("seed", config.get("seed", 0)))
-    expected = restored.meta["model_spec"]["image_shape"]
-    if tuple(dataset.image_shape) != tuple(expected):
-        raise CheckpointError(f"the checkpoint expects inputs {expected}, "
-                              f"the dataset gives {list(dataset.image_shape)}")
-    mesh = parallel.make_mesh(jax.local_devices())
-    apply_fn = parallel.batch_sharded_apply(restored.apply_fn, mesh)
-    return restored, dataset, apply_fn, parallel.replicate(restored.params, mesh)
-
-
-def _check_config(workdir: str) -> None:
-    """ConfigError unless ``workdir/config.json`` holds the settings its newest checkpoint was trained with."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isdir(workdir) or not os.path.isfile(path):
-        return  # restore_model words these
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, ValueError):
-        return
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path} is not a config (a JSON object); restore it from the run")
-    step, meta = checkpoints.restore_meta(workdir)
-    trained = dict(meta.get("fingerprint") or {})
-    trained.setdefault("model", (meta.get("model_spec") or {}).get("name"))
-    missing = [k for k in trained if k not in config]
-    if missing:
-        shown = ", ".join(sorted(missing)[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-        raise ConfigError(f"{path} lacks {shown}, which checkpoint {step} was trained with; "
-                          f"restore config.json from the run")
-    differ = [f"{k}={config[k]!r} (checkpoint: {v!r})" for k, v in trained.items() if config[k] != v]
-    if differ:
-        raise ConfigError(f"{path} disagrees with checkpoint {step}: {', '.join(differ[:3])}; "
-                          f"restore config.json from the run")
 
 
 def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
@@ -282,8 +184,21 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
     """
     log = log or _stderr_line
     attack_store.check_out_path(request.out)
-    restored, dataset, apply_fn, params = _restore(request)
-    x_craft, y_craft, x_eval, y_eval = craft_and_eval_sets(dataset, request)
+    restored, dataset, apply_fn, params = restore(request.workdir)
+    src = (restored, dataset, apply_fn, params)
+    if request.source_workdir:
+        src = restore(request.source_workdir)
+        if tuple(src[1].image_shape) != tuple(dataset.image_shape):
+            raise AttackError(f"--source_workdir {request.source_workdir} takes inputs {list(src[1].image_shape)}, "
+                              f"--workdir {request.workdir} {list(dataset.image_shape)}; transfer needs one shape")
+    x_craft, y_craft = craft_and_eval_sets(src[1], request)[:2]
+    x_eval, y_eval = craft_and_eval_sets(dataset, request)[2:]
+    features_fn, given = None, None
+    if request.layer:
+        suite.check_layer(src[0].model, src[0].params, x_craft[:1], request.layer)
+        features_fn = attacks.layer_features_fn(src[0].model, request.layer.strip("/"))
+    if request.uap_file:
+        given = suite.load_uap_file(request.uap_file, dataset.image_shape, request.norm, request.eps[0])
     capped = [f"{name} {asked} capped at {got}" for name, asked, got in (
         ("num_craft", request.num_craft, len(x_craft)), ("num_eval", request.num_eval, len(x_eval))) if got < asked]
     if capped:
@@ -291,11 +206,26 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
     fingerprint = attack_store.model_fingerprint(restored.params)
     spec, trained = restored.meta["model_spec"], restored.meta.get("fingerprint") or {}
     record = attack_store.request_record(request, restored.step, fingerprint, dataset.name)
+    source = {"source_workdir": os.path.abspath(request.source_workdir or request.workdir),
+              "source_model_fingerprint": attack_store.model_fingerprint(src[0].params)}
+    if given is not None:
+        record["uap_file_sha256"] = hashlib.sha256(given.tobytes()).hexdigest()[:16]
+    record.update({k: v for k, v in (("suite", request.suite), ("targeted", request.targeted), ("layer", request.layer),
+                                     ("source_model_fingerprint", request.source_workdir and
+                                      source["source_model_fingerprint"])) if v})
+    class_names = list(getattr(dataset, "class_names", None) or range(int(spec.get("num_classes", 0) or 0)))
     os.makedirs(request.out, exist_ok=True)
     with io.exclusive_lock(request.out):
         attack_store.claim(request.out, record, request.overwrite)
         key = jax.random.PRNGKey(request.seed)
-        rows, uaps, computed = _attack_rows(request, apply_fn, params, x_craft, y_craft, x_eval, y_eval, key, log)
+        sets = (x_craft, y_craft, x_eval, y_eval)
+        rows, uaps, computed = _attack_rows(request, (apply_fn, params), src[2:], sets, source,
+                                            dict(features_fn=features_fn, given=given), log)
+        targeted_epochs = suite.SUITES[request.suite].targeted_epochs if request.suite else 0
+        targeted = []
+        if request.targeted or targeted_epochs:
+            targeted = suite.targeted_rows(request, (apply_fn, params), src[2:], sets, class_names,
+                                           targeted_epochs or request.sgd_epochs, source)
         metric_values = attack_store.load_metrics(request.out)
         if parallel.any_process(metric_values is None):
             metric_values = {}
@@ -309,6 +239,11 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
         if uaps and parallel.any_process(computed or not os.path.exists(figure)):
             attack_store.plot_uaps(uaps, apply_fn, params, x_eval[:4], figure)
         config = restored.config
+        extra = {}
+        if request.suite:
+            extra["suite"] = suite.suite_record(request.suite, len(x_craft), len(class_names))
+        if request.targeted or targeted_epochs:
+            extra["targeted"] = targeted
         results = attack_store.finite_or_null({
             "complete": True,
             "config": {
@@ -329,8 +264,15 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
                 "sgd_epochs": request.sgd_epochs,
                 "deepfool_passes": request.deepfool_passes,
                 "seed": request.seed,
+                "suite": request.suite or None,
+                "layer": request.layer or None,
+                "uap_file": os.path.abspath(request.uap_file) if request.uap_file else None,
+                **source,
+                "class_names": [str(c) for c in class_names],
             },
             "results": rows,
+            "worst_case": suite.worst_case(rows, request.eps),
+            **extra,
             "metrics": metric_values,
         })
         attack_store.write_results(request.out, results)
@@ -341,21 +283,37 @@ def _stderr_line(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _attack_rows(request, apply_fn, params, x_craft, y_craft, x_eval, y_eval, key, log):
-    """``(rows, uaps, computed)``: one row per (attack, eps), reused when finished, else computed and saved.
+def _tasks(request) -> List[tuple]:
+    """``(attack, eps, row seed, settings)`` of every row, attack-major (a suite's members, or ``attacks``)."""
+    if request.uap_file:
+        return [("uap_file", request.eps[0], request.seed, {})]
+    if request.suite:
+        return [(a, e, s, st) for a, s, st in suite.suite_tasks(request.suite, request.seed) for e in request.eps]
+    return [(a, e, request.seed, {}) for a in request.attacks for e in request.eps]
 
-    Task ``i`` (in attack-major order) is keyed by ``fold_in(key, i)``; SV-UAP's
-    singular vector (shared by its budgets) by its first task's key, so a
-    resumed run computes what an uninterrupted one does.
+
+def _attack_rows(request, model, crafter, sets, source, special, log):
+    """``(rows, uaps, computed)``: one row per task, reused when finished, else computed and saved.
+
+    ``model`` and ``crafter`` are ``(apply_fn, params)`` of the evaluated and
+    the crafting model (the same one unless transfer).  Task ``i`` with row
+    seed ``s`` is keyed by ``fold_in(PRNGKey(s), i)``; SV-UAP's singular
+    vector (shared by its budgets) by its first task's key, so a resumed run
+    computes what an uninterrupted one does.  A universal row is finished
+    when it has its crafting-split UER (``craft_uer``).
     """
     from tqdm.auto import tqdm
 
-    tasks = [(a, e) for a in request.attacks for e in request.eps]
-    names = [attack_store.stem(a, request.norm, e, request.seed) for a, e in tasks]
+    apply_fn, params = model
+    x_craft, y_craft, x_eval, y_eval = sets
+    tasks = _tasks(request)
+    names = [attack_store.stem(a, request.norm, e, s) for a, e, s, _ in tasks]
     done = {}
-    for (name, eps), stem in zip(tasks, names):
+    for (name, eps, seed, _), stem in zip(tasks, names):
         row = attack_store.load_row(request.out, stem, {"attack": name, "norm": request.norm, "eps": eps,
-                                                        "seed": request.seed})
+                                                        "seed": seed})
+        if row is not None and row.get("universal") and "craft_uer" not in row:
+            row = None  # written before rows had their crafting-split UER
         if not parallel.any_process(row is None):  # every process reuses it, or every one computes it
             done[stem] = row
     if done:
@@ -366,38 +324,49 @@ def _attack_rows(request, apply_fn, params, x_craft, y_craft, x_eval, y_eval, ke
     clean_accuracy = float(np.mean(clean_pred == y_eval))
     rows: List[Dict[str, Any]] = []
     uaps: Dict[str, np.ndarray] = {}
-    cache: Dict[str, Any] = {}
+    caches: Dict[int, Dict[str, Any]] = {}
     first = {}
-    for i, (name, _) in enumerate(tasks):
-        first.setdefault(name, i)
+    for i, (name, _, seed, _) in enumerate(tasks):
+        first.setdefault((name, seed), i)
     bar = tqdm(list(zip(tasks, names)), desc="attacks", disable=not request.progress, dynamic_ncols=True)
-    for i, ((name, eps), stem) in enumerate(bar):
-        universal = name in attacks.UNIVERSAL_ATTACKS
+    for i, ((name, eps, seed, settings), stem) in enumerate(bar):
+        universal = name in attacks.UNIVERSAL_ATTACKS or name in ("layer_max", "uap_file")
+        label = f"{name} eps={eps:g}" + (f" seed={seed}" if request.suite else "")
         row = done.get(stem)
         if row is not None:
             rows.append(row)
             if row.get("file"):
-                uaps[f"{name} eps={eps:g}"] = np.load(os.path.join(request.out, row["file"]))
+                uaps[label] = np.load(os.path.join(request.out, row["file"]))
             continue
-        bar.set_postfix_str(f"{name} eps={eps:g}")
-        task_key = jax.random.fold_in(key, first[name] if name == "sv_uap" else i)
+        bar.set_postfix_str(label)
+        task_key = jax.random.fold_in(jax.random.PRNGKey(seed), first[(name, seed)] if name == "sv_uap" else i)
         start = time.time()
-        v = None
+        v, extra = None, {}
         if universal:
-            progress = (lambda p, rate: bar.set_postfix_str(
-                f"{name} eps={eps:g} pass {p + 1} fooling {rate:.3f}"))
-            v = craft(name, apply_fn, params, x_craft, y_craft, eps, request, task_key, progress, cache)
+            progress = (lambda p, rate: bar.set_postfix_str(f"{label} pass {p + 1} fooling {rate:.3f}"))
+            if name == "uap_file":
+                v = special["given"]
+                extra["uap_file"] = os.path.abspath(request.uap_file)
+            else:
+                v = craft(name, crafter[0], crafter[1], x_craft, y_craft, eps, request, task_key, progress,
+                          caches.setdefault(seed, {}), settings, special["features_fn"])
             pred = metrics.predict(apply_fn, params, np.clip(x_eval + v, 0.0, 1.0))
-            uaps[f"{name} eps={eps:g}"] = v
+            craft_pred = metrics.predict(crafter[0], crafter[1], np.clip(x_craft + v, 0.0, 1.0))
+            uaps[label] = v
             norm_of_v = float(np.max(np.abs(v)) if request.norm == "linf" else np.linalg.norm(v))
+            extra.update({"craft_uer": float(np.mean(craft_pred != y_craft)), **source,
+                          "num_craft": len(x_craft), "craft_split": request.craft_split,
+                          "settings": settings or ({"num_epochs": request.sgd_epochs} if "sgd" in name or
+                                                   name == "layer_max" else {}),
+                          **({"layer": request.layer} if name == "layer_max" else {})})
         else:
-            pred = _per_input_predictions(name, apply_fn, params, x_eval, y_eval, eps, request.norm, task_key)
+            pred = per_input_predictions(name, apply_fn, params, x_eval, y_eval, eps, request.norm, task_key)
             norm_of_v = None
         row = {
             "attack": name,
             "norm": request.norm,
             "eps": eps,
-            "seed": request.seed,
+            "seed": seed,
             "universal": universal,
             "uer": float(np.mean(pred != y_eval)),
             "fooling_rate": float(np.mean(pred != clean_pred)),
@@ -405,6 +374,7 @@ def _attack_rows(request, apply_fn, params, x_craft, y_craft, x_eval, y_eval, ke
             "perturbation_norm": norm_of_v,
             "seconds": time.time() - start,
             "file": f"{stem}.npy" if universal else None,
+            **extra,
         }
         attack_store.save_row(request.out, stem, row, v)
         rows.append(attack_store.finite_or_null(row))

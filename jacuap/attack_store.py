@@ -55,8 +55,11 @@ METRICS_NAME = "metrics.json"
 EPS_DIGITS = 6
 _FORMAT = 1
 
+#: Row names beside the attack registry: layer maximisation, a given perturbation, a targeted matrix.
+ROW_NAMES = tuple(attacks.ATTACKS) + ("layer_max", "uap_file", "targeted")
 _STEM = re.compile(r"^(?:%s)_(?:%s)_eps[0-9.e+-]+_seed[0-9]+$"
-                   % ("|".join(map(re.escape, attacks.ATTACKS)), "|".join(map(re.escape, attacks.NORMS))))
+                   % ("|".join(map(re.escape, ROW_NAMES)), "|".join(map(re.escape, attacks.NORMS))))
+_TARGETED_FIGURE = re.compile(r"^targeted_eps[0-9.e+-]+\.png$")
 # Names of the previous layout (before the seed was in the name): "<attack>_<norm>_eps<eps>.npy".
 _OLD_STEM = re.compile(r"^(?:%s)_(?:%s)_eps[0-9.e+-]+$"
                        % ("|".join(map(re.escape, attacks.ATTACKS)), "|".join(map(re.escape, attacks.NORMS))))
@@ -157,7 +160,7 @@ def jacuap_files(out: str) -> List[str]:
         base, ext = os.path.splitext(name)
         if rows:
             return ext == ".json" and (name == METRICS_NAME or bool(_STEM.match(base)))
-        return (name in top or (ext == ".npy" and bool(_STEM.match(base)))
+        return (name in top or (ext == ".npy" and bool(_STEM.match(base))) or bool(_TARGETED_FIGURE.match(name))
                 or (ext == ".npy" and bool(_OLD_STEM.match(base)) and name in legacy_files))
 
     for folder, rows in ((out, False), (os.path.join(out, ROWS_DIR), True)):

@@ -1,7 +1,7 @@
 """The import graph is the one README draws: every import points down the layers.
 
     errors -> leaves (batching, checks, io, parallel) -> data, models -> configs, jacobian
-    -> metrics -> attacks -> train -> attack_store -> attack_run, cli
+    -> metrics -> attacks -> train -> attack_store -> attack_setup, suite -> attack_run, cli
 
 Every ``import`` statement in the package is checked, including the ones inside
 functions (a lazy import is still a dependency). Modules of one unit (one
@@ -27,6 +27,7 @@ LAYERS = [
     ("attacks",),
     ("train",),
     ("attack_store",),
+    ("attack_setup", "suite"),
     ("attack_run", "cli"),
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}

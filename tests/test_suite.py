@@ -1,0 +1,220 @@
+"""jacuap.suite through jacuap.attack_run: the ensemble and its worst case, targeted matrices,
+layer maximisation, transfer, and evaluating a given UAP.  One tiny trained digits MLP per module."""
+
+import json
+import re
+import os
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jacuap import attack_run, attacks, errors, suite, train
+from jacuap.configs import default
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS = [0.05, 0.1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("digits") / "w"
+    config = default.get_config()
+    config.update(dataset="digits", model="mlp", num_epochs=2, progress=False, eval_num_inputs=50)
+    train.train_and_evaluate(config, str(workdir))
+    return str(workdir)
+
+
+def _request(workdir, out, **kw):
+    base = dict(workdir=workdir, attacks=["sgd_uap"], norm="linf", eps=EPS, out=str(out),
+                num_craft=64, num_eval=50, num_metrics=0, sgd_epochs=1, progress=False)
+    base.update(kw)
+    return attack_run.AttackRequest(**base)
+
+
+@pytest.fixture(scope="module")
+def quick(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick") / "out"
+    request = _request(trained, out, attacks=[], suite="quick")
+    return request, attack_run.run_attacks(request, log=lambda line: None)
+
+
+def test_quick_suite_writes_a_worst_case_per_budget(quick):
+    request, results = quick
+    out = request.out
+    assert json.load(open(os.path.join(out, "results.json"))) == json.loads(json.dumps(results))
+    expected = [(a, s) for a, s, _ in suite.suite_tasks("quick", 0)]
+    assert ("sgd_uap", 1) in expected
+    rows = results["results"]
+    assert sorted((r["attack"], r["seed"], r["eps"]) for r in rows) == sorted(
+        (a, s, e) for a, s in expected for e in EPS)
+    assert [w["eps"] for w in results["worst_case"]] == EPS
+    for w in results["worst_case"]:
+        members = [r for r in rows if r["eps"] == w["eps"]]
+        chosen = [r for r in members if (r["attack"], r["seed"]) == (w["attack"], w["seed"])]
+        assert len(chosen) == 1  # one of the members ...
+        assert all(r["craft_uer"] <= w["craft_uer"] for r in members)  # ... none with a higher crafting UER
+        assert (w["uer"], w["fooling_rate"], w["file"]) == (chosen[0]["uer"], chosen[0]["fooling_rate"],
+                                                            chosen[0]["file"])
+        v = np.load(os.path.join(out, w["file"]))
+        assert v.shape == (8, 8, 1) and np.max(np.abs(v)) <= w["eps"] + 1e-6
+    for r in rows:  # every UAP keeps its metadata beside it
+        assert 0 <= r["craft_uer"] <= 1 and r["num_craft"] == 64
+        assert r["source_model_fingerprint"] == results["config"]["model_fingerprint"]
+        assert r["source_workdir"] == os.path.abspath(request.workdir)
+    assert results["config"]["class_names"][:2] == ["0", "1"]
+    record = results["suite"]
+    assert record["name"] == "quick"
+    assert record["gradient_evaluations_per_budget"] == sum(m["gradient_evaluations_per_budget"]
+                                                            for m in record["members"]) > 0
+    sgd = next(m for m in record["members"] if m["attack"] == "sgd_uap")
+    assert sgd["gradient_evaluations_per_budget"] == 2 * 1 * 64  # 2 seeds x 1 epoch x 64 inputs
+
+
+def test_targeted_matrix_is_k_by_k_with_class_names(quick):
+    request, results = quick
+    assert [t["eps"] for t in results["targeted"]] == EPS
+    for t in results["targeted"]:
+        m = t["matrix"]
+        assert len(m) == 10 and all(len(row) == 10 for row in m)
+        assert all(m[i][i] is None for i in range(10))
+        assert all(0 <= m[i][j] <= 1 for i in range(10) for j in range(10) if i != j)
+        assert t["class_names"] == [str(i) for i in range(10)] and list(t["success"]) == t["class_names"]
+        assert np.load(os.path.join(request.out, t["file"])).shape == (10, 8, 8, 1)
+        assert t["figure"] == f"targeted_eps{t['eps']:g}.png"
+        assert os.path.getsize(os.path.join(request.out, t["figure"])) > 1000
+
+
+def test_suite_resume_reuses_every_row(quick, monkeypatch):
+    request, results = quick
+    calls = []
+    monkeypatch.setattr(attack_run, "craft", lambda *a, **k: calls.append(a) or 1 / 0)
+    monkeypatch.setattr(attacks, "targeted_uap_matrix", lambda *a, **k: 1 / 0)
+    lines = []
+    again = attack_run.run_attacks(request, log=lines.append)
+    assert calls == [] and again == results
+    assert lines == [f"reusing {len(results['results'])} finished rows of {len(results['results'])} in {request.out}"]
+
+
+def test_suite_and_attack_are_exclusive_and_suites_are_known(trained, tmp_path):
+    with pytest.raises(errors.AttackError, match="--suite and --attack are exclusive"):
+        _request(trained, tmp_path, suite="quick")
+    with pytest.raises(errors.AttackError, match="unknown suite 'big'; choose from standard, quick"):
+        _request(trained, tmp_path, attacks=[], suite="big")
+    with pytest.raises(errors.AttackError, match="--uap_file takes one --eps"):
+        _request(trained, tmp_path, attacks=[], uap_file="f.npy")
+    flags = types.SimpleNamespace(workdir="w", attack=["sgd_uap", "sv_uap"], norm="linf", eps=["0.1"], out=None,
+                                  num_craft=10, num_eval=10, craft_split="train", num_metrics=0, sgd_epochs=1,
+                                  deepfool_passes=1, seed=0, progress=False, suite="quick")
+    assert attack_run.AttackRequest.from_flags(flags, attack_given=False).attacks == []
+    with pytest.raises(errors.AttackError, match="exclusive"):
+        attack_run.AttackRequest.from_flags(flags, attack_given=True)
+
+
+def test_uap_file_reproduces_the_crafted_row_and_checks_it(quick, tmp_path):
+    request, results = quick
+    row = next(r for r in results["results"] if r["attack"] == "sgd_uap" and r["eps"] == 0.1 and r["seed"] == 0)
+    path = os.path.join(request.out, row["file"])
+    got = attack_run.run_attacks(_request(request.workdir, tmp_path / "given", attacks=[], uap_file=path,
+                                          eps=[0.1]), log=lambda line: None)
+    (given,) = got["results"]
+    assert given["attack"] == "uap_file" and given["uap_file"] == os.path.abspath(path)
+    assert (given["uer"], given["fooling_rate"], given["craft_uer"]) == (row["uer"], row["fooling_rate"],
+                                                                        row["craft_uer"])
+    assert got["worst_case"][0]["file"] == given["file"]
+    np.save(tmp_path / "shape.npy", np.zeros((4, 4), np.float32))
+    np.save(tmp_path / "big.npy", np.full((8, 8, 1), 0.2, np.float32))
+    (tmp_path / "junk.npy").write_text("not an array")
+    for name, message in (("shape.npy", "has shape (4, 4); the model's inputs have shape (8, 8, 1)"),
+                          ("big.npy", "has linf norm 0.2 > eps 0.1"),
+                          ("junk.npy", "cannot be read as a .npy array")):
+        out = tmp_path / f"out_{name}"
+        with pytest.raises(errors.AttackError, match=re.escape(message)) as info:
+            attack_run.run_attacks(_request(request.workdir, out, attacks=[], uap_file=str(tmp_path / name),
+                                            eps=[0.1]))
+        assert "\n" not in str(info.value) and not out.exists()
+    # Just inside the budget (1e-6 relative) is accepted.
+    np.save(tmp_path / "edge.npy", np.full((8, 8, 1), 0.1 * (1 + 5e-7), np.float32))
+    assert suite.load_uap_file(str(tmp_path / "edge.npy"), (8, 8, 1), "linf", 0.1).shape == (8, 8, 1)
+
+
+def test_attack_py_uap_file_over_budget_is_one_line(quick, tmp_path):
+    request, _ = quick
+    np.save(tmp_path / "big.npy", np.full((8, 8, 1), 0.2, np.float32))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "attack.py"), f"--workdir={request.workdir}",
+                           f"--uap_file={tmp_path / 'big.npy'}", f"--out={tmp_path / 'o'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"attack.py: error: --uap_file {tmp_path / 'big.npy'} has linf norm 0.2 > eps 0.1; "
+        f"give a budget at least its norm (--eps)"]
+
+
+def test_transfer_from_the_same_workdir_equals_the_plain_run(trained, tmp_path):
+    plain = attack_run.run_attacks(_request(trained, tmp_path / "plain", eps=[0.1]))
+    moved = attack_run.run_attacks(_request(trained, tmp_path / "moved", eps=[0.1], source_workdir=trained))
+    keys = ("uer", "fooling_rate", "craft_uer", "clean_accuracy", "source_model_fingerprint", "source_workdir")
+    assert [{k: r[k] for k in keys} for r in plain["results"]] == [{k: r[k] for k in keys} for r in moved["results"]]
+    np.testing.assert_array_equal(np.load(tmp_path / "plain" / plain["results"][0]["file"]),
+                                  np.load(tmp_path / "moved" / moved["results"][0]["file"]))
+    assert moved["config"]["source_workdir"] == os.path.abspath(trained)
+    assert moved["config"]["source_model_fingerprint"] == plain["config"]["model_fingerprint"]
+
+
+def test_transfer_needs_one_input_shape(trained, tmp_path, monkeypatch):
+    real = attack_run.restore
+
+    def restore(workdir):
+        restored, dataset, apply_fn, params = real(trained)
+        if workdir == "other":
+            dataset = types.SimpleNamespace(image_shape=(4, 4, 1), name="tiny")
+        return restored, dataset, apply_fn, params
+
+    monkeypatch.setattr(attack_run, "restore", restore)
+    with pytest.raises(errors.AttackError, match=r"--source_workdir other takes inputs \[4, 4, 1\], "
+                                                 r"--workdir .* \[8, 8, 1\]; transfer needs one shape"):
+        attack_run.run_attacks(_request(trained, tmp_path / "o", source_workdir="other"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_layer_max(trained, tmp_path):
+    with pytest.raises(errors.AttackError, match="no layer 'dense7' in the model; choose from .*dense0, dense1"):
+        attack_run.run_attacks(_request(trained, tmp_path / "bad", attacks=["layer_max"], layer="dense7"))
+    with pytest.raises(errors.AttackError, match="--attack=layer_max needs --layer"):
+        _request(trained, tmp_path, attacks=["layer_max"])
+    results = attack_run.run_attacks(_request(trained, tmp_path / "ok", attacks=["layer_max"], layer="dense0",
+                                              eps=[0.1]))
+    (row,) = results["results"]
+    assert row["layer"] == "dense0" and row["universal"] and row["file"] == "layer_max_linf_eps0.1_seed0.npy"
+    assert np.max(np.abs(np.load(tmp_path / "ok" / row["file"]))) <= 0.1 + 1e-6
+
+
+def test_compiled_programs_are_reused_across_budgets_and_restarts():
+    traces = []
+    w = jax.random.normal(jax.random.PRNGKey(0), (16, 3))
+
+    def apply_fn(params, x):
+        if isinstance(x, jax.core.Tracer):
+            traces.append(x.shape)
+        return x.reshape(len(x), -1) @ params
+
+    x = jax.random.uniform(jax.random.PRNGKey(1), (40, 4, 4, 1))
+    y = jnp.arange(40) % 3
+    for attack, kw in ((attacks.sgd_uap, {}), (attacks.sgd_uap_restarts, {"restarts": 3})):
+        attack(apply_fn, w, x, y, eps=0.05, key=jax.random.PRNGKey(2), num_epochs=2, batch_size=16, **kw)
+        after_first = len(traces)
+        attack(apply_fn, w, x, y, eps=0.1, key=jax.random.PRNGKey(3), num_epochs=2, batch_size=16, **kw)
+        assert len(traces) == after_first, attack
+
+
+def test_gradient_budget_and_suites_are_fixed():
+    assert set(suite.SUITES) == {"standard", "quick"}
+    standard = {m.attack: m for m in suite.SUITES["standard"].members}
+    assert set(standard) == {"sgd_uap", "sga_uap", "sgd_uap_restarts", "deepfool_uap", "sv_uap"}
+    assert standard["sgd_uap"].seeds == (0, 1)
+    assert suite.gradient_evaluations("sga_uap", {"num_epochs": 5}, 100, 10) == 2000
+    assert suite.gradient_evaluations("targeted", {"num_epochs": 5}, 100, 10) == 5000
