@@ -155,7 +155,7 @@ BAD_CONFIGS = [
     (dict(jr_num_proj=0), "jr_num_proj"),
     (dict(optimizer="lbfgs"), "optimizer"),
     (dict(data_dir="/nonexistent/dir"), "data_dir"),
-    (dict(adv_training="trades"), "adv_training"),
+    (dict(adv_training="mart"), "adv_training"),
     (dict(adv_eps=1.5), "adv_eps"),
     (dict(jr_space="logits"), "jr_space"),
 ]

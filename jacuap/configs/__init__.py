@@ -37,6 +37,7 @@ __all__ = [
     "FIELDS",
     "OPTIMIZERS",
     "JR_SPACES",
+    "JR_MODES",
     "ADV_TRAINING",
     "LR_SCHEDULES",
     "get_config",
@@ -61,7 +62,8 @@ FIELDS = tuple(default.get_config().keys())
 
 OPTIMIZERS = ("adam", "sgd")
 JR_SPACES = ("normalized", "pixels")
-ADV_TRAINING = ("none", "pgd", "uat")
+JR_MODES = ("frobenius", "stacked_spectral", "alignment")  # jacuap.train.regularizers.JR_MODES
+ADV_TRAINING = ("none", "pgd", "uat", "trades")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -193,6 +195,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.jr_num_proj is None or (_is_int(config.jr_num_proj) and config.jr_num_proj >= 1),
          f"jr_num_proj must be None (exact) or an integer >= 1, got {config.jr_num_proj!r}")
     one_of("jr_space", JR_SPACES)
+    one_of("jr_mode", JR_MODES)
+    need(_is_int(config.jr_power_iters) and config.jr_power_iters >= 1,
+         f"jr_power_iters must be an integer >= 1, got {config.jr_power_iters!r}")
     need(_is_int(config.num_epochs) and config.num_epochs > 0,
          f"num_epochs must be a positive integer, got {config.num_epochs!r}")
     need(_is_int(config.batch_size) and config.batch_size > 0,
@@ -210,6 +215,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"adv_steps must be a positive integer, got {config.adv_steps!r}")
     need(_is_finite(config.adv_step_size) and config.adv_step_size >= 0,
          f"adv_step_size must be a finite number >= 0 (0 = default), got {config.adv_step_size!r}")
+    need(_is_finite(config.trades_beta) and config.trades_beta >= 0,
+         f"trades_beta must be a finite number >= 0, got {config.trades_beta!r}")
     # PRNGKey(seed) keeps 32 bits (without x64): seeds 2**32 apart would be the same run.
     need(_is_int(config.seed) and 0 <= config.seed < 2**32,
          f"seed must be an integer in [0, 2**32), got {config.seed!r}")

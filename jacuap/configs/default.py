@@ -22,15 +22,22 @@ def get_config() -> ml_collections.ConfigDict:
     # Random projections for the penalty; None = exact (K VJPs).
     config.jr_num_proj = ml_collections.config_dict.placeholder(object)
     config.jr_num_proj = 1
+    # Which penalty jr_lambda weighs: frobenius (the above) | stacked_spectral
+    # (sigma_max(J_B)^2 / |B| by jr_power_iters warm-started power iterations
+    # per step) | alignment (mean squared cosine of pairs' Jacobians).
+    config.jr_mode = "frobenius"
+    config.jr_power_iters = 2
 
     # Adversarial-training baselines for benchmarks/reproduce.py (the paper
     # compares against neither):
     # none | pgd (Madry et al. PGD adversarial training) | uat (Shafahi et al.
-    # universal adversarial training); l_inf budget, steps, step (0 = default).
+    # universal adversarial training) | trades (Zhang et al.); l_inf budget,
+    # steps, step (0 = default); TRADES' KL weight.
     config.adv_training = "none"
     config.adv_eps = 0.1
     config.adv_steps = 7
     config.adv_step_size = 0.0
+    config.trades_beta = 6.0
     # Optimisation.
     config.optimizer = "adam"  # adam | sgd (Nesterov momentum)
     config.learning_rate = 1e-3

@@ -43,11 +43,18 @@ DESCRIPTIONS: Dict[str, str] = {
     "model": "mlp, cnn, resnet, resnet_tiny (see jacuap.models).",
     "jr_lambda": "Weight of the Jacobian penalty (README, 'The loss and its lambda'); 0 = plain training.",
     "jr_space": "normalized (J w.r.t. the normalised input, Hoffman et al.) or pixels.",
-    "jr_num_proj": "Random projections per input for the penalty; None = exact (one VJP per class).",
-    "adv_training": "Adversarial-training baseline: none, pgd (Madry et al.) or uat (Shafahi et al.).",
+    "jr_num_proj": "Random projections per input for the frobenius penalty; None = exact (one VJP per class).",
+    "jr_mode": "Penalty jr_lambda weighs: frobenius (0.5 mean ||J||_F^2), stacked_spectral "
+               "(sigma_max(J_B)^2 / |B|) or alignment (mean squared cosine of pairs' Jacobians); "
+               "README, 'Other penalties'.",
+    "jr_power_iters": "Warm-started power iterations per step of jr_mode=stacked_spectral.",
+    "adv_training": "Adversarial-training baseline: none, pgd (Madry et al.), uat (Shafahi et al.) "
+                    "or trades (Zhang et al.).",
     "adv_eps": "l_inf budget of adv_training, in pixel units [0, 1].",
     "adv_steps": "Attack steps per batch of adv_training.",
-    "adv_step_size": "Attack step size of adv_training; 0 = the default (2.5 eps / steps for pgd, eps / 4 for uat).",
+    "adv_step_size": "Attack step size of adv_training; 0 = the default (2.5 eps / steps for pgd and "
+                     "trades, eps / 4 for uat).",
+    "trades_beta": "Weight of TRADES' KL(f(x) || f(x')) term (adv_training=trades).",
     "optimizer": "adam or sgd (Nesterov momentum).",
     "learning_rate": "Initial learning rate.",
     "lr_schedule": "cosine (decay to 0 over the run) or constant.",

@@ -4,11 +4,13 @@
 
 (:mod:`.loss`; ``z`` the normalised input, Hoffman et al.'s convention).
 
-* :mod:`.state`: :class:`TrainState` (Flax's, plus the UAT perturbation),
+* :mod:`.state`: :class:`TrainState` (Flax's, plus the UAT perturbation;
+  :class:`SpectralTrainState` adds the stacked-spectral penalty's vector),
   :func:`create_train_state`, :func:`make_optimizer`.
 * :mod:`.loss`: :func:`loss_fn`.
+* :mod:`.regularizers`: the ``jr_mode`` penalties beyond the Frobenius norm.
 * :mod:`.step`: :func:`train_step`, :func:`eval_step`, :func:`step_key`.
-* :mod:`.adversarial`: the PGD and UAT adversarial-training baselines.
+* :mod:`.adversarial`: the PGD, UAT and TRADES adversarial-training baselines.
 * :mod:`.checkpoints`: orbax save/restore of the train state and its
   metadata, :func:`restore_model` for a finished workdir.
 * :mod:`.runtime`: the workdir's lock, stop signals, resume checks,
@@ -33,7 +35,7 @@ from jacuap.train.checkpoints import RestoredModel, restore_model
 from jacuap.train.loop import epoch_permutation, train_and_evaluate
 from jacuap.train.loss import loss_fn
 from jacuap.train.runtime import Preempted, TrainingDiverged
-from jacuap.train.state import TrainState, create_train_state, make_optimizer
+from jacuap.train.state import SpectralTrainState, TrainState, create_train_state, make_optimizer
 from jacuap.train.step import STATIC_ARGNAMES, eval_step, step_key, train_step
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "create_train_state",
     "make_optimizer",
     "TrainState",
+    "SpectralTrainState",
     "Adversary",
     "make_adversary",
     "STATIC_ARGNAMES",

@@ -15,7 +15,9 @@ On several processes (``jax.distributed``) every process calls ``save`` and
 :func:`restore_model` rebuilds a train.py workdir's model from its
 ``config.json`` and newest checkpoint (what attack.py and the notebook use).
 The checkpoint's tree is :class:`jacuap.train.state.TrainState`'s fields
-(``step``, ``params``, ``opt_state``, ``uap``) and its meta the keys
+(``step``, ``params``, ``opt_state``, ``uap``; and ``jr_vec`` for
+``jr_mode="stacked_spectral"`` runs only, :class:`jacuap.train.state.SpectralTrainState`, so
+that every other run keeps the earlier layout) and its meta the keys
 ``model_spec``, ``steps_per_epoch``, ``history``, ``epoch_sums``,
 ``train_seconds``, ``fingerprint``: checkpoints written by earlier versions
 restore as long as these stay the same.
@@ -328,6 +330,8 @@ def restore_model(workdir: str) -> RestoredModel:
     model = models.create_model(spec["name"], spec["num_classes"], spec["mean"], spec["std"])
     tx = make_optimizer(config, meta["steps_per_epoch"])
     # Only the template's structure and shapes matter: restore overwrites every value.
-    template = create_train_state(model, jax.random.PRNGKey(0), tuple(spec["image_shape"]), tx)
+    # A config.json written before jr_mode existed is a frobenius run (no jr_vec).
+    template = create_train_state(model, jax.random.PRNGKey(0), tuple(spec["image_shape"]), tx,
+                                  config.get("jr_mode", "frobenius"))
     step, state, meta = restore(workdir, template)
     return RestoredModel(config, model, models.make_apply_fn(model), state.params, step, meta)

@@ -159,7 +159,7 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding
         print(f"note: batch_size {config.batch_size} capped at the {n_train} training examples",
               file=sys.stderr, flush=True)
     tx = make_optimizer(config, steps_per_epoch)
-    state = create_train_state(model, jax.random.PRNGKey(config.seed), dataset.image_shape, tx)
+    state = create_train_state(model, jax.random.PRNGKey(config.seed), dataset.image_shape, tx, config.jr_mode)
     state = parallel.replicate(state, mesh)
     model_spec = {"name": config.model, "num_classes": dataset.num_classes, "mean": list(dataset.mean),
                   "std": list(dataset.std), "image_shape": list(dataset.image_shape)}
@@ -217,7 +217,8 @@ def _train_epoch(job: _Job, step_fn: Callable, mngr, stop: runtime.StopSignals, 
                 (job.dataset.train_images[idx], job.dataset.train_labels[idx]), job.mesh, job.batch_size)
             key = parallel.replicate(np.asarray(step_key(config.seed, step)), job.mesh)
             job.state, aux = step_fn(job.state, images, labels, key, float(config.jr_lambda), job.jr_num_proj,
-                                     job.input_std, job.adversary)
+                                     job.input_std, job.adversary, config.jr_mode, int(config.jr_power_iters),
+                                     float(config.trades_beta) if job.adversary.kind == "trades" else 0.0)
             acc = _add_sums(acc, {k: aux[k] for k in acc})
             step += 1
             bar.update(1)
@@ -326,6 +327,7 @@ def _summary(job: _Job) -> Dict[str, Any]:
         "jr_lambda": float(config.jr_lambda),
         "jr_num_proj": config.jr_num_proj,
         "jr_space": config.jr_space,
+        "jr_mode": config.jr_mode,
         "adv_training": config.adv_training,
         "adv_eps": float(config.adv_eps) if config.adv_training != "none" else None,
         "num_epochs": config.num_epochs,

@@ -14,6 +14,12 @@ in the units of the UAP bounds (``sum_i ||J(x_i) v||^2 <= sigma_max(J_X)^2
 estimated with ``jr_num_proj`` random projections; the logits and the
 penalty share one forward pass
 (:func:`jacuap.jacobian.logits_and_jacobian_penalty`).
+
+``jr_mode`` swaps the penalty for another of :mod:`.regularizers`
+(``stacked_spectral``: ``sigma_max(J_B)^2 / |B|``; ``alignment``: the mean
+squared Frobenius cosine of pairs' Jacobians), on the same input space.
+TRADES (``adv_images`` given) adds ``trades_beta * mean_b KL(softmax f(x_b)
+|| softmax f(x'_b))`` (:func:`trades_kl`).
 """
 
 from __future__ import annotations
@@ -25,8 +31,19 @@ import jax.numpy as jnp
 import optax
 
 from jacuap import jacobian
+from jacuap.train import regularizers
 
-__all__ = ["loss_fn"]
+__all__ = ["loss_fn", "trades_kl"]
+
+
+def trades_kl(logits: jax.Array, adv_logits: jax.Array) -> jax.Array:
+    """``mean_b KL(softmax(logits_b) || softmax(adv_logits_b))``, TRADES' robust term (Zhang et al. 2019).
+
+    >>> float(trades_kl(jnp.zeros((2, 3)), jnp.zeros((2, 3))))
+    0.0
+    """
+    logp, logq = jax.nn.log_softmax(logits), jax.nn.log_softmax(adv_logits)
+    return jnp.mean(jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1))
 
 
 def loss_fn(
@@ -38,6 +55,10 @@ def loss_fn(
     key: Optional[jax.Array],
     jr_num_proj: Optional[int],
     input_std: Optional[Tuple[float, ...]] = None,
+    jr_mode: str = "frobenius",
+    jr_vec: Optional[jax.Array] = None,
+    adv_images: Optional[jax.Array] = None,
+    trades_beta: float = 0.0,
 ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     """``CE + jr_lambda * 0.5 * mean_b ||J||_F^2`` and its parts.
 
@@ -55,6 +76,14 @@ def loss_fn(
         (``jr_space="normalized"``), by the same kernel on
         ``z -> f(x + std * (z - z_b))`` at ``z = z_b``, whose Jacobian is
         ``J(x) diag(std)``.
+      jr_mode: ``"frobenius"`` (the above), ``"stacked_spectral"``
+        (``||J_B v||^2 / |B|`` with ``jr_vec`` = ``v``, the unit right
+        singular vector estimate, held constant) or ``"alignment"``
+        (:mod:`jacuap.train.regularizers`); ``penalty`` is then that value,
+        without the factor 1/2.
+      jr_vec: ``v`` for ``"stacked_spectral"`` (shape of one input).
+      adv_images: TRADES' ``x'`` (``(B, *S)``, treated as constants): adds
+        ``trades_beta * trades_kl(f(x), f(x'))`` to the loss.
 
     Returns:
       ``(loss, {"loss", "ce", "penalty", "correct"})``, scalars.
@@ -69,16 +98,20 @@ def loss_fn(
         logits = apply_fn(params, images)
         penalty = jnp.zeros((), logits.dtype)
     else:
-        if input_std is None:
-            jr_apply, jr_inputs = apply_fn, images
+        jr_apply, jr_inputs = regularizers.jr_view(apply_fn, images, input_std)
+        if jr_mode == "frobenius":
+            logits, penalty = jacobian.logits_and_jacobian_penalty(jr_apply, params, jr_inputs, key, jr_num_proj)
+        elif jr_mode == "stacked_spectral":
+            if jr_vec is None:
+                raise ValueError("loss_fn: jr_mode='stacked_spectral' needs jr_vec (the train state's jr_vec)")
+            logits, penalty = regularizers.logits_and_stacked_spectral_penalty(jr_apply, params, jr_inputs, jr_vec)
+        elif jr_mode == "alignment":
+            logits, penalty = regularizers.logits_and_alignment_penalty(jr_apply, params, jr_inputs)
         else:
-            std = jnp.asarray(input_std, images.dtype)
-            # Shift so that the kernel is evaluated at the same point x; the
-            # offset cancels and only the chain-rule factor std remains.
-            jr_apply = lambda p, z: apply_fn(p, images + std * (z - images / std))
-            jr_inputs = images / std
-        logits, penalty = jacobian.logits_and_jacobian_penalty(jr_apply, params, jr_inputs, key, jr_num_proj)
+            raise ValueError(f"loss_fn: unknown jr_mode {jr_mode!r}; use one of {regularizers.JR_MODES}")
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     loss = ce + jr_lambda * penalty
+    if adv_images is not None:
+        loss = loss + trades_beta * trades_kl(logits, apply_fn(params, jax.lax.stop_gradient(adv_images)))
     correct = jnp.sum(jnp.argmax(logits, -1) == labels)
     return loss, {"loss": loss, "ce": ce, "penalty": penalty, "correct": correct}

@@ -101,6 +101,13 @@ NOT_FINGERPRINTED = {
 }
 
 
+#: Fields added after checkpoints were first written, with the value every run before them had:
+#: an older checkpoint's fingerprint lacks the field, and is compared as if it held this value
+#: (a checkpoint written before ``jr_mode`` existed is a frobenius run, with no ``jr_vec`` in
+#: its state, and resumes only as one).
+LEGACY_VALUES = {"jr_mode": "frobenius"}
+
+
 def config_fingerprint(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     """``{field: value}`` of every config field that changes the computation (stored in each checkpoint's meta).
 
@@ -117,11 +124,11 @@ def check_resumable(workdir: str, old_meta: Mapping[str, Any], fingerprint: Mapp
 
     Compared: the fields both fingerprints have.  A checkpoint written before
     a field was fingerprinted (earlier versions stored fewer fields) is
-    checked on the fields it has; a field left out of this run's fingerprint
+    checked on the fields it has (and on :data:`LEGACY_VALUES`); a field left out of this run's fingerprint
     (:data:`NOT_FINGERPRINTED`) is not compared.  ``step`` (the checkpoint's)
     beyond ``total_steps`` (this run's) is refused too: a run cannot be shortened.
     """
-    old = old_meta.get("fingerprint") or {}
+    old = {**LEGACY_VALUES, **(old_meta.get("fingerprint") or {})}
     diff = {k: (old[k], v) for k, v in fingerprint.items() if k in old and old[k] != v}
     if diff:
         raise CheckpointError(f"workdir {workdir!r} holds a run with another config {diff} (the checkpoint's "

@@ -1,4 +1,4 @@
-"""The train state and its optimizer: Flax's ``TrainState`` plus a universal perturbation.
+"""The train state and its optimizer: Flax's ``TrainState`` plus a universal perturbation (and a singular vector).
 
 >>> import jax, optax
 >>> from jacuap import models
@@ -19,8 +19,9 @@ import optax
 from flax.training import train_state
 
 from jacuap import models
+from jacuap.train.regularizers import init_spectral_vector
 
-__all__ = ["TrainState", "create_train_state", "make_optimizer"]
+__all__ = ["TrainState", "SpectralTrainState", "create_train_state", "make_optimizer"]
 
 
 class TrainState(train_state.TrainState):
@@ -34,6 +35,19 @@ class TrainState(train_state.TrainState):
     """
 
     uap: jax.Array = None
+
+
+class SpectralTrainState(TrainState):
+    """:class:`TrainState` plus ``jr_vec``: the state of ``jr_mode="stacked_spectral"`` runs.
+
+    ``jr_vec`` (shape of one input, unit l2 norm) is the stacked-spectral
+    penalty's right singular vector estimate, carried from step to step (the
+    power iterations' warm start) and checkpointed with the rest.  A subclass
+    rather than an optional field, so that every other run's state, and its
+    checkpoint's tree, stay exactly what earlier versions wrote.
+    """
+
+    jr_vec: jax.Array = None
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -53,9 +67,17 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> o
 
 
 def create_train_state(
-    model, key: jax.Array, image_shape: Tuple[int, ...], tx: optax.GradientTransformation
+    model, key: jax.Array, image_shape: Tuple[int, ...], tx: optax.GradientTransformation,
+    jr_mode: str = "frobenius",
 ) -> TrainState:
-    """Fresh parameters (drawn with ``key``) and optimizer state for ``model``; ``uap`` zero."""
+    """Fresh parameters (drawn with ``key``) and optimizer state for ``model``; ``uap`` zero.
+
+    With ``jr_mode="stacked_spectral"``, a :class:`SpectralTrainState` whose
+    ``jr_vec`` is a random unit vector drawn with ``fold_in(key, 1)``.
+    """
     params = models.init_params(model, key, image_shape)
-    return TrainState.create(apply_fn=models.make_apply_fn(model), params=params, tx=tx,
-                             uap=jnp.zeros(image_shape, jnp.float32))
+    kwargs = dict(apply_fn=models.make_apply_fn(model), params=params, tx=tx, uap=jnp.zeros(image_shape, jnp.float32))
+    if jr_mode == "stacked_spectral":
+        return SpectralTrainState.create(
+            jr_vec=init_spectral_vector(jax.random.fold_in(key, 1), tuple(image_shape)), **kwargs)
+    return TrainState.create(**kwargs)

@@ -1,6 +1,7 @@
 """One training step and one evaluation step (pure; the loop jits them).
 
-A step's randomness (the penalty's random projections, PGD's random start)
+A step's randomness (the penalty's random projections, PGD's random start,
+TRADES' start noise)
 comes from its own key, :func:`step_key` ``(seed, step)``: a pure function
 of the seed and the global step, so a resumed run draws exactly what the
 uninterrupted one drew.
@@ -13,14 +14,16 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from jacuap.train.adversarial import Adversary, pgd_examples, uat_inputs, uat_update
+from jacuap.train import regularizers
+from jacuap.train.adversarial import Adversary, pgd_examples, trades_examples, uat_inputs, uat_update
 from jacuap.train.loss import loss_fn
 from jacuap.train.state import TrainState
 
 __all__ = ["STATIC_ARGNAMES", "train_step", "eval_step", "step_key"]
 
 #: The arguments of :func:`train_step` to mark static when jitting it.
-STATIC_ARGNAMES = ("jr_lambda", "jr_num_proj", "input_std", "adversary")
+STATIC_ARGNAMES = ("jr_lambda", "jr_num_proj", "input_std", "adversary", "jr_mode", "jr_power_iters",
+                   "trades_beta")
 
 
 def step_key(seed: int, step) -> jax.Array:
@@ -41,6 +44,9 @@ def train_step(
     jr_num_proj: Optional[int],
     input_std: Optional[Tuple[float, ...]] = None,
     adversary: Adversary = Adversary(),
+    jr_mode: str = "frobenius",
+    jr_power_iters: int = 2,
+    trades_beta: float = 0.0,
 ) -> Tuple[TrainState, Dict[str, jax.Array]]:
     """One optimizer step on a batch ``images (B, *S)``, ``labels (B,)``.
 
@@ -48,7 +54,14 @@ def train_step(
     ``clip(x + uap)`` while ascending ``uap``, for the adversarial
     baselines).  Jit with ``static_argnames=STATIC_ARGNAMES`` and donate the
     state.  ``key`` is the step's own key (:func:`step_key`), split into the
-    projections' key and PGD's.
+    projections' key and PGD's (or TRADES').
+
+    ``jr_mode="stacked_spectral"``: first ``jr_power_iters`` power iterations
+    from ``state.jr_vec`` on the batch's stacked Jacobian at the current
+    parameters (:func:`jacuap.train.regularizers.spectral_power_iterations`);
+    the penalty uses the result (held constant) and the new state carries it
+    to the next step.  ``adversary.kind == "trades"``: the loss gains
+    ``trades_beta * KL(f(x) || f(x'))`` on TRADES examples ``x'``.
 
     Returns:
       ``(new_state, {"loss", "ce", "penalty", "correct"})`` (the batch's
@@ -57,10 +70,19 @@ def train_step(
     jr_key, adv_key = jax.random.split(key)
     if adversary.kind == "pgd":
         images = pgd_examples(state.apply_fn, state.params, images, labels, adversary, adv_key)
+    adv_images = None
+    if adversary.kind == "trades":
+        adv_images = trades_examples(state.apply_fn, state.params, images, adversary, adv_key)
+    jr_vec = getattr(state, "jr_vec", None)  # a SpectralTrainState's
+    if jr_mode == "stacked_spectral" and jr_lambda != 0:
+        inputs = uat_inputs(images, state.uap) if adversary.kind == "uat" else images
+        jr_apply, jr_inputs = regularizers.jr_view(state.apply_fn, inputs, input_std)
+        jr_vec = regularizers.spectral_power_iterations(jr_apply, state.params, jr_inputs, jr_vec, jr_power_iters)
 
     def objective(params, uap):
         inputs = uat_inputs(images, uap) if adversary.kind == "uat" else images
-        return loss_fn(params, state.apply_fn, inputs, labels, jr_lambda, jr_key, jr_num_proj, input_std)
+        return loss_fn(params, state.apply_fn, inputs, labels, jr_lambda, jr_key, jr_num_proj, input_std,
+                       jr_mode, jr_vec, adv_images, trades_beta)
 
     argnums = (0, 1) if adversary.kind == "uat" else 0
     (_, aux), grads = jax.value_and_grad(objective, argnums=argnums, has_aux=True)(state.params, state.uap)
@@ -68,7 +90,8 @@ def train_step(
     if adversary.kind == "uat":
         grads, uap_grad = grads
         uap = uat_update(uap, uap_grad, adversary)
-    return state.apply_gradients(grads=grads, uap=uap), aux
+    extra = {} if jr_vec is None else {"jr_vec": jr_vec}
+    return state.apply_gradients(grads=grads, uap=uap, **extra), aux
 
 
 def eval_step(params: Any, apply_fn: Callable, images: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
