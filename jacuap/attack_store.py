@@ -372,15 +372,15 @@ def print_results(results: Dict[str, Any]) -> None:
     """Prints the result table of :func:`run_attacks`: one row per (attack, eps), then the metrics.
 
     >>> print_results({"results": [dict(attack="sgd_uap", norm="linf", eps=0.1, uer=0.25,
-    ...     fooling_rate=0.2, clean_accuracy=0.9, seconds=1.5)], "metrics": {"universality_ratio": 0.5}})
-    attack        norm      eps     UER  fooling  clean acc  seconds
-    sgd_uap       linf    0.100   0.250    0.200      0.900      1.5
+    ...     fooling_rate=0.2, clean_accuracy=0.9, seconds=1.5, seed=0)], "metrics": {"universality_ratio": 0.5}})
+    attack            seed  norm      eps     UER  fooling  clean acc  seconds
+    sgd_uap              0  linf    0.100   0.250    0.200      0.900      1.5
       universality_ratio: 0.5
     """
     num = lambda v, spec: "n/a" if v is None else format(v, spec)
-    print(f"{'attack':<14}{'norm':<6}{'eps':>7}{'UER':>8}{'fooling':>9}{'clean acc':>11}{'seconds':>9}")
+    print(f"{'attack':<18}{'seed':>4}  {'norm':<6}{'eps':>7}{'UER':>8}{'fooling':>9}{'clean acc':>11}{'seconds':>9}")
     for row in results["results"]:
-        print(f"{row['attack']:<14}{row['norm']:<6}{row['eps']:>7.3f}{num(row['uer'], '.3f'):>8}"
+        print(f"{row['attack']:<18}{row.get('seed', ''):>4}  {row['norm']:<6}{row['eps']:>7.3f}{num(row['uer'], '.3f'):>8}"
               f"{num(row['fooling_rate'], '.3f'):>9}{num(row['clean_accuracy'], '.3f'):>11}{row['seconds']:>9.1f}")
     m = results.get("metrics") or {}
     for key in ("mean_frobenius_sq", "stacked_spectral_norm", "universality_ratio",

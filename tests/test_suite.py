@@ -3,6 +3,7 @@ layer maximisation, transfer, and evaluating a given UAP.  One tiny trained digi
 
 import json
 import re
+import shutil
 import os
 import subprocess
 import sys
@@ -218,3 +219,22 @@ def test_gradient_budget_and_suites_are_fixed():
     assert standard["sgd_uap"].seeds == (0, 1)
     assert suite.gradient_evaluations("sga_uap", {"num_epochs": 5}, 100, 10) == 2000
     assert suite.gradient_evaluations("targeted", {"num_epochs": 5}, 100, 10) == 5000
+
+
+def test_transfer_benchmark_uses_the_worst_case_or_crafts(quick, tmp_path):
+    request, results = quick
+    copy = tmp_path / "a" / "b" / "c" / "copy"  # deeper than the workdir: attack_dir leads nowhere from it
+    shutil.copytree(request.workdir, copy)  # the same model, without attack outputs: sgd_uap is crafted
+    attack_dir = os.path.relpath(request.out, request.workdir)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "transfer.py"),
+                           f"--workdirs={request.workdir},{copy}", "--eps=0.1", f"--out={tmp_path / 'tr'}",
+                           f"--attack_dir={attack_dir}", "--num_craft=64", "--num_eval=50", "--sgd_epochs=1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    record = json.load(open(tmp_path / "tr" / "transfer.json"))
+    worst = next(w for w in results["worst_case"] if w["eps"] == 0.1)
+    assert record["sources"][0]["kind"] == "worst_case" and record["sources"][0]["attack"] == worst["attack"]
+    assert record["sources"][1]["attack"] == "sgd_uap" and "craft_1" in record["sources"][1]["file"]
+    assert record["uer"][0] == [worst["uer"], worst["uer"]]  # one model twice: the same UER
+    assert record["uer"][1][0] == record["uer"][1][1]
+    assert (tmp_path / "tr" / "transfer.png").stat().st_size > 1000
