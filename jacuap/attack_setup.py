@@ -77,7 +77,7 @@ def craft(name: str, apply_fn, params, x, y, eps: float, request: Any, key,
         if "sv_direction" not in cache:
             batch = batching.round_up(min(256, len(x)), parallel.batch_multiple(apply_fn))
             _, cache["sv_direction"] = jacobian.stacked_spectral_norm(
-                apply_fn, params, jnp.asarray(x), key, batch_size=batch, method="auto", loop="host")
+                apply_fn, params, jnp.asarray(x), key, batch_size=batch, method="auto", loop=batching.eager_loop())
         result = attacks.singular_vector_uap(apply_fn, params, x, y, eps=eps, norm=request.norm,
                                              direction=cache["sv_direction"])
     elif name in ("sga_uap", "sgd_uap_restarts"):
