@@ -96,12 +96,7 @@ def model_fingerprint(params: Any) -> str:
 
 def check_out_path(out: str) -> None:
     """AttackError (one line) when ``out`` is, or lies under, something that is not a folder."""
-    path = os.path.abspath(out)
-    while path and not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
+    path = io.existing_ancestor(out)
     if os.path.exists(path) and not os.path.isdir(path):
         where = "is" if path == os.path.abspath(out) else f"lies under {path}, which is"
         raise AttackError(f"--out {out} {where} a file, not a folder; choose a folder")

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional
 
 from absl import app, flags, logging
 
-from jacuap import configs, errors
+from jacuap import configs, errors, io
 from jacuap.configs import reference
 
 __all__ = [
@@ -158,9 +158,7 @@ def check_workdir(workdir: Optional[str], flag: str = "--workdir") -> None:
     if not workdir:
         raise errors.ConfigError(f"{flag} must name a folder, got {workdir!r}")
     path = os.path.abspath(os.path.expanduser(workdir))
-    existing = path
-    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
+    existing = io.existing_ancestor(path)
     if not os.path.isdir(existing):
         what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
         raise errors.ConfigError(f"{flag} {workdir!r} {what}, not a folder; choose another {flag}")

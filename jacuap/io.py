@@ -24,8 +24,6 @@ import os
 import tempfile
 from typing import Any, Callable, IO, Iterator
 
-import jax
-
 from jacuap.errors import BusyError
 
 __all__ = [
@@ -37,6 +35,7 @@ __all__ = [
     "save_figure_atomic",
     "to_json",
     "exclusive_lock",
+    "existing_ancestor",
     "LOCK_NAME",
 ]
 
@@ -45,6 +44,8 @@ LOCK_NAME = ".lock"
 
 def is_primary() -> bool:
     """True on process 0, the one that writes files."""
+    import jax  # here, so that the programs' argument checks (jacuap.cli) load no JAX
+
     return jax.process_index() == 0
 
 
@@ -139,3 +140,18 @@ def exclusive_lock(directory: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the flock
+
+
+def existing_ancestor(path: str) -> str:
+    """``path`` made absolute if something exists there, else its nearest existing ancestor.
+
+    What decides whether a folder can be created at ``path``: the first
+    existing entry on the way up must be a writable directory.
+
+    >>> existing_ancestor("/") == "/"
+    True
+    """
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path

@@ -141,12 +141,7 @@ def check_resumable(workdir: str, old_meta: Mapping[str, Any], fingerprint: Mapp
 
 def check_workdir(workdir: str) -> None:
     """Raises ConfigError if ``workdir`` (or a folder above it) is an existing file; looks only."""
-    path = os.path.abspath(workdir)
-    while path and not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
+    path = io.existing_ancestor(workdir)
     if os.path.exists(path) and not os.path.isdir(path):
         what = "is a file" if path == os.path.abspath(workdir) else f"is inside {path!r}, a file"
         raise ConfigError(f"workdir {workdir!r} {what}, not a directory; choose another --workdir")
