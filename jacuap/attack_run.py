@@ -237,7 +237,7 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
             metric_values = attack_store.save_metrics(request.out, metric_values)
         figure = os.path.join(request.out, attack_store.FIGURE_NAME)
         if uaps and parallel.any_process(computed or not os.path.exists(figure)):
-            attack_store.plot_uaps(uaps, apply_fn, params, x_eval[:4], figure)
+            attack_store.plot_uaps(uaps, apply_fn, params, x_eval[:4], figure, y=y_eval[:4], class_names=class_names)
         config = restored.config
         extra = {}
         if request.suite:

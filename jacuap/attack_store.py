@@ -326,10 +326,12 @@ def output_failure(exc: BaseException, out: str) -> Optional[str]:
             f"or choose another --out")
 
 
-def plot_uaps(uaps: Dict[str, np.ndarray], apply_fn, params, x: np.ndarray, path: str) -> None:
+def plot_uaps(uaps: Dict[str, np.ndarray], apply_fn, params, x: np.ndarray, path: str,
+              y: Optional[np.ndarray] = None, class_names: Optional[Sequence[Any]] = None) -> None:
     """Saves a figure with one row per UAP: the UAP (amplified to the full grey range), then ``x + v``.
 
-    Each perturbed input is titled ``clean prediction -> perturbed prediction``.
+    Each perturbed input is titled ``true -> predicted`` (class names where
+    given; without ``y``, the clean prediction stands for the true class).
     """
     import matplotlib
 
@@ -339,14 +341,15 @@ def plot_uaps(uaps: Dict[str, np.ndarray], apply_fn, params, x: np.ndarray, path
     rows, cols = len(uaps), 1 + len(x)
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
     try:
-        clean = metrics.predict(apply_fn, params, x)
+        truth = np.asarray(y) if y is not None else metrics.predict(apply_fn, params, x)
+        name = (lambda k: str(class_names[int(k)])) if class_names else (lambda k: str(int(k)))
         for r, (label, v) in enumerate(uaps.items()):
             scale = max(float(np.max(np.abs(v))), 1e-12)
             _show(axes[r, 0], 0.5 + 0.5 * v / scale, f"{label}\n(amplified)")
             perturbed = np.clip(x + v, 0.0, 1.0)
             pred = metrics.predict(apply_fn, params, perturbed)
             for c in range(len(x)):
-                _show(axes[r, c + 1], perturbed[c], f"{clean[c]} -> {pred[c]}")
+                _show(axes[r, c + 1], perturbed[c], f"{name(truth[c])} ->\n{name(pred[c])}")
         fig.tight_layout()
         io.save_figure_atomic(fig, path, dpi=80)
     finally:

@@ -133,3 +133,21 @@ def test_jr_model_resists_sgd_uap_better(tmp_path):
         rows = json.load(open(tmp_path / name / "attack" / "results.json"))["results"]
         uer[name] = {(r["attack"], r["eps"]): r["uer"] for r in rows}
     assert uer["jr"][("sgd_uap", 0.2)] < uer["plain"][("sgd_uap", 0.2)]
+
+
+def test_uap_figure_titles_say_true_then_predicted_with_class_names(tmp_path, monkeypatch):
+    from jacuap import attack_store
+
+    titles = []
+    real_show = attack_store._show
+    monkeypatch.setattr(attack_store, "_show", lambda ax, image, title: (titles.append(title),
+                                                                        real_show(ax, image, title)))
+    w = np.zeros((4, 2), np.float32)
+    w[:, 1] = 1.0  # logit 1 = sum of the pixels
+    apply_fn = lambda p, x: x.reshape(x.shape[0], -1) @ p
+    x = np.full((2, 2, 2, 1), 0.1, np.float32)  # class 1 (0.4 > 0)
+    path = str(tmp_path / "uaps.png")
+    attack_store.plot_uaps({"minus": np.full((2, 2, 1), -0.1, np.float32)}, apply_fn, w, x, path,
+                           y=np.array([1, 0]), class_names=["cat", "dog"])
+    assert titles[1:] == ["dog ->\ncat", "cat ->\ncat"]  # x + v = 0: logits tie, argmax 0
+    assert os.path.getsize(path) > 0
