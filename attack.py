@@ -1,68 +1,10 @@
-"""Attacks a trained workdir with universal (and per-input) perturbations.
+"""Attacks a trained workdir with universal (and per-input) perturbations: the program is jacuap/programs/attack.py.
 
-    python attack.py --workdir=runs/fmnist --attack=sgd_uap,sv_uap,deepfool_uap \
-        --norm=linf --eps=0.05,0.1,0.2 --out=runs/fmnist/attack
-
-    python attack.py --workdir=W --suite=standard --eps=0.05,0.1   # the ensemble, its worst case, targeted matrices
-    python attack.py --workdir=W --source_workdir=W2 --suite=quick   # transfer: craft on W2, evaluate on W
-    python attack.py --workdir=W --uap_file=F.npy --eps=0.1           # evaluate a given perturbation
-    python attack.py --workdir=W --attack=layer_max --layer=dense0    # layer maximisation
-
-Crafts each UAP on the training split (``--craft_split``) and evaluates it on
-the test split; writes one ``.npy`` and one ``rows/*.json`` per finished
-(attack, eps) as it goes, ``out/uaps.png``, and ``out/results.json`` last.
-Rerunning the same command resumes (finished rows are reused); another
-request in the same ``--out`` needs ``--overwrite``.  Exit codes: 0 done,
-1 the output folder cannot be written (full, read-only), 2 a user mistake.
+Run it as ``python attack.py --help`` from a checkout, or as ``jacuap-attack
+--help`` from any folder after ``pip install``.
 """
 
-from absl import flags
-
-from jacuap import attack_run, attacks, cli, suite
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A train.py workdir (its config and newest checkpoint).")
-flags.DEFINE_list("attack", ["sgd_uap", "sv_uap"], f"Comma list of {', '.join(attack_run.ATTACK_NAMES)} "
-                  "(layer_max: SGD-UAP maximising the layer --layer).")
-flags.DEFINE_enum("suite", "", ["", *suite.SUITES], "Run a fixed ensemble (jacuap.suite.SUITES) instead of --attack, "
-                  "and report the worst case per budget.")
-flags.DEFINE_bool("targeted", False, "Also the K x K targeted UAP matrix per budget (the standard suite has it).")
-flags.DEFINE_string("layer", "", "The model submodule layer_max ascends (e.g. dense0).")
-flags.DEFINE_string("source_workdir", "", "Craft on this workdir's model and data, evaluate on --workdir's (transfer).")
-flags.DEFINE_string("uap_file", "", "Evaluate this .npy perturbation (checked against --eps and the input shape).")
-flags.DEFINE_string("norm", "linf", f"{' or '.join(attacks.NORMS)}.")
-flags.DEFINE_list("eps", ["0.1"], "Comma list of budgets in pixel units.")
-flags.DEFINE_integer("num_craft", 5000, "Inputs the UAPs are crafted on.")
-flags.DEFINE_integer("num_eval", 10000, "Test inputs the attacks are evaluated on.")
-flags.DEFINE_enum("craft_split", "train", ["train", "test"],
-                  "Split to craft on; 'test' uses test inputs disjoint from the evaluation ones.")
-flags.DEFINE_integer("num_metrics", 500, "Test inputs for the Jacobian metrics (0 = skip).")
-flags.DEFINE_integer("sgd_epochs", 5, "SGD-UAP epochs over the crafting set.")
-flags.DEFINE_integer("deepfool_passes", 5, "DeepFool-UAP maximum passes.")
-flags.DEFINE_integer("seed", 0, "Seed of the crafting subset, shuffles and random starts.")
-flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/attack).")
-flags.DEFINE_bool("overwrite", False, "Replace the outputs of another request in --out (only files jacuap wrote); "
-                  "the same request resumes either way.")
-flags.DEFINE_bool("progress", True, "Show progress bars.")
-flags.mark_flags_as_required(["workdir"])
-
-
-def main(argv):
-    del argv  # cli.run refuses positional arguments
-    with cli.user_errors():
-        request = attack_run.AttackRequest.from_flags(FLAGS, attack_given=FLAGS["attack"].present)
-        try:
-            results = attack_run.run_attacks(request)
-        except OSError as exc:
-            message = attack_run.output_failure(exc, request.out)
-            if message is None:
-                raise
-            cli.fail(message, code=cli.EXIT_FAILED)
-    attack_run.print_results(results)
-    suite.print_extras(results)
-    files = attack_run.output_files(results) + [f for t in results.get("targeted") or [] for f in (t["figure"], t["file"])]
-    print(f"outputs in {request.out}: {', '.join(files)}")
-
+from jacuap.programs.attack import run
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

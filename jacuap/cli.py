@@ -278,8 +278,21 @@ def _parse_flags(argv: List[str]) -> List[str]:
     return rest
 
 
-def run(main: Callable[[List[str]], Any]) -> NoReturn:
-    """``absl.app.run(main)`` with flag errors as one line and exit code 2, ``--help`` exit 0."""
+def run(main: Callable[[List[str]], Any], program: Optional[str] = None) -> NoReturn:
+    """``absl.app.run(main)`` with flag errors as one line and exit code 2, ``--help`` exit 0.
+
+    ``program``: the module defining the program's flags (``__name__`` of
+    :mod:`jacuap.programs.train`, say).  absl's ``--help`` lists the key flags
+    of the script that was started (``sys.argv[0]``: ``train.py`` or the
+    console script ``jacuap-train``), so the program's flags are made its key
+    flags too, and its docstring the usage text.
+    """
+    if program is not None:
+        for flag in flags.FLAGS.get_key_flags_for_module(program):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+        main_module = sys.modules.get("__main__")
+        if main_module is not None and sys.modules[program].__doc__:
+            main_module.__doc__ = sys.modules[program].__doc__  # --help's usage text
     app.run(main, flags_parser=_parse_flags)
 
 

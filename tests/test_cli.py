@@ -199,3 +199,20 @@ def test_attack_request_from_flags(tmp_path):
     flags.eps = ["0.1", "abc"]
     with pytest.raises(errors.AttackError, match="eps must be a comma list of numbers, got '0.1,abc'"):
         attack_run.AttackRequest.from_flags(flags)
+
+
+@pytest.mark.parametrize("script,args,expect", [
+    ("jacuap-train", ["--workdir=w", "--config.jr_lambda=-1"], "jacuap-train: error: jr_lambda must be"),
+    ("jacuap-attack", ["--help"], "--suite"),
+])
+def test_console_scripts_work_from_any_folder(tmp_path, script, args, expect):
+    path = os.path.join(os.path.dirname(sys.executable), script)
+    if not os.path.exists(path):
+        pytest.skip(f"{script} is not installed (pip install -e . installs it)")
+    proc = subprocess.run([path, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    if args == ["--help"]:
+        assert proc.returncode == 0 and expect in proc.stdout
+    else:
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+        assert proc.stderr.startswith(expect)
+        assert os.listdir(tmp_path) == []

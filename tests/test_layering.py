@@ -29,6 +29,7 @@ LAYERS = [
     ("attack_store",),
     ("attack_setup", "suite"),
     ("attack_run", "cli"),
+    ("programs",),
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 MAX_LINES = 420  # "about 400"
