@@ -343,7 +343,7 @@ def _attack_rows(request, model, crafter, sets, source, special, log):
         start = time.time()
         v, extra = None, {}
         if universal:
-            progress = (lambda p, rate: bar.set_postfix_str(f"{label} pass {p + 1} fooling {rate:.3f}"))
+            progress = (lambda message: bar.set_postfix_str(f"{label} {message}")) if request.progress else None
             if name == "uap_file":
                 v = special["given"]
                 extra["uap_file"] = os.path.abspath(request.uap_file)

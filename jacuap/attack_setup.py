@@ -52,13 +52,14 @@ def craft_and_eval_sets(dataset: data.Dataset, request: Any):
 
 
 def craft(name: str, apply_fn, params, x, y, eps: float, request: Any, key,
-          progress: Optional[Callable[[int, float], None]] = None,
+          progress: Optional[Callable[[str], None]] = None,
           cache: Optional[Dict[str, Any]] = None, settings: Optional[Mapping[str, Any]] = None,
           features_fn: Optional[Callable] = None) -> np.ndarray:
     """The universal perturbation of attack ``name`` crafted on ``(x, y)``: shape of one input.
 
-    ``key`` seeds the attack's randomness; ``progress(pass, fooling_rate)``
-    is called by DeepFool-UAP.  ``cache`` (a dict kept across the budgets of
+    ``key`` seeds the attack's randomness; ``progress(message)`` receives a
+    short status after each epoch, restart or pass (e.g. ``"restart 2/4
+    epoch 3/5 objective 1.234"``).  ``cache`` (a dict kept across the budgets of
     one crafting set) holds the singular vector of ``sv_uap``, which depends
     on the model and the set but not on ``eps``.  ``settings`` (a suite
     member's: ``num_epochs``, ``restarts``, ``max_passes``) replace the
@@ -67,11 +68,15 @@ def craft(name: str, apply_fn, params, x, y, eps: float, request: Any, key,
     """
     settings = dict(settings or {})
     epochs = settings.pop("num_epochs", request.sgd_epochs)
+    say = progress if progress is not None else (lambda message: None)
+    restart_of = [""]  # the restart in progress, shown before each epoch's status
+    on_epoch = None if progress is None else (  # a status waits for its epoch: only when shown
+        lambda e, objective: say(f"{restart_of[0]}epoch {e + 1}/{epochs} objective {objective:.3f}"))
     if name in ("sgd_uap", "layer_max"):
         if name == "layer_max" and features_fn is None:
             raise AttackError("layer_max needs a layer (--layer)")
         result = attacks.sgd_uap(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
-                                 num_epochs=epochs, features_fn=features_fn)
+                                 num_epochs=epochs, features_fn=features_fn, progress=on_epoch)
     elif name == "sv_uap":
         cache = {} if cache is None else cache
         if "sv_direction" not in cache:
@@ -80,14 +85,25 @@ def craft(name: str, apply_fn, params, x, y, eps: float, request: Any, key,
                 apply_fn, params, jnp.asarray(x), key, batch_size=batch, method="auto", loop=batching.eager_loop())
         result = attacks.singular_vector_uap(apply_fn, params, x, y, eps=eps, norm=request.norm,
                                              direction=cache["sv_direction"])
-    elif name in ("sga_uap", "sgd_uap_restarts"):
-        extra = {"restarts": settings["restarts"]} if name == "sgd_uap_restarts" and "restarts" in settings else {}
-        result = attacks.ATTACKS[name](apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
-                                       num_epochs=epochs, **extra)
+    elif name == "sga_uap":
+        result = attacks.sga_uap(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key, num_epochs=epochs,
+                                 progress=on_epoch)
+    elif name == "sgd_uap_restarts":
+        restarts = int(settings.get("restarts", 4))
+        restart_of[0] = f"restart 1/{restarts} "
+
+        def on_restart(r, uer):
+            restart_of[0] = f"restart {min(r + 2, restarts)}/{restarts} "
+            say(f"restart {r + 1}/{restarts} crafting UER {uer:.3f}")
+
+        result = attacks.sgd_uap_restarts(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
+                                          num_epochs=epochs, restarts=restarts,
+                                          progress=on_restart if progress is not None else None,
+                                          epoch_progress=on_epoch)
     elif name == "deepfool_uap":
         result = attacks.deepfool_uap(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
                                       max_passes=settings.get("max_passes", request.deepfool_passes),
-                                      progress=progress)
+                                      progress=lambda p, rate: say(f"pass {p + 1} fooling rate {rate:.3f}"))
     else:
         raise AttackError(f"{name} is not a universal attack; choose from {', '.join(attacks.UNIVERSAL_ATTACKS)}")
     return np.asarray(result.v)

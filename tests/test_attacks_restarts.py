@@ -92,3 +92,27 @@ def test_restarts_argument_errors(digits):
         sgd_uap_restarts(*args, eps=0.1, key=KEY, init=jnp.zeros(SHAPE))
     with pytest.raises(ValueError, match="unknown norm"):
         sgd_uap_restarts(*args, eps=0.1, key=KEY, norm="l1")
+
+
+def test_progress_reports_every_restart_and_epoch(digits):
+    d = digits
+    restarts_seen, epochs_seen = [], []
+    v, scores = sgd_uap_restarts(d["apply_fn"], d["params"], d["xa"], d["ya"], eps=0.1, key=KEY, restarts=3,
+                                 progress=lambda r, s: restarts_seen.append((r, s)),
+                                 epoch_progress=lambda e, obj: epochs_seen.append(e), **FAST)
+    assert [r for r, _ in restarts_seen] == [0, 1, 2]
+    np.testing.assert_allclose([s for _, s in restarts_seen], scores)
+    assert epochs_seen == [0, 1] * 3
+    # The status is observation only: the same UAP without it.
+    quiet, _ = sgd_uap_restarts(d["apply_fn"], d["params"], d["xa"], d["ya"], eps=0.1, key=KEY, restarts=3, **FAST)
+    np.testing.assert_array_equal(v, quiet)
+
+
+def test_sga_progress_reports_each_epoch_mean_objective(digits):
+    d = digits
+    seen = []
+    _, history = sga_uap(d["apply_fn"], d["params"], d["xa"], d["ya"], eps=0.1, key=KEY, num_epochs=2,
+                         progress=lambda e, obj: seen.append((e, obj)))
+    assert [e for e, _ in seen] == [0, 1]
+    halves = np.split(np.asarray(history), 2)
+    np.testing.assert_allclose([o for _, o in seen], [h.mean() for h in halves], rtol=1e-5)

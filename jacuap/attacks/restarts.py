@@ -72,6 +72,7 @@ def best_of_restarts(
     key: Optional[jax.Array] = None,
     restarts: int = 4,
     zero_start: bool = True,
+    progress: Optional[Callable[[int, float], None]] = None,
     **attack_kwargs: Any,
 ) -> UAPResult:
     """The best of ``restarts`` runs of a universal attack, each from its own start.
@@ -98,6 +99,9 @@ def best_of_restarts(
       key: PRNG key (required).
       restarts: number of runs ``R >= 1``.
       zero_start: whether restart 0 starts at ``v = 0`` (else at random too).
+      progress: ``callable(restart, score)`` called after each run (for the
+        attack's own per-epoch ``progress``, pass it in ``attack_kwargs``
+        under the name ``epoch_progress``).
       **attack_kwargs: passed on to every run (e.g. ``num_epochs``,
         ``batch_size``, ``targeted``); not ``init``.
 
@@ -128,6 +132,8 @@ def best_of_restarts(
     check_model_inputs(apply_fn, params, x)
     x = jnp.asarray(x)
     targeted = attack_kwargs.get("targeted")
+    if "epoch_progress" in attack_kwargs:
+        attack_kwargs["progress"] = attack_kwargs.pop("epoch_progress")
     best, scores = None, []
     for r, (init_key, attack_key) in enumerate(restart_keys(key, int(restarts))):
         init = None if (zero_start and r == 0) else random_in_ball(init_key, (1,) + x.shape[1:], norm, eps, x.dtype)[0]
@@ -135,6 +141,8 @@ def best_of_restarts(
         scores.append(restart_score(apply_fn, params, x, y, result.v, targeted))
         if best is None or scores[-1] > scores[best[0]]:
             best = (r, result.v)
+        if progress is not None:
+            progress(r, scores[-1])
     return UAPResult(best[1], np.asarray(scores))
 
 
@@ -149,6 +157,7 @@ def sgd_uap_restarts(
     key: Optional[jax.Array] = None,
     restarts: int = 4,
     zero_start: bool = True,
+    progress: Optional[Callable[[int, float], None]] = None,
     **sgd_uap_kwargs: Any,
 ) -> UAPResult:
     """SGD-UAP with random restarts: :func:`best_of_restarts` of :func:`~jacuap.attacks.sgd_uap.sgd_uap`.
@@ -176,4 +185,4 @@ def sgd_uap_restarts(
     [ 0.1 -0.1] [0.25 0.25]
     """
     return best_of_restarts(sgd_uap, apply_fn, params, x, y, eps=eps, norm=norm, key=key, restarts=restarts,
-                            zero_start=zero_start, **sgd_uap_kwargs)
+                            zero_start=zero_start, progress=progress, **sgd_uap_kwargs)

@@ -18,7 +18,7 @@ ascends (:func:`~jacuap.attacks.sgd_uap.uap_objective`).
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -143,6 +143,7 @@ def sga_uap(
     beta: float = 12.0,
     targeted: Optional[int] = None,
     init: Optional[jax.Array] = None,
+    progress: Optional[Callable[[int, float], None]] = None,
 ) -> UAPResult:
     """SGA: a universal perturbation by stochastic gradient aggregation (Liu et al., ICCV 2023).
 
@@ -198,6 +199,7 @@ def sga_uap(
       beta: loss clipping value.
       targeted: target class, or None for the untargeted attack.
       init: starting perturbation of shape ``S`` (projected onto the ball).
+      progress: ``callable(epoch, mean_objective)`` called after each epoch.
 
     Returns:
       ``UAPResult(v, history)``: ``v`` of shape ``S`` with ``||v||_p <= eps``
@@ -263,4 +265,6 @@ def sga_uap(
             targeted=targeted is not None,
         )
         losses.append(epoch_losses)
+        if progress is not None:
+            progress(epoch, float(jnp.mean(epoch_losses)))
     return UAPResult(v, np.concatenate([np.asarray(l) for l in losses]))

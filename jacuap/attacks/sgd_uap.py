@@ -8,7 +8,7 @@ each step ascends, :func:`default_sgd_step_size` the first-epoch step.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -153,6 +153,7 @@ def sgd_uap(
     targeted: Optional[int] = None,
     init: Optional[jax.Array] = None,
     features_fn: Optional[FeaturesFn] = None,
+    progress: Optional[Callable[[int, float], None]] = None,
 ) -> UAPResult:
     """SGD-UAP: universal perturbation by minibatch (sign-)gradient ascent.
 
@@ -191,6 +192,8 @@ def sgd_uap(
       init: starting perturbation of shape ``S`` (projected onto the ball).
       features_fn: ``(params, x) -> activations (B, ...)`` for the layer
         maximisation variant.
+      progress: ``callable(epoch, mean_objective)`` called after each epoch
+        (it waits for the epoch to finish; None: no waiting).
 
     Returns:
       ``UAPResult(v, history)``: ``v`` of shape ``S`` with ``||v||_p <= eps``
@@ -260,5 +263,7 @@ def sgd_uap(
             targeted=targeted is not None,
         )
         losses.append(epoch_losses)
+        if progress is not None:
+            progress(epoch, float(jnp.mean(epoch_losses)))
     history = np.concatenate([np.asarray(l) for l in losses]) if losses else np.zeros((0,))
     return UAPResult(v, history)
