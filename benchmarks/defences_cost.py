@@ -59,12 +59,17 @@ def cost(reps: int, batch: int) -> dict:
         "trades_10": dict(jr_lambda=0.0, jr_num_proj=None, trades_beta=6.0,
                           adversary=train.Adversary("trades", eps, 10, 2.5 * eps / 10)),
         "pgd_at_3": dict(jr_lambda=0.0, jr_num_proj=None, adversary=train.Adversary("pgd", eps, 3, 2.5 * eps / 3)),
+        "uat": dict(jr_lambda=0.0, jr_num_proj=None, adversary=train.Adversary("uat", eps, 1, eps / 4)),
+        "sat_3_heap16": dict(jr_lambda=0.0, jr_num_proj=None,
+                             adversary=train.Adversary("sat", eps, 3, 2.5 * eps / 3, 16)),
+        "cw_uat": dict(jr_lambda=0.0, jr_num_proj=None, adversary=train.Adversary("cw_uat", eps, 1, eps / 4)),
     }
     step = jax.jit(train.train_step, static_argnames=train.STATIC_ARGNAMES)
     states, runs = {}, {}
     for key, kw in variants.items():
+        class_wise = ds.num_classes if key == "cw_uat" else 0
         states[key] = train.create_train_state(model, jax.random.PRNGKey(0), ds.image_shape, optax.adam(1e-3),
-                                               kw.get("jr_mode", "frobenius"))
+                                               kw.get("jr_mode", "frobenius"), class_wise)
         args = dict(input_std=std, **kw)
         runs[key] = (lambda s, a=args: step(s, x, y, train.step_key(0, 0), **a))
         jax.block_until_ready(runs[key](states[key]))  # compile

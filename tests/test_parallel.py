@@ -84,25 +84,28 @@ def test_training_on_8_devices_matches_1_device(tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [dict(jr_mode="stacked_spectral", jr_power_iters=2),
-                                       dict(jr_lambda=0.0, adv_training="trades", adv_steps=2, trades_beta=6.0)],
-                         ids=["stacked_spectral", "trades"])
+                                       dict(jr_lambda=0.0, adv_training="trades", adv_steps=2, trades_beta=6.0),
+                                       dict(jr_lambda=0.0, adv_training="sat", adv_steps=2, adv_heap_size=16),
+                                       dict(jr_lambda=0.0, adv_training="cw_uat")],
+                         ids=["stacked_spectral", "trades", "sat", "cw_uat"])
 def test_defences_on_8_devices_match_1_device(tmp_path, overrides, model):
     # stacked_spectral: the power iterations sum J_b^T u_b over the split batch (an all-reduce),
     # jr_vec is checkpointed: same tolerances as plain training.  TRADES' inner maximisation takes
     # sign steps, and a float difference flips a sign where a gradient component is ~0 (0.1% of
     # the pixels, measured): its examples agree on > 99% of the pixels, and training to 1e-2.
     config = tiny_config(**overrides)
+    signs = config.adv_training in ("trades", "sat", "cw_uat")  # sign steps: see above
     trades = config.adv_training == "trades"
     one = train.train_and_evaluate(config, str(tmp_path / "one"), mesh=parallel.make_mesh(jax.devices()[:1]))
     eight = train.train_and_evaluate(config, str(tmp_path / "eight"))
     r1, r8 = train.restore_model(str(tmp_path / "one")), train.restore_model(str(tmp_path / "eight"))
-    tol = dict(rtol=0, atol=1e-2) if trades else PARAM_TOL
+    tol = dict(rtol=0, atol=1e-2) if signs else PARAM_TOL
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, **tol), r1.params, r8.params)
     assert one["test_accuracy"] == pytest.approx(eight["test_accuracy"], abs=3 / 360)
     l1 = json.loads(open(tmp_path / "one" / "metrics.jsonl").readline())
     l8 = json.loads(open(tmp_path / "eight" / "metrics.jsonl").readline())
     for key in ("loss", "ce") + (("penalty",) if config.jr_lambda else ()):
-        assert l1[key] == pytest.approx(l8[key], rel=1e-2 if trades else METRIC_RTOL)
+        assert l1[key] == pytest.approx(l8[key], rel=1e-2 if signs else METRIC_RTOL)
     if trades:
         ds, apply_fn, params = model
         mesh, adversary = parallel.make_mesh(), train.make_adversary(config)
@@ -112,7 +115,14 @@ def test_defences_on_8_devices_match_1_device(tmp_path, overrides, model):
         b = fn(apply_fn, parallel.replicate(params, mesh), parallel.shard_batch(x, mesh), adversary,
                parallel.replicate(np.asarray(key), mesh))
         assert np.mean(np.asarray(a) == np.asarray(b)) > 0.99
-    else:
+    elif config.adv_training == "cw_uat":  # the per-class perturbations, kept in the state, agree too
+        template = train.create_train_state(r1.model, jax.random.PRNGKey(0), (8, 8, 1),
+                                            train.make_optimizer(config, r1.meta["steps_per_epoch"]),
+                                            class_wise_uaps=10)
+        u1 = train.checkpoints.restore(str(tmp_path / "one"), template)[1].uap
+        u8 = train.checkpoints.restore(str(tmp_path / "eight"), template)[1].uap
+        assert u1.shape == (10, 8, 8, 1) and np.mean(np.asarray(u1) == np.asarray(u8)) > 0.99
+    elif config.jr_mode == "stacked_spectral":
         template = train.create_train_state(r1.model, jax.random.PRNGKey(0), (8, 8, 1),
                                             train.make_optimizer(config, r1.meta["steps_per_epoch"]), config.jr_mode)
         v1 = train.checkpoints.restore(str(tmp_path / "one"), template)[1].jr_vec

@@ -63,7 +63,7 @@ FIELDS = tuple(default.get_config().keys())
 OPTIMIZERS = ("adam", "sgd")
 JR_SPACES = ("normalized", "pixels")
 JR_MODES = ("frobenius", "stacked_spectral", "alignment")  # jacuap.train.regularizers.JR_MODES
-ADV_TRAINING = ("none", "pgd", "uat", "trades")
+ADV_TRAINING = ("none", "pgd", "uat", "trades", "sat", "cw_uat")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -215,6 +215,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"adv_steps must be a positive integer, got {config.adv_steps!r}")
     need(_is_finite(config.adv_step_size) and config.adv_step_size >= 0,
          f"adv_step_size must be a finite number >= 0 (0 = default), got {config.adv_step_size!r}")
+    need(_is_int(config.adv_heap_size) and config.adv_heap_size >= 1,
+         f"adv_heap_size must be a positive integer, got {config.adv_heap_size!r}")
     need(_is_finite(config.trades_beta) and config.trades_beta >= 0,
          f"trades_beta must be a finite number >= 0, got {config.trades_beta!r}")
     # PRNGKey(seed) keeps 32 bits (without x64): seeds 2**32 apart would be the same run.

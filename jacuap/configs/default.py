@@ -28,16 +28,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.jr_mode = "frobenius"
     config.jr_power_iters = 2
 
-    # Adversarial-training baselines for benchmarks/reproduce.py (the paper
-    # compares against neither):
+    # Adversarial-training defences (the paper compares against none):
     # none | pgd (Madry et al. PGD adversarial training) | uat (Shafahi et al.
-    # universal adversarial training) | trades (Zhang et al.); l_inf budget,
-    # steps, step (0 = default); TRADES' KL weight.
+    # universal adversarial training) | trades (Zhang et al.) | sat (Mummadi
+    # et al. shared adversarial training) | cw_uat (Benz et al. class-wise
+    # UAT); l_inf budget, steps, step (0 = default); TRADES' KL weight; SAT's
+    # inputs per shared perturbation.
     config.adv_training = "none"
     config.adv_eps = 0.1
     config.adv_steps = 7
     config.adv_step_size = 0.0
     config.trades_beta = 6.0
+    config.adv_heap_size = 16
     # Optimisation.
     config.optimizer = "adam"  # adam | sgd (Nesterov momentum)
     config.learning_rate = 1e-3

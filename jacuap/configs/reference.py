@@ -48,13 +48,16 @@ DESCRIPTIONS: Dict[str, str] = {
                "(sigma_max(J_B)^2 / |B|) or alignment (mean squared cosine of pairs' Jacobians); "
                "README, 'Other penalties'.",
     "jr_power_iters": "Warm-started power iterations per step of jr_mode=stacked_spectral.",
-    "adv_training": "Adversarial-training baseline: none, pgd (Madry et al.), uat (Shafahi et al.) "
-                    "or trades (Zhang et al.).",
+    "adv_training": "Adversarial-training defence: none, pgd (Madry et al.), uat (Shafahi et al.), "
+                    "trades (Zhang et al.), sat (Mummadi et al., shared) or cw_uat (Benz et al., class-wise); "
+                    "README, 'Other penalties and adversarial training'.",
     "adv_eps": "l_inf budget of adv_training, in pixel units [0, 1].",
     "adv_steps": "Attack steps per batch of adv_training.",
-    "adv_step_size": "Attack step size of adv_training; 0 = the default (2.5 eps / steps for pgd and "
-                     "trades, eps / 4 for uat).",
+    "adv_step_size": "Attack step size of adv_training; 0 = the default (2.5 eps / steps for pgd, "
+                     "trades and sat, eps / 4 for uat and cw_uat).",
     "trades_beta": "Weight of TRADES' KL(f(x) || f(x')) term (adv_training=trades).",
+    "adv_heap_size": "Inputs sharing one perturbation in adv_training=sat (1 = PGD-AT; the batch = "
+                     "one perturbation per batch).",
     "optimizer": "adam or sgd (Nesterov momentum).",
     "learning_rate": "Initial learning rate.",
     "lr_schedule": "cosine (decay to 0 over the run) or constant.",

@@ -332,6 +332,7 @@ def restore_model(workdir: str) -> RestoredModel:
     # Only the template's structure and shapes matter: restore overwrites every value.
     # A config.json written before jr_mode existed is a frobenius run (no jr_vec).
     template = create_train_state(model, jax.random.PRNGKey(0), tuple(spec["image_shape"]), tx,
-                                  config.get("jr_mode", "frobenius"))
+                                  config.get("jr_mode", "frobenius"),
+                                  spec["num_classes"] if config.get("adv_training") == "cw_uat" else 0)
     step, state, meta = restore(workdir, template)
     return RestoredModel(config, model, models.make_apply_fn(model), state.params, step, meta)

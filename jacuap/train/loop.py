@@ -159,7 +159,8 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding
         print(f"note: batch_size {config.batch_size} capped at the {n_train} training examples",
               file=sys.stderr, flush=True)
     tx = make_optimizer(config, steps_per_epoch)
-    state = create_train_state(model, jax.random.PRNGKey(config.seed), dataset.image_shape, tx, config.jr_mode)
+    state = create_train_state(model, jax.random.PRNGKey(config.seed), dataset.image_shape, tx, config.jr_mode,
+                               dataset.num_classes if config.adv_training == "cw_uat" else 0)
     state = parallel.replicate(state, mesh)
     model_spec = {"name": config.model, "num_classes": dataset.num_classes, "mean": list(dataset.mean),
                   "std": list(dataset.std), "image_shape": list(dataset.image_shape)}

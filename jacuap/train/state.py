@@ -28,8 +28,9 @@ class TrainState(train_state.TrainState):
     """Flax's TrainState (step, params, opt_state) plus ``uap``.
 
     ``uap`` (shape of one input) is the universal perturbation that universal
-    adversarial training (``adv_training="uat"``) maintains across steps; it
-    stays zero otherwise.  ``apply_fn`` is :func:`jacuap.models.make_apply_fn`'s.
+    adversarial training (``adv_training="uat"``) maintains across steps, or
+    (``(K, *S)``) class-wise UAT's one per class (``"cw_uat"``); it stays
+    zero otherwise.  ``apply_fn`` is :func:`jacuap.models.make_apply_fn`'s.
     The fields are the checkpoint's tree: renaming one breaks restoring old
     checkpoints.
     """
@@ -69,14 +70,19 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> o
 def create_train_state(
     model, key: jax.Array, image_shape: Tuple[int, ...], tx: optax.GradientTransformation,
     jr_mode: str = "frobenius",
+    class_wise_uaps: int = 0,
 ) -> TrainState:
     """Fresh parameters (drawn with ``key``) and optimizer state for ``model``; ``uap`` zero.
 
-    With ``jr_mode="stacked_spectral"``, a :class:`SpectralTrainState` whose
-    ``jr_vec`` is a random unit vector drawn with ``fold_in(key, 1)``.
+    ``uap`` has the shape of one input, or ``(class_wise_uaps, *S)`` when
+    ``class_wise_uaps`` (the number of classes of a class-wise UAT run) is
+    positive.  With ``jr_mode="stacked_spectral"``, a
+    :class:`SpectralTrainState` whose ``jr_vec`` is a random unit vector
+    drawn with ``fold_in(key, 1)``.
     """
     params = models.init_params(model, key, image_shape)
-    kwargs = dict(apply_fn=models.make_apply_fn(model), params=params, tx=tx, uap=jnp.zeros(image_shape, jnp.float32))
+    uap_shape = ((int(class_wise_uaps),) if class_wise_uaps else ()) + tuple(image_shape)
+    kwargs = dict(apply_fn=models.make_apply_fn(model), params=params, tx=tx, uap=jnp.zeros(uap_shape, jnp.float32))
     if jr_mode == "stacked_spectral":
         return SpectralTrainState.create(
             jr_vec=init_spectral_vector(jax.random.fold_in(key, 1), tuple(image_shape)), **kwargs)

@@ -1,7 +1,7 @@
 """One training step and one evaluation step (pure; the loop jits them).
 
-A step's randomness (the penalty's random projections, PGD's random start,
-TRADES' start noise)
+A step's randomness (the penalty's random projections, PGD's and SAT's
+random starts, TRADES' start noise)
 comes from its own key, :func:`step_key` ``(seed, step)``: a pure function
 of the seed and the global step, so a resumed run draws exactly what the
 uninterrupted one drew.
@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from jacuap.train import regularizers
-from jacuap.train.adversarial import Adversary, pgd_examples, trades_examples, uat_inputs, uat_update
+from jacuap.train.adversarial import (UNIVERSAL_KINDS, Adversary, pgd_examples, shared_examples, trades_examples,
+                                     uat_inputs, uat_update)
 from jacuap.train.loss import loss_fn
 from jacuap.train.state import TrainState
 
@@ -50,9 +51,11 @@ def train_step(
 ) -> Tuple[TrainState, Dict[str, jax.Array]]:
     """One optimizer step on a batch ``images (B, *S)``, ``labels (B,)``.
 
-    Minimises :func:`jacuap.train.loss.loss_fn` (on PGD examples, or on
-    ``clip(x + uap)`` while ascending ``uap``, for the adversarial
-    baselines).  Jit with ``static_argnames=STATIC_ARGNAMES`` and donate the
+    Minimises :func:`jacuap.train.loss.loss_fn` (on PGD or shared
+    adversarial examples, or on ``clip(x + uap)`` (UAT) or
+    ``clip(x + uap[y])`` (class-wise UAT) while ascending ``uap``, for the
+    adversarial defences, :mod:`jacuap.train.adversarial`).  With UAT the
+    gradient of the loss mean over the batch drives ``uap``'s sign step.  Jit with ``static_argnames=STATIC_ARGNAMES`` and donate the
     state.  ``key`` is the step's own key (:func:`step_key`), split into the
     projections' key and PGD's (or TRADES').
 
@@ -70,24 +73,28 @@ def train_step(
     jr_key, adv_key = jax.random.split(key)
     if adversary.kind == "pgd":
         images = pgd_examples(state.apply_fn, state.params, images, labels, adversary, adv_key)
+    if adversary.kind == "sat":
+        images = shared_examples(state.apply_fn, state.params, images, labels, adversary, adv_key)
     adv_images = None
     if adversary.kind == "trades":
         adv_images = trades_examples(state.apply_fn, state.params, images, adversary, adv_key)
+    universal = adversary.kind in UNIVERSAL_KINDS
+    class_of = labels if adversary.kind == "cw_uat" else None  # class-wise: input b uses delta_{y_b}
     jr_vec = getattr(state, "jr_vec", None)  # a SpectralTrainState's
     if jr_mode == "stacked_spectral" and jr_lambda != 0:
-        inputs = uat_inputs(images, state.uap) if adversary.kind == "uat" else images
+        inputs = uat_inputs(images, state.uap, class_of) if universal else images
         jr_apply, jr_inputs = regularizers.jr_view(state.apply_fn, inputs, input_std)
         jr_vec = regularizers.spectral_power_iterations(jr_apply, state.params, jr_inputs, jr_vec, jr_power_iters)
 
     def objective(params, uap):
-        inputs = uat_inputs(images, uap) if adversary.kind == "uat" else images
+        inputs = uat_inputs(images, uap, class_of) if universal else images
         return loss_fn(params, state.apply_fn, inputs, labels, jr_lambda, jr_key, jr_num_proj, input_std,
                        jr_mode, jr_vec, adv_images, trades_beta)
 
-    argnums = (0, 1) if adversary.kind == "uat" else 0
+    argnums = (0, 1) if universal else 0
     (_, aux), grads = jax.value_and_grad(objective, argnums=argnums, has_aux=True)(state.params, state.uap)
     uap = state.uap
-    if adversary.kind == "uat":
+    if universal:
         grads, uap_grad = grads
         uap = uat_update(uap, uap_grad, adversary)
     extra = {} if jr_vec is None else {"jr_vec": jr_vec}
