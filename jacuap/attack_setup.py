@@ -62,7 +62,7 @@ def craft(name: str, apply_fn, params, x, y, eps: float, request: Any, key,
     epoch 3/5 objective 1.234"``).  ``cache`` (a dict kept across the budgets of
     one crafting set) holds the singular vector of ``sv_uap``, which depends
     on the model and the set but not on ``eps``.  ``settings`` (a suite
-    member's: ``num_epochs``, ``restarts``, ``max_passes``) replace the
+    member's: ``num_epochs``, ``restarts``, ``max_passes``, DeepFool's ``batch_size``) replace the
     request's ``sgd_epochs`` / ``deepfool_passes``; ``layer_max`` is SGD-UAP
     ascending ``features_fn`` (:func:`jacuap.attacks.layer_features_fn`).
     """
@@ -103,6 +103,7 @@ def craft(name: str, apply_fn, params, x, y, eps: float, request: Any, key,
     elif name == "deepfool_uap":
         result = attacks.deepfool_uap(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
                                       max_passes=settings.get("max_passes", request.deepfool_passes),
+                                      **({"batch_size": settings["batch_size"]} if "batch_size" in settings else {}),
                                       progress=lambda p, rate: say(f"pass {p + 1} fooling rate {rate:.3f}"))
     else:
         raise AttackError(f"{name} is not a universal attack; choose from {', '.join(attacks.UNIVERSAL_ATTACKS)}")

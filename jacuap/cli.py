@@ -287,6 +287,10 @@ def run(main: Callable[[List[str]], Any], program: Optional[str] = None) -> NoRe
     console script ``jacuap-train``), so the program's flags are made its key
     flags too, and its docstring the usage text.
     """
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # A model given by import path (--config.model=my_nets:Net) imports from the current
+        # folder, as under `python -m`, whether train.py or the console script jacuap-train runs.
+        sys.path.insert(1 if sys.path else 0, os.getcwd())
     if program is not None:
         for flag in flags.FLAGS.get_key_flags_for_module(program):
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)

@@ -205,10 +205,11 @@ def test_compiled_programs_are_reused_across_budgets_and_restarts():
 
     x = jax.random.uniform(jax.random.PRNGKey(1), (40, 4, 4, 1))
     y = jnp.arange(40) % 3
-    for attack, kw in ((attacks.sgd_uap, {}), (attacks.sgd_uap_restarts, {"restarts": 3})):
-        attack(apply_fn, w, x, y, eps=0.05, key=jax.random.PRNGKey(2), num_epochs=2, batch_size=16, **kw)
+    for attack, kw in ((attacks.sgd_uap, {"num_epochs": 2}), (attacks.sgd_uap_restarts, {"restarts": 3, "num_epochs": 2}),
+                       (attacks.sga_uap, {"num_epochs": 2}), (attacks.deepfool_uap, {"max_passes": 2})):
+        attack(apply_fn, w, x, y, eps=0.05, key=jax.random.PRNGKey(2), batch_size=16, **kw)
         after_first = len(traces)
-        attack(apply_fn, w, x, y, eps=0.1, key=jax.random.PRNGKey(3), num_epochs=2, batch_size=16, **kw)
+        attack(apply_fn, w, x, y, eps=0.1, key=jax.random.PRNGKey(3), batch_size=16, **kw)
         assert len(traces) == after_first, attack
 
 
@@ -217,6 +218,7 @@ def test_gradient_budget_and_suites_are_fixed():
     standard = {m.attack: m for m in suite.SUITES["standard"].members}
     assert set(standard) == {"sgd_uap", "sga_uap", "sgd_uap_restarts", "deepfool_uap", "sv_uap"}
     assert standard["sgd_uap"].seeds == (0, 1)
+    assert dict(standard["deepfool_uap"].settings) == {"max_passes": 3, "batch_size": 32}
     assert suite.gradient_evaluations("sga_uap", {"num_epochs": 5}, 100, 10) == 2000
     assert suite.gradient_evaluations("targeted", {"num_epochs": 5}, 100, 10) == 5000
 

@@ -187,7 +187,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
              f"unknown {name} {config[name]!r}; choose one of {', '.join(choices)}")
 
     one_of("dataset", data.DATASETS)
-    one_of("model", sorted(models.MODELS))
+    if not models.is_import_path(config.model):  # "pkg.mod:Class" is checked when imported
+        one_of("model", sorted(models.MODELS))
+    kwargs = config.model_kwargs
+    need(isinstance(kwargs, (dict, ml_collections.ConfigDict)) and all(isinstance(k, str) for k in kwargs),
+         f"model_kwargs must be a dict of keyword arguments, e.g. \"{{'width': 8}}\", got {kwargs!r}")
     need(isinstance(config.data_dir, str),
          f"data_dir must be a string (\"\" = the usual places), got {config.data_dir!r}")
     need(_is_finite(config.jr_lambda) and config.jr_lambda >= 0,

@@ -13,8 +13,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Data: digits | mnist | fashion_mnist | cifar10 (see jacuap.data).
     config.dataset = "fashion_mnist"
     config.data_dir = ""  # local IDX / CIFAR binary files; "" = the usual places
-    # Model: mlp | cnn | resnet | resnet_tiny (see jacuap.models).
+    # Model: mlp | cnn | resnet | resnet_tiny (see jacuap.models), or your own
+    # Linen or NNX class by import path, "my_package.nets:WideResNet", built
+    # with num_classes=K and model_kwargs (--config.model_kwargs="{'width': 8}").
     config.model = "cnn"
+    config.model_kwargs = ml_collections.ConfigDict()
     # Loss = CE + jr_lambda * (1/2) * mean ||J||_F^2, Hoffman et al.'s convention;
     # J w.r.t. the normalised input (jr_space="normalized") or pixels ("pixels").
     config.jr_lambda = 0.1

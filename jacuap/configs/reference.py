@@ -40,7 +40,9 @@ END = "<!-- /config-fields -->"
 DESCRIPTIONS: Dict[str, str] = {
     "dataset": "digits, mnist, fashion_mnist, cifar10 (see jacuap.data).",
     "data_dir": 'Folder with local IDX / CIFAR-10 binary files, also tfds\' data dir; "" = the usual places.',
-    "model": "mlp, cnn, resnet, resnet_tiny (see jacuap.models).",
+    "model": "mlp, cnn, resnet, resnet_tiny (see jacuap.models), or a Linen or NNX class by import path, "
+             "pkg.mod:Class (README, 'Your own model').",
+    "model_kwargs": "Keyword arguments of the model's constructor, as a dict: --config.model_kwargs=\"{'width': 8}\".",
     "jr_lambda": "Weight of the Jacobian penalty (README, 'The loss and its lambda'); 0 = plain training.",
     "jr_space": "normalized (J w.r.t. the normalised input, Hoffman et al.) or pixels.",
     "jr_num_proj": "Random projections per input for the frobenius penalty; None = exact (one VJP per class).",

@@ -24,7 +24,7 @@ The models live in :mod:`jacuap.models.nets`, their convolution in
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -32,12 +32,18 @@ import jax.numpy as jnp
 
 from jacuap.errors import ModelError
 from jacuap.models import conv  # noqa: F401  (so that jacuap.models.conv is an attribute)
+from jacuap.models.adapter import NNXClassifier, as_apply_fn, check_classifier, import_model, is_import_path
 from jacuap.models.features import FeaturesFn, layer_features_fn
 from jacuap.models.nets import CNN, DEFAULT_CONV, MLP, ConvFn, Normalize, ResidualBlock, ResNet
 
 __all__ = [
     "MODELS",
     "create_model",
+    "as_apply_fn",
+    "NNXClassifier",
+    "import_model",
+    "is_import_path",
+    "check_classifier",
     "make_apply_fn",
     "init_params",
     "layer_features_fn",
@@ -71,14 +77,21 @@ def create_model(
     num_classes: int,
     mean: Sequence[float],
     std: Sequence[float],
-) -> nn.Module:
-    """The registered model ``name`` for a dataset's classes and per-channel statistics.
+    kwargs: Optional[Mapping[str, Any]] = None,
+    seed: int = 0,
+) -> Any:
+    """The registered model ``name`` (or the class at import path ``name``) for a dataset.
 
     Args:
-      name: a key of :data:`MODELS`.
+      name: a key of :data:`MODELS`, or ``"pkg.mod:Class"`` (a Linen or NNX
+        module class, :func:`jacuap.models.adapter.import_model`; it
+        normalises its input itself, so ``mean`` and ``std`` are not passed).
       num_classes: ``K``, the number of logits.
       mean, std: the dataset's per-channel pixel mean and std (one value per
         channel ``C``, or one value broadcast over the channels).
+      kwargs: more keyword arguments of the constructor (``model_kwargs``).
+      seed: the NNX ``Rngs`` seed of an NNX class (Linen models draw their
+        parameters in :func:`init_params`).
 
     Raises:
       ModelError: ``name`` is not registered (the message lists the names).
@@ -90,9 +103,15 @@ def create_model(
     ...
     jacuap.errors.ModelError: unknown model 'vgg'; choose one of cnn, mlp, resnet, resnet_tiny
     """
+    kwargs = dict(kwargs or {})
+    if is_import_path(name):
+        return import_model(name, num_classes, seed, kwargs)
     if name not in MODELS:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
-    return MODELS[name](num_classes=num_classes, mean=tuple(mean), std=tuple(std))
+    try:
+        return MODELS[name](num_classes=num_classes, mean=tuple(mean), std=tuple(std), **kwargs)
+    except TypeError as exc:
+        raise ModelError(f"model {name!r} does not take model_kwargs {kwargs} ({exc})") from None
 
 
 def make_apply_fn(model: nn.Module) -> Callable[[Any, jax.Array], jax.Array]:

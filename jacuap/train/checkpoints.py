@@ -327,7 +327,8 @@ def restore_model(workdir: str) -> RestoredModel:
         ) from None
     _, meta = restore_meta(workdir)
     spec = meta["model_spec"]
-    model = models.create_model(spec["name"], spec["num_classes"], spec["mean"], spec["std"])
+    model = models.create_model(spec["name"], spec["num_classes"], spec["mean"], spec["std"], spec.get("kwargs"),
+                                spec.get("seed", 0))
     tx = make_optimizer(config, meta["steps_per_epoch"])
     # Only the template's structure and shapes matter: restore overwrites every value.
     # A config.json written before jr_mode existed is a frobenius run (no jr_vec).

@@ -145,7 +145,11 @@ def _run(job: _Job, stop: runtime.StopSignals) -> Dict[str, Any]:
 def _prepare(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh) -> _Job:
     """Loads the data, builds the fresh state (``config`` is valid); reads and writes nothing in ``workdir``."""
     dataset = data.load_dataset(config.dataset, config.data_dir or None, seed=config.seed)
-    model = models.create_model(config.model, dataset.num_classes, dataset.mean, dataset.std)
+    model_kwargs = runtime.plain(config.model_kwargs)
+    model = models.create_model(config.model, dataset.num_classes, dataset.mean, dataset.std, model_kwargs,
+                                config.seed)
+    if models.is_import_path(config.model):
+        models.check_classifier(model, config.model, dataset.num_classes, tuple(dataset.image_shape))
     n_train = len(dataset.train_images)
     batch_size = min(config.batch_size, n_train)
     steps_per_epoch = n_train // batch_size
@@ -163,7 +167,8 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding
                                dataset.num_classes if config.adv_training == "cw_uat" else 0)
     state = parallel.replicate(state, mesh)
     model_spec = {"name": config.model, "num_classes": dataset.num_classes, "mean": list(dataset.mean),
-                  "std": list(dataset.std), "image_shape": list(dataset.image_shape)}
+                  "std": list(dataset.std), "image_shape": list(dataset.image_shape), "kwargs": model_kwargs,
+                  "seed": int(config.seed)}
     meta: Dict[str, Any] = {"model_spec": model_spec, "steps_per_epoch": steps_per_epoch,
                             "history": [], "epoch_sums": None, "train_seconds": 0.0,
                             "fingerprint": runtime.config_fingerprint(config)}

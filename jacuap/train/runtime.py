@@ -38,6 +38,7 @@ __all__ = [
     "check_workdir",
     "claim_workdir",
     "NOT_FINGERPRINTED",
+    "plain",
     "config_fingerprint",
     "check_resumable",
     "check_finite",
@@ -108,6 +109,15 @@ NOT_FINGERPRINTED = {
 LEGACY_VALUES = {"jr_mode": "frobenius"}
 
 
+def plain(value: Any) -> Any:
+    """A config value as JSON would hold it: a nested ConfigDict (``model_kwargs``) as a plain dict.
+
+    >>> plain(ml_collections.ConfigDict({"width": 8})), plain(3)
+    ({'width': 8}, 3)
+    """
+    return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+
+
 def config_fingerprint(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     """``{field: value}`` of every config field that changes the computation (stored in each checkpoint's meta).
 
@@ -115,7 +125,7 @@ def config_fingerprint(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     too unless ``lr_schedule`` is ``"constant"``.
     """
     keep = lambda k: k not in NOT_FINGERPRINTED or (k == "num_epochs" and config.lr_schedule != "constant")
-    return {k: config[k] for k in configs.FIELDS if keep(k)}
+    return {k: plain(config[k]) for k in configs.FIELDS if keep(k)}
 
 
 def check_resumable(workdir: str, old_meta: Mapping[str, Any], fingerprint: Mapping[str, Any],
