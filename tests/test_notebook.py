@@ -43,3 +43,5 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert {r["attack"] for r in namespace["results"]["results"]} == {"sgd_uap", "sv_uap"}
     assert os.path.exists(os.path.join(namespace["request"].out, "results.json"))
     assert 0.5 <= namespace["values"]["shared_perturbation_strength"] <= 1.0
+    # The NNX cell: a trained NNX model (better than chance) and a UER in [0, 1].
+    assert namespace["nnx_accuracy"] > 0.3 and 0.0 <= namespace["nnx_uer"] <= 1.0
