@@ -173,7 +173,7 @@ def test_randomized_kernels_need_a_key():
         jk.spectral_norm(apply_fn, params, x, method="power")
     with pytest.raises(ValueError, match="key"):
         jk.stacked_spectral_norm(apply_fn, params, x, method="power")
-    # "auto" picks the power method when d > 4096, and then needs the key too.
+    # "auto" picks LOBPCG when d > 4096, and then needs the key too.
     big = jnp.zeros((2, 4097))
     with pytest.raises(ValueError, match="key"):
         jk.stacked_spectral_norm(lambda w, z: z @ w, jnp.zeros((4097, 2)), big, method="auto")
@@ -210,6 +210,43 @@ def test_stacked_spectral_norm_matches_dense_svd(method, batch_size, loop):
     assert v.shape == shape
     np.testing.assert_allclose(sigma, s[0], rtol=1e-8)
     np.testing.assert_allclose(abs(np.dot(np.ravel(v), vt[0])), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [5, 64])
+def test_lobpcg_top_pairs_match_the_dense_svd(batch_size):
+    shape = (6, 6, 1)  # d = 36: LOBPCG wants 5 k < d
+    apply_fn, params = _model("cnn", shape)
+    x = _inputs(shape, batch=9)
+    stacked = np.asarray(_reference_jacobian(apply_fn, params, x)).reshape(9 * 5, -1)
+    _, s, vt = np.linalg.svd(stacked)
+    sigmas, vectors, residuals = jk.stacked_singular_pairs(apply_fn, params, x, jax.random.PRNGKey(0), k=3,
+                                                           rtol=1e-9, max_iters=200, batch_size=batch_size)
+    assert vectors.shape == (3,) + shape and residuals.shape == (3,)
+    np.testing.assert_allclose(sigmas, s[:3], rtol=1e-8)
+    for i in range(3):
+        np.testing.assert_allclose(abs(np.dot(np.ravel(vectors[i]), vt[i])), 1.0, rtol=1e-6)
+    assert float(jnp.max(residuals)) < 1e-6
+    # Through stacked_spectral_norm, and by "auto" once d is above the Gram limit.
+    sigma, v = jk.stacked_spectral_norm(apply_fn, params, x, jax.random.PRNGKey(1), method="lobpcg", num_iters=200)
+    np.testing.assert_allclose(sigma, s[0], rtol=1e-6)
+
+
+def test_auto_uses_lobpcg_above_the_gram_limit(monkeypatch):
+    shape = (6, 6, 1)
+    apply_fn, params = _model("mlp", shape)
+    x = _inputs(shape, batch=5)
+    gram = jk.stacked_spectral_norm(apply_fn, params, x, method="gram")
+    calls = []
+    real = jk.stacked.stacked_singular_pairs
+    monkeypatch.setattr(jk.stacked, "stacked_singular_pairs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(jk.stacked, "GRAM_LIMIT", 35)
+    auto = jk.stacked_spectral_norm(apply_fn, params, x, jax.random.PRNGKey(0), num_iters=200, method="auto")
+    assert calls == [1]
+    np.testing.assert_allclose(auto[0], gram[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="5 k < d"):
+        jk.stacked_singular_pairs(apply_fn, params, x, jax.random.PRNGKey(0), k=8)
+    with pytest.raises(ValueError, match="rtol must be in"):
+        jk.stacked_singular_pairs(apply_fn, params, x, jax.random.PRNGKey(0), rtol=0.0)
 
 
 @pytest.mark.parametrize("method", ["power", "gram"])

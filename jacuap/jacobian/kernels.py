@@ -1,30 +1,4 @@
-"""Input-Jacobian kernels: the one place where jacuap differentiates a model.
-
-Every function here takes ``apply_fn(params, x) -> logits``, a pure function
-mapping a batch ``x`` of shape ``(B, *S)`` (pixels in [0, 1]) to logits of
-shape ``(B, K)``, in which each example's logits depend on that example only
-(no batch statistics).  Training, attacks and metrics all call these kernels;
-nothing else in jacuap computes a Jacobian.
-
-Notation.  ``f: R^d -> R^K`` with ``d = prod(S)``;
-``J(x) = df/dx`` is ``K x d``.  For a set ``X = {x_1..x_N}`` the stacked
-Jacobian is ``J_X = [J(x_1); ...; J(x_N)]`` (``NK x d``) and one shared
-perturbation ``v`` moves the logits by, to first order,
-
-    sum_i ||J(x_i) v||^2 = ||J_X v||^2 <= sigma_max(J_X)^2 ||v||_2^2
-                         <= sum_i sigma_max(J_i)^2 ||v||^2
-                         <= sum_i ||J_i||_F^2 ||v||^2.
-
-Jacobian regularization shrinks the last term, and with it the bound on every
-universal perturbation.
-
-All functions are pure, jit- and vmap-friendly; ``K`` and ``S`` are static
-(read from shapes), so the Python loops below unroll at trace time.  The set
-kernels (:func:`stacked_gram`, :func:`stacked_spectral_norm`) reduce over
-chunks of the set with :func:`jacuap.batching.reduce_chunks`; their keyword
-``loop="host"`` runs that reduction from Python (concrete arguments only,
-faster on CPU), the default ``loop="scan"`` inside ``lax.scan`` (traceable).
-"""
+"""Per-input Jacobian kernels: ``J(x)``, ``||J(x)||_F^2`` (exact or projected), the JR penalty, ``sigma_max(J(x))``."""
 
 from __future__ import annotations
 
@@ -35,12 +9,12 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from jacuap.batching import LOOPS, reduce_chunks
 from jacuap.checks import check_jacobian_inputs, check_key, check_positive_int
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 __all__ = [
+    "ApplyFn",
     "input_jacobian",
     "logits_and_input_jacobian",
     "logits_and_frobenius_sq",
@@ -48,8 +22,6 @@ __all__ = [
     "logits_and_jacobian_penalty",
     "jacobian_penalty",
     "spectral_norm",
-    "stacked_spectral_norm",
-    "stacked_gram",
 ]
 
 
@@ -282,131 +254,3 @@ def spectral_norm(
     v0 = _unit_rows(jax.random.normal(key, x.shape, x.dtype))
     v = jax.lax.fori_loop(0, num_iters, body, v0)
     return jnp.sqrt(_per_example_sq_norm(jvp(v)))
-
-
-def _gram_chunk(apply_fn: ApplyFn, gram: jax.Array, params: Any, xc: jax.Array, mc: jax.Array) -> jax.Array:
-    """``gram + sum_b mc_b J(xc_b)^T J(xc_b)``: one chunk of :func:`stacked_gram` (``K`` VJPs)."""
-    d = gram.shape[0]
-    jac = input_jacobian(apply_fn, params, xc).reshape(xc.shape[0], -1, d)
-    jac = (jac * mc[:, None, None]).reshape(-1, d)
-    return gram + jac.T @ jac
-
-
-def _gram_times_chunk(apply_fn: ApplyFn, acc: jax.Array, args: Tuple[jax.Array, Any], xc: jax.Array,
-                      mc: jax.Array) -> jax.Array:
-    """``acc + sum_b mc_b J(xc_b)^T (J(xc_b) v)`` for ``args = (v, params)``: one forward pass, a JVP, its transpose."""
-    v, params = args
-    _, jvp = jax.linearize(lambda inp: apply_fn(params, inp), xc)
-    jv = jvp(jnp.broadcast_to(v, xc.shape))
-    (jtjv,) = jax.linear_transpose(jvp, xc)(jv * mc.reshape((-1,) + (1,) * (jv.ndim - 1)))
-    return acc + jnp.sum(jtjv, axis=0)
-
-
-def stacked_gram(
-    apply_fn: ApplyFn, params: Any, x: jax.Array, batch_size: int = 256, *, loop: str = "scan"
-) -> jax.Array:
-    """``G = J_X^T J_X = sum_i J(x_i)^T J(x_i)``, a ``d x d`` matrix.
-
-    Accumulated chunk by chunk (``K`` VJPs per chunk), so memory is
-    ``O(d^2 + batch_size * K * d)`` whatever ``N``.  Use for small ``d``.
-
-    Args:
-      apply_fn, params: the model; x: the set ``(N, *S)``.
-      batch_size: chunk size.
-      loop: ``"scan"`` (traceable; the default under ``jit``) or ``"host"``
-        (a Python loop over one compiled chunk step; concrete arguments only,
-        faster on CPU, see :func:`jacuap.batching.reduce_chunks`).
-    """
-    check_jacobian_inputs(apply_fn, params, x)
-    check_positive_int(batch_size, "batch_size")
-    x = jnp.asarray(x)
-    d = math.prod(x.shape[1:])
-    return reduce_chunks(_gram_chunk, apply_fn, jnp.zeros((d, d), x.dtype), params, x, batch_size, loop=loop)
-
-
-@jax.jit
-def _power_update(v, w):
-    """The next unit vector ``w / ||w||`` and the Rayleigh quotient ``<v, w>``."""
-    return w / jnp.maximum(jnp.linalg.norm(w), 1e-30), jnp.vdot(v, w)
-
-
-def stacked_spectral_norm(
-    apply_fn: ApplyFn,
-    params: Any,
-    x: jax.Array,
-    key: Optional[jax.Array] = None,
-    num_iters: int = 50,
-    batch_size: int = 256,
-    method: str = "power",
-    *,
-    loop: str = "scan",
-) -> Tuple[jax.Array, jax.Array]:
-    """Top singular value and right singular vector of the stacked Jacobian.
-
-    ``sigma_max(J_X)^2 = lambda_max(sum_i J_i^T J_i)``; its right singular
-    vector is the best first-order l2 universal perturbation (Khrulkov &
-    Oseledets 2018).  ``method="power"``: matrix-free power iteration on
-    ``v -> sum_i J_i^T (J_i v)`` (one JVP + one VJP per input per iteration),
-    the set processed in chunks of ``batch_size`` so memory is
-    ``O(batch_size)`` and ``N = 10,000`` is routine; ``sigma`` is the square
-    root of the last Rayleigh quotient.  ``method="gram"``: accumulate the
-    ``d x d`` matrix ``G`` once (:func:`stacked_gram`) and take its top
-    eigenpair exactly; ``method="auto"`` picks ``gram`` when ``d <= 4096``.
-
-    Args:
-      apply_fn: ``(params, x) -> logits``.
-      params: model parameters.
-      x: the set, ``(N, *S)``.
-      key: PRNG key of the starting vector; required when the power method
-        runs (``"power"``, or ``"auto"`` with ``d > 4096``).
-      num_iters: power iterations.
-      batch_size: chunk size.
-      method: ``"power"``, ``"gram"`` or ``"auto"``.
-      loop: ``"scan"`` (traceable: ``lax.scan`` over chunks inside
-        ``lax.fori_loop``) or ``"host"`` (Python loops over one compiled
-        chunk step; concrete arguments only, 2-4x faster on CPU).  Both give
-        the same result up to float rounding.
-
-    Returns:
-      ``(sigma, v)``: a scalar and a unit vector of shape ``S``.
-
-    >>> W = jnp.array([[3.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # d = 3, K = 2
-    >>> apply_fn = lambda W, x: x.reshape(len(x), -1) @ W
-    >>> x = jnp.ones((4, 3))
-    >>> sigma, v = stacked_spectral_norm(apply_fn, W, x, method="gram")
-    >>> round(float(sigma), 4), [round(abs(float(t)), 4) for t in v]
-    (6.0, [1.0, 0.0, 0.0])
-    """
-    if loop not in LOOPS:
-        raise ValueError(f"stacked_spectral_norm: loop must be one of {LOOPS}, got {loop!r}")
-    check_jacobian_inputs(apply_fn, params, x)
-    check_positive_int(num_iters, "num_iters")
-    check_positive_int(batch_size, "batch_size")
-    x = jnp.asarray(x)
-    spatial = x.shape[1:]
-    d = math.prod(spatial)
-    if method == "auto":
-        method = "gram" if d <= 4096 else "power"
-    if method == "gram":
-        evals, evecs = jnp.linalg.eigh(stacked_gram(apply_fn, params, x, batch_size, loop=loop))
-        return jnp.sqrt(jnp.maximum(evals[-1], 0.0)), evecs[:, -1].reshape(spatial)
-    if method != "power":
-        raise ValueError(
-            f"stacked_spectral_norm: unknown method {method!r}; use 'power', 'gram' or 'auto'"
-        )
-    check_key(key, why="by stacked_spectral_norm's power method")
-    v0 = jax.random.normal(key, spatial, x.dtype)
-    v0 = v0 / jnp.linalg.norm(v0)
-    rayleigh0 = jnp.zeros((), x.dtype)
-
-    def gram_times(v, how):
-        return reduce_chunks(_gram_times_chunk, apply_fn, jnp.zeros_like(v), (v, params), x, batch_size, loop=how)
-
-    if loop == "host":
-        v, rayleigh = v0, rayleigh0
-        for _ in range(num_iters):
-            v, rayleigh = _power_update(v, gram_times(v, "host"))
-    else:
-        body = lambda _, carry: _power_update(carry[0], gram_times(carry[0], loop))
-        v, rayleigh = jax.lax.fori_loop(0, num_iters, body, (v0, rayleigh0))
-    return jnp.sqrt(jnp.maximum(rayleigh, 0.0)), v
