@@ -27,12 +27,14 @@ holds the only definitions of that:
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Callable, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jacuap import backend
+from jacuap.backend import LOOP_ENV, LOOPS  # noqa: F401  (batching.LOOPS, batching.LOOP_ENV)
 
 __all__ = [
     "LOOPS",
@@ -48,7 +50,6 @@ __all__ = [
     "is_concrete",
 ]
 
-LOOPS = ("scan", "host")
 
 
 def ceil_div(n: int, d: int) -> int:
@@ -121,28 +122,15 @@ def _host_chunk_step(fn, static, carry, args, x, b, i):
     return fn(static, carry, args, *chunk_at(x, b, i))
 
 
-LOOP_ENV = "JACUAP_LOOP"
-
-
 def eager_loop() -> str:
-    """The chunk loop for an eager (concrete) call on this backend: ``"host"`` on CPU, ``"scan"`` elsewhere.
+    """The chunk loop for an eager (concrete) call on this backend: :func:`jacuap.backend.chunk_loop`.
 
-    Measured (benchmarks/SPEED.md): on XLA:CPU the host loop ran the set
-    kernels 2-4x faster than ``lax.scan`` bodies; on one H200 the jitted scan
-    was as fast or faster (stacked spectral norm of 10,000 Fashion-MNIST
-    inputs, Gram path: 0.040 s scan vs 0.045 s host; 50 power iterations:
-    0.041 vs 0.042 s) and needs no host round trip per chunk.  The
-    environment variable ``JACUAP_LOOP=host|scan`` overrides the choice.
+    ``"host"`` on CPU, ``"scan"`` elsewhere, ``JACUAP_LOOP=host|scan`` to override (measurements there).
 
     >>> eager_loop() in LOOPS
     True
     """
-    forced = os.environ.get(LOOP_ENV, "")
-    if forced:
-        if forced not in LOOPS:
-            raise ValueError(f"{LOOP_ENV} must be one of {', '.join(LOOPS)}, got {forced!r}")
-        return forced
-    return "host" if jax.default_backend() == "cpu" else "scan"
+    return backend.chunk_loop()
 
 
 def reduce_chunks(

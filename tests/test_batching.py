@@ -96,3 +96,22 @@ def test_eager_loop_is_backend_aware_and_overridable(monkeypatch):
     monkeypatch.setenv(batching.LOOP_ENV, "fast")
     with pytest.raises(ValueError, match="JACUAP_LOOP"):
         batching.eager_loop()
+
+
+def test_the_convolution_is_backend_aware_and_overridable(monkeypatch):
+    from jacuap import backend
+    from jacuap.models import conv
+
+    monkeypatch.delenv(backend.CONV_ENV, raising=False)
+    for name, kind in (("cpu", "jacuap"), ("gpu", "jacuap"), ("tpu", "lax")):
+        monkeypatch.setattr(jax, "default_backend", lambda name=name: name)
+        assert backend.conv_kind() == kind
+    monkeypatch.setenv(backend.CONV_ENV, "lax")
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert backend.conv_kind() == "lax"
+    used = []
+    monkeypatch.setattr(jax.lax, "conv_general_dilated", lambda *a, **k: used.append("lax") or "out")
+    assert conv.backend_conv("x", "w", (1, 1), "VALID") == "out" and used == ["lax"]
+    monkeypatch.setenv(backend.CONV_ENV, "fft")
+    with pytest.raises(ValueError, match="JACUAP_CONV must be one of jacuap, lax"):
+        backend.conv_kind()

@@ -1,6 +1,6 @@
 """The import graph is the one README draws: every import points down the layers.
 
-    errors -> leaves (batching, checks, io, parallel) -> data, models -> configs, jacobian
+    errors -> backend -> leaves (batching, checks, io, parallel) -> data, models -> configs, jacobian
     -> metrics -> attacks -> train -> attack_store -> attack_setup, suite -> attack_run, cli
 
 Every ``import`` statement in the package is checked, including the ones inside
@@ -20,6 +20,7 @@ PACKAGE_DIR = os.path.dirname(jacuap.__file__)
 
 LAYERS = [
     ("errors",),
+    ("backend",),
     ("batching", "checks", "io", "parallel"),
     ("data", "models"),
     ("configs", "jacobian"),

@@ -27,11 +27,12 @@ from jacuap.models import conv as conv_lib
 
 __all__ = ["ConvFn", "DEFAULT_CONV", "Normalize", "MLP", "CNN", "ResidualBlock", "ResNet"]
 
-# The convolution every jacuap model uses: lax's, with an input derivative
-# XLA:CPU runs at full speed inside loops (see jacuap/models/conv.py).  A model's
+# The convolution every jacuap model uses: on CPU and GPU lax's with an input
+# derivative XLA runs at full speed inside loops (jacuap/models/conv.py), elsewhere
+# lax's own; chosen per backend by jacuap.backend.conv_kind.  A model's
 # ``conv_general_dilated`` field swaps it, e.g. for ``jax.lax.conv_general_dilated``.
 ConvFn = Callable[..., jax.Array]
-DEFAULT_CONV: ConvFn = conv_lib.conv_general_dilated
+DEFAULT_CONV: ConvFn = conv_lib.backend_conv
 
 
 class Normalize(nn.Module):
