@@ -109,7 +109,10 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--pgd-epochs", type=int, default=0)
     args = parser.parse_args()
+    path = os.path.join(ROOT, "benchmarks", "results", "defences_cost.json")
+    load_before = os.getloadavg()
     result = {"cost": cost(args.reps, args.batch)}
+    result["cost"]["loadavg"] = {"before": load_before, "after": os.getloadavg()}
     c = result["cost"]
     print(f"{c['dataset']} {c['model']}, batch {c['batch']}, {c['reps']} reps, {c['backend']}:")
     for k, r in c["ratio_to_plain"].items():
@@ -117,8 +120,13 @@ def main() -> int:
     if args.pgd_epochs:
         result["pgd_steps"] = pgd_steps(args.pgd_epochs)
         print(json.dumps(result["pgd_steps"], indent=2))
-    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "benchmarks", "results", "defences_cost.json"), "w") as f:
+    elif os.path.exists(path):  # keep the last --pgd-epochs measurement
+        with open(path) as f:
+            previous = json.load(f)
+        if "pgd_steps" in previous:
+            result["pgd_steps"] = previous["pgd_steps"]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
         json.dump(result, f, indent=2)
     return 0
 
