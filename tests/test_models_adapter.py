@@ -145,3 +145,12 @@ def test_programs_take_a_model_by_import_path(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "not (2, 10) logits" in lines[0], proc.stderr
+
+
+def test_readme_nnx_example():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    code = text.split("### Your own model", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["v"].shape == (8, 8, 1) and float(namespace["sigma"]) > 0
+    assert float(namespace["penalty"]) > 0

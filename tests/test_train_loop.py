@@ -230,7 +230,7 @@ def test_readme_library_example(tmp_path, monkeypatch):
     assert namespace["v"].shape == (8, 8, 1)
 
 
-@pytest.mark.parametrize("kind", ["pgd", "uat"])
+@pytest.mark.parametrize("kind", ["pgd", "uat", "sat", "cw_uat"])
 def test_adversarial_training_runs_end_to_end(tmp_path, kind):
     summary = train.train_and_evaluate(
         tiny_config(jr_lambda=0.0, adv_training=kind, adv_eps=0.1, adv_steps=3, num_epochs=1),
