@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -195,6 +196,7 @@ def targeted_rows(request: Any, model: Tuple[Any, Any], crafter: Tuple[Any, Any]
                                                         "seed": request.seed})
         if row is None:
             attack_store.remove_results(request.out)
+            start = time.time()
             key = jax.random.fold_in(jax.random.PRNGKey(request.seed), 2**20 + b)
             r = attacks.targeted_uap_matrix(crafter[0], crafter[1], x_craft, y_craft, x_craft[:1], y_craft[:1],
                                             eps=eps, key=key, norm=request.norm, num_epochs=epochs)
@@ -209,7 +211,7 @@ def targeted_rows(request: Any, model: Tuple[Any, Any], crafter: Tuple[Any, Any]
             row = targeted_row(matrix, success, attacks.class_transfer_matrix(y_eval, clean_pred, k), names,
                                attack="targeted", norm=request.norm, eps=eps, seed=request.seed, universal=False,
                                file=f"{stem}.npy", num_epochs=int(epochs), num_craft=len(x_craft),
-                               craft_split=request.craft_split, **source)
+                               craft_split=request.craft_split, seconds=time.time() - start, **source)
             attack_store.save_row(request.out, stem, row, uaps)
             row = attack_store.finite_or_null(row)
             if os.path.exists(figure):
