@@ -154,3 +154,11 @@ def test_readme_nnx_example():
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["v"].shape == (8, 8, 1) and float(namespace["sigma"]) > 0
     assert float(namespace["penalty"]) > 0
+
+
+def test_nnx_vs_linen_benchmark_runs_and_agrees():
+    from benchmarks import nnx_vs_linen
+
+    out = nnx_vs_linen.compare(steps=3)
+    assert out["logits_max_abs_diff"] == 0.0 and out["trained_params_max_abs_diff"] == 0.0
+    assert out["stacked_sigma"][0] == out["stacked_sigma"][1] and out["uap_equal_pixels"] == 1.0
