@@ -48,16 +48,14 @@ def _gram_times_chunk(apply_fn: ApplyFn, acc: jax.Array, args: Tuple[jax.Array, 
 
 def _gram_times_block_chunk(apply_fn: ApplyFn, acc: jax.Array, args: Tuple[jax.Array, Any], xc: jax.Array,
                             mc: jax.Array) -> jax.Array:
-    """``acc + sum_b mc_b J(xc_b)^T J(xc_b) V`` for a block ``args = (V (m, *S), params)``: one linearization, ``m`` JVPs."""
+    """``acc + sum_b mc_b J(xc_b)^T J(xc_b) V`` for a block ``args = (V (m, *S), params)``.
+
+    :func:`_gram_times_chunk` mapped over the block's rows: the primal (``xc``,
+    ``params``) is not batched, so the forward pass runs once and only the
+    ``m`` tangents are.
+    """
     block, params = args
-    _, jvp = jax.linearize(lambda inp: apply_fn(params, inp), xc)
-    transpose = jax.linear_transpose(jvp, xc)
-
-    def one(v):
-        jv = jvp(jnp.broadcast_to(v, xc.shape))
-        (jtjv,) = transpose(jv * mc.reshape((-1,) + (1,) * (jv.ndim - 1)))
-        return jnp.sum(jtjv, axis=0)
-
+    one = lambda v: _gram_times_chunk(apply_fn, jnp.zeros_like(v), (v, params), xc, mc)
     return acc + jax.vmap(one)(block)
 
 

@@ -110,7 +110,9 @@ def as_apply_fn(model: Any, params: Any = None) -> Tuple[ApplyFn, Any]:
             raise ModelError("as_apply_fn: a Linen module needs its params (the 'params' collection of init)")
         if isinstance(params, Mapping) and set(params) == {"params"}:
             params = params["params"]  # the whole variables dict of init
-        return (lambda p, x: model.apply({"params": p}, x)), params
+        from jacuap.models import make_apply_fn  # the package imports this module first
+
+        return make_apply_fn(model), params
     if isinstance(model, NNXClassifier):
         return model.apply_fn, model.params
     if callable(model):
