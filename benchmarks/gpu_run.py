@@ -21,6 +21,8 @@ import, then runs, each as a subprocess with its own share of ``--budget-s``:
 2. ``train``: ``train.py`` (cnn, Fashion-MNIST, one epoch) -> ``OUT/train_summary.json``
 3. ``attack``: ``attack.py`` (SGD-UAP, l_inf 0.1) -> ``OUT/attack_results.json``, ``OUT/attack_uaps.png``
 4. ``speed_lax``: ``benchmarks/speed.py --conv lax`` -> ``OUT/speed_gpu_lax_conv.json``
+5. ``reproduce`` (only with ``--steps reproduce``): ``benchmarks/reproduce.py`` continuing the sweep from
+   the committed ``results/`` (copied to ``OUT/results``); its new model records come back there.
 
 ``OUT/gpu_run.json`` (machine, ``nvidia-smi -L``, ``jax.devices()``, and per
 step the command, wall time, exit code and last 40 lines of output) is
@@ -73,7 +75,10 @@ WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_
 TAIL_LINES = 40
 CONFIG_CANDIDATES = ("configs/default.py", "jacuap/configs/default.py")
 # Steps in order of importance: (name, share of the budget, minimum seconds full/quick).
-STEPS = (("speed", 0.45, 90, 10), ("train", 0.20, 45, 10), ("attack", 0.12, 30, 10), ("speed_lax", 0.23, 60, 10))
+STEPS = (("speed", 0.45, 90, 10), ("train", 0.20, 45, 10), ("attack", 0.12, 30, 10), ("speed_lax", 0.23, 60, 10),
+         ("reproduce", 1.0, 120, 30))
+# reproduce (benchmarks/reproduce.py, the v2 sweep) runs only when asked for: --steps reproduce.
+DEFAULT_STEPS = ("speed", "train", "attack", "speed_lax")
 
 
 class UsageError(Exception):
@@ -378,6 +383,13 @@ def _step_commands(args, carry: str, out: str, work: str, python: str, quick_dat
                                os.path.join(out, "attack_uaps.png"): os.path.join(run_dir, "attack", "uaps.png")}},
         "speed_lax": {"cmd": speed + ["--conv", "lax", "--out", os.path.join(out, "speed_gpu_lax_conv.json")],
                       "outputs": {os.path.join(out, "speed_gpu_lax_conv.json"): None}},
+        # The sweep continues from the repository's committed records (copied to OUT/results first):
+        # the new records come back in OUT/results; copy them into results/ and commit.
+        "reproduce": {"cmd": [python, "benchmarks/reproduce.py", "--data_dir=" + carry,
+                              "--out=" + os.path.join(out, "results"), "--workroot=" + os.path.join(work, "reproduce")]
+                             + (["--quick", "--datasets=" + quick_dataset] if args.quick else [])
+                             + list(args.reproduce_arg),
+                      "outputs": {}, "copy_tree": (os.path.join(REPO, "results"), os.path.join(out, "results"))},
     }
 
 
@@ -488,6 +500,8 @@ def run(args) -> int:
         entry["timeout_s"] = round(timeout, 1)
         print(f"--- {name} (timeout {timeout:.0f}s): {' '.join(spec['cmd'])}", flush=True)
         save()
+        if spec.get("copy_tree") and os.path.isdir(spec["copy_tree"][0]) and not os.path.exists(spec["copy_tree"][1]):
+            shutil.copytree(*spec["copy_tree"])
         entry.update(runner.run(name, spec["cmd"], timeout, env))
         entry["outputs"] = []
         for dst, src in spec["outputs"].items():
@@ -521,14 +535,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     pr.add_argument("--out", default=None, help="output folder (default $OUT)")
     pr.add_argument("--quick", action="store_true", help="tiny sizes (digits, mlp): about a minute on a CPU")
     pr.add_argument("--budget-s", type=float, default=480.0, help="total seconds for everything (default 480)")
-    pr.add_argument("--steps", default=",".join(s[0] for s in STEPS), help="comma list, in this order, of "
-                    + ",".join(s[0] for s in STEPS))
+    pr.add_argument("--steps", default=",".join(DEFAULT_STEPS), help="comma list, in this order, of "
+                    + ",".join(s[0] for s in STEPS) + " (default " + ",".join(DEFAULT_STEPS) + ")")
     pr.add_argument("--workdir", default=None, help="scratch: train workdir, installed wheels (default: a temp dir)")
     pr.add_argument("--config", default=None,
                     help="train.py's config file (default: the first of " + ", ".join(CONFIG_CANDIDATES) + " found)")
     pr.add_argument("--python", default=None, help="interpreter for the steps (default: this one)")
     pr.add_argument("--speed-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for speed.py (repeatable; e.g. --speed-arg=--no-memory)")
+    pr.add_argument("--reproduce-arg", action="append", default=[], metavar="ARG",
+                    help="extra argument for reproduce.py (repeatable; e.g. --reproduce-arg=--archs=cnn)")
     args = p.parse_args(argv)
     try:
         return prepare(args) if args.command == "prepare" else run(args)

@@ -1,347 +1,261 @@
-"""Reproduces the paper's experiments: JR lambda sweep vs UAPs, with two baselines.
+"""Reproduction v2: JR and six other defences against UAPs, trained to convergence, several seeds, intervals.
 
-    python benchmarks/reproduce.py                 # full sweep, fashion_mnist and mnist
-    python benchmarks/reproduce.py --quick         # reduced sweep, < ~10 min on 2 CPU cores
-    python benchmarks/reproduce.py --datasets=cifar10
+    python benchmarks/reproduce.py                       # the sweep (Fashion-MNIST; MNIST, CIFAR-10 if present)
+    python benchmarks/reproduce.py --max_models=4        # at most 4 new models this run, then stop (rerun continues)
+    python benchmarks/reproduce.py --plan                # what the sweep trains, and what is done, then exit
+    python benchmarks/reproduce.py --quick --datasets=digits --out=/tmp/q   # the whole pipeline at toy sizes
 
-For each dataset: trains one model per ``jr_lambda`` (default 0, 0.01, 0.05,
-0.1, 0.5, 1.0) plus universal adversarial training (``uat``, Shafahi et al.
-2020) and PGD adversarial training (``pgd``, Madry et al. 2018), all with the
-same seed and schedule; attacks each with SGD-UAP, the singular-vector UAP and
-DeepFool-UAP over an l_inf eps sweep (crafted on training inputs, evaluated on
-the test set); measures the Jacobian metrics on a fixed test sample; and writes
-``<out>/<dataset>.json``, ``<out>/<dataset>.md`` and PNG plots.  Work already
-done (a trained workdir with its summary.json, an attack results.json with
-the same request) is reused, so an interrupted run resumes.
+Per dataset and architecture the sweep runs in stages (benchmarks/reproduction/plan.py):
+the schedule (lambda 0 at E and 2E epochs until the validation accuracy
+moves by less than 0.3 points), the JR grid (lambda 0, 0.01, 0.05, 0.1, 0.5,
+1; seed 0), lambda* chosen on the validation split (the largest lambda
+within 1 point of lambda 0's accuracy), the claims' extra seeds (lambda 0 and
+lambda*), then the defences' grids, their strengths chosen on the validation
+split, and their extra seeds; last, the transfer matrix between the seed-0
+models of lambda 0 and every chosen strength (``transfer.json``; it needs the
+trained models, so it runs where they were trained).  Every finished model is a JSON record under
+``<out>/<dataset>/models/`` (benchmarks/reproduction/records.py) with its
+parameters' fingerprint and per-input outcomes; a rerun, on any machine,
+skips finished records and resumes a model cut short (its training and each
+attack row resume on their own).  The analysis (claims with bootstrap
+intervals, tables, plots: benchmarks/reproduction/report.py) is rewritten from
+all the records there after every model, into ``<out>/<dataset>.md``,
+``<out>/<dataset>.json`` and ``<out>/<dataset>_*.png``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from absl import app, flags  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
 
-from jacuap.configs import default  # noqa: E402
-from jacuap import attack_run, cli, data, metrics  # noqa: E402
-from jacuap.train import train_and_evaluate  # noqa: E402
+from jacuap import cli, data, io  # noqa: E402
+from benchmarks.reproduction import plan as plans, records  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("datasets", ["fashion_mnist", "mnist"], "Datasets to run (skipped with a note when absent).")
-flags.DEFINE_bool("quick", False, "Reduced sweep (MLP, 2 epochs, 3 lambdas, small attack sets).")
-flags.DEFINE_string("out", os.path.join(ROOT, "results"), "Where the tables, JSON and plots go.")
+flags.DEFINE_list("datasets", ["fashion_mnist", "mnist", "cifar10"],
+                  "Datasets to run; one whose files are absent is skipped with a note.")
+flags.DEFINE_bool("quick", False, "The whole pipeline at toy sizes (an MLP, two methods, two seeds).")
+flags.DEFINE_string("out", os.path.join(ROOT, "results"), "Records, tables, JSON and plots (commit them).")
 flags.DEFINE_string("workroot", os.path.join(ROOT, "runs", "reproduce"), "Where the models are trained.")
-flags.DEFINE_list("lambdas", None, "Override the lambda sweep.")
-flags.DEFINE_list("eps", None, "Override the l_inf eps sweep.")
-flags.DEFINE_integer("epochs", None, "Override the training epochs.")
-flags.DEFINE_bool("baselines", True, "Also train the UAT and PGD-AT baselines.")
-flags.DEFINE_bool("progress", True, "Progress bars.")
-
-UNIVERSAL = ("sgd_uap", "sv_uap", "deepfool_uap")  # the sweep's attacks (RESULTS.md); the suite adds SGA and restarts
-METRICS = ("mean_frobenius_sq", "stacked_spectral_norm", "mean_spectral_norm_sq", "universality_ratio",
-           "shared_perturbation_strength", "jacobian_cosine", "gram_cosine")
+flags.DEFINE_string("data_dir", "", "Folder with the datasets' files (see README, 'Data').")
+flags.DEFINE_list("archs", None, "Only these architectures (default: the plan's).")
+flags.DEFINE_list("methods", None, "Only these methods (default: the plan's; jr is always kept).")
+flags.DEFINE_integer("max_models", None, "Evaluate at most this many new models, then stop (0: analysis only).")
+flags.DEFINE_bool("plan", False, "Print the plan and what is done, then exit.")
+flags.DEFINE_integer("reps", 2000, "Bootstrap replicates of each interval.")
+flags.DEFINE_bool("progress", False, "Progress bars of the attacks.")
 
 
-def sweep(dataset: str, quick: bool) -> Dict[str, Any]:
-    """The experiment's settings for one dataset."""
-    color = dataset == "cifar10"
-    s = {
-        "model": "resnet" if color else "cnn",
-        "epochs": 30 if color else 4,
-        "lambdas": [0.0, 0.01, 0.05, 0.1, 0.5, 1.0],
-        "eps": [2 / 255, 4 / 255, 8 / 255, 16 / 255] if color else [0.02, 0.05, 0.1, 0.15, 0.2, 0.3],
-        "adv_eps": 8 / 255 if color else 0.1,
-        "pgd_steps": 3,
-        "num_craft": 5000,
-        "num_craft_deepfool": 500,
-        "deepfool_passes": 2,
-        "num_eval": 10000,
-        "num_metrics": 1000,
-        "sgd_epochs": 5,
-    }
-    if quick:
-        s.update(model="resnet_tiny" if color else "mlp", epochs=2, lambdas=[0.0, 0.1, 1.0],
-                 eps=s["eps"][1::2], num_craft=2000, num_craft_deepfool=500, deepfool_passes=2,
-                 num_eval=2000, num_metrics=300, sgd_epochs=3)
-    if FLAGS.lambdas:
-        s["lambdas"] = [float(v) for v in FLAGS.lambdas]
-    if FLAGS.eps:
-        s["eps"] = [float(v) for v in FLAGS.eps]
-    if FLAGS.epochs:
-        s["epochs"] = FLAGS.epochs
-    return s
+class _Budget(Exception):
+    """--max_models new models were evaluated: stop here, a rerun continues."""
 
 
-def model_configs(dataset: str, s: Dict[str, Any]) -> Dict[str, Any]:
-    """name -> ConfigDict: the lambda sweep, then the two baselines."""
-    out = {}
+class Sweep:
+    """One dataset's sweep: its plan, where things live, and the stages."""
 
-    def base(**kw):
-        config = default.get_config()
-        config.update(dataset=dataset, model=s["model"], num_epochs=s["epochs"], progress=False, **kw)
-        if s["model"] == "resnet":
-            config.update(optimizer="sgd", learning_rate=0.1)
-        return config
+    def __init__(self, plan: plans.Plan, out: str, workroot: str, data_dir: str, budget: Optional[int]):
+        self.plan, self.out, self.workroot, self.data_dir = plan, out, workroot, data_dir
+        self.budget, self.evaluated = budget, 0
+        self.dir = os.path.join(out, plan.dataset)
 
-    for lam in s["lambdas"]:
-        out[f"jr_{lam:g}"] = base(jr_lambda=lam)
-    if FLAGS.baselines:
-        out["uat"] = base(jr_lambda=0.0, adv_training="uat", adv_eps=s["adv_eps"])
-        out["pgd_at"] = base(jr_lambda=0.0, adv_training="pgd", adv_eps=s["adv_eps"], adv_steps=s["pgd_steps"])
-    return out
+    # -- state on disk --------------------------------------------------------------------------
+    def _json(self, name: str) -> Dict[str, Any]:
+        try:
+            with open(os.path.join(self.dir, name)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
 
+    def _write(self, name: str, value: Dict[str, Any]) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        io.write_json_atomic(os.path.join(self.dir, name), value)
 
-def train(name: str, config, workdir: str) -> Dict[str, Any]:
-    """Trains (or resumes, or reuses) one model; returns its summary."""
-    path = os.path.join(workdir, "summary.json")
-    if os.path.exists(path):
-        summary = json.load(open(path))
-        if summary.get("num_epochs") == config.num_epochs:
-            print(f"  {name}: trained already ({workdir})", flush=True)
-            return summary
-    print(f"  {name}: training {config.model}, {config.num_epochs} epochs, lambda={config.jr_lambda:g}, "
-          f"adv={config.adv_training}", flush=True)
-    start = time.time()
-    summary = train_and_evaluate(config, workdir)
-    print(f"  {name}: test accuracy {summary['test_accuracy']:.4f} in {time.time() - start:.0f}s", flush=True)
-    return summary
+    # -- stages ---------------------------------------------------------------------------------
+    def schedule(self, arch: plans.Arch) -> int:
+        """Stage 1: the epochs of ``arch`` (schedule.json), training lambda 0 at E and 2E as needed."""
+        from benchmarks.reproduction import evaluate
 
+        state = self._json("schedule.json")
+        runs = state.setdefault(arch.name, {}).setdefault("runs", {})
+        while True:
+            done = {int(e): r["validation_accuracy"] for e, r in runs.items()}
+            chosen, todo = plans.schedule_runs(self.plan, arch, done)
+            if chosen is not None:
+                state[arch.name].update(epochs=chosen, capped=2 * chosen > arch.max_epochs,
+                                        rule=f"lambda 0, seed 0: the first E with |acc(2E) - acc(E)| < "
+                                             f"{self.plan.converged_points:g} points on the validation split")
+                self._write("schedule.json", state)
+                return chosen
+            for e in todo:
+                spec = plans.ModelSpec(self.plan.dataset, arch, "jr", 0.0, 0, e)
+                print(f"  {arch.name}: schedule run, {e} epochs", flush=True)
+                summary = evaluate.train(spec, self.plan, self.workroot, self.data_dir)
+                runs[str(e)] = {"validation_accuracy": summary["validation_accuracy"],
+                                "test_accuracy": summary["test_accuracy"], "train_seconds": summary["train_seconds"]}
+                self._write("schedule.json", state)
 
-def attack(name: str, workdir: str, s: Dict[str, Any]) -> Dict[str, Any]:
-    """SGD-UAP and SV-UAP on ``num_craft`` inputs, DeepFool-UAP on fewer; reused when done."""
-    groups = [
-        ("uap", ["sgd_uap", "sv_uap"], s["num_craft"], s["num_metrics"]),
-        ("deepfool", ["deepfool_uap"], s["num_craft_deepfool"], 0),
-    ]
-    merged: Dict[str, Any] = {"results": [], "metrics": {}}
-    for tag, names, num_craft, num_metrics in groups:
-        request = attack_run.AttackRequest(
-            workdir=workdir, attacks=names, norm="linf", eps=s["eps"], out=os.path.join(workdir, f"attack_{tag}"),
-            num_craft=num_craft, num_eval=s["num_eval"], num_metrics=num_metrics, sgd_epochs=s["sgd_epochs"],
-            deepfool_passes=s["deepfool_passes"], progress=FLAGS.progress,
-            overwrite=True)  # the same request resumes; another (a changed sweep) replaces the old outputs
-        path = os.path.join(request.out, "results.json")
-        done = None
-        if os.path.exists(path):
-            done = json.load(open(path))
-            c = done["config"]
-            if not (c["attacks"] == names and c["eps"] == list(s["eps"]) and c["num_craft"] <= num_craft
-                    and c["num_eval"] <= s["num_eval"] and c["checkpoint_step"] is not None):
-                done = None
-        if done is None:
-            start = time.time()
-            done = attack_run.run_attacks(request)
-            print(f"  {name}: {', '.join(names)} in {time.time() - start:.0f}s", flush=True)
-        merged["results"] += done["results"]
-        merged["metrics"].update(done["metrics"])
-    return merged
+    def ensure(self, spec: plans.ModelSpec) -> Dict[str, Any]:
+        """The record of ``spec``: the finished one, or trained and evaluated now (counts against the budget)."""
+        from benchmarks.reproduction import evaluate
 
+        record = records.load_record(self.out, spec.id)
+        if record is not None:
+            return record
+        if self.budget is not None and self.evaluated >= self.budget:
+            raise _Budget()
+        print(f"  {spec.id}: {spec.epochs} epochs", flush=True)
+        record = evaluate.evaluate(spec, self.plan, self.workroot, self.data_dir, progress=FLAGS.progress)
+        records.save_record(self.out, record)
+        self.evaluated += 1
+        self.analyse()
+        return record
 
-def eps_at_half(eps: Sequence[float], uer: Sequence[float]) -> Optional[float]:
-    """The eps at which UER first reaches 0.5, linearly interpolated; None if never."""
-    prev_e, prev_u = 0.0, None
-    for e, u in zip(eps, uer):
-        if u >= 0.5:
-            if prev_u is None or prev_u >= 0.5:
-                return e
-            return prev_e + (0.5 - prev_u) * (e - prev_e) / (u - prev_u)
-        prev_e, prev_u = e, u
-    return None
+    def select(self, arch: plans.Arch, methods: List[str], epochs: int) -> Dict[str, float]:
+        """Stage 3: each method's strength from its seed-0 grid records (selection.json)."""
+        base = self.ensure(plans.ModelSpec(self.plan.dataset, arch, "jr", 0.0, 0, epochs))
+        state = self._json("selection.json")
+        chosen = {}
+        for m in methods:
+            candidates = []
+            for s in self.plan.grid(m):
+                if m == "jr" and s == 0:
+                    continue
+                r = self.ensure(plans.ModelSpec(self.plan.dataset, arch, m, s, 0, epochs))
+                candidates.append({"strength": s, "validation_accuracy": r["validation"]["accuracy"],
+                                   "validation_uer": r["validation"]["sgd_uap_uer"]})
+            pick = plans.choose(self.plan, m, candidates, base["validation"]["accuracy"])
+            state.setdefault("archs", {}).setdefault(arch.name, {})[m] = pick
+            chosen[m] = pick["chosen"]
+            self._write("selection.json", state)
+        return chosen
 
+    def transfer(self, arch: plans.Arch, epochs: int, chosen: Dict[str, float]) -> None:
+        """The transfer matrix (transfer.json): each seed-0 model's worst-case UAP at the selection eps, on each.
 
-def analyse(dataset: str, s: Dict[str, Any], models: Dict[str, Any]) -> Dict[str, Any]:
-    """Tables, robustness factors and correlations from the per-model results."""
-    eps = list(s["eps"])
-    for m in models.values():
-        m["uer"] = {a: [next(r["uer"] for r in m["attack"]["results"] if r["attack"] == a and r["eps"] == e)
-                        for e in eps] for a in UNIVERSAL}
-        m["eps50"] = {a: eps_at_half(eps, m["uer"][a]) for a in UNIVERSAL}
-    base = models.get("jr_0")
-    factors = {}
-    if base is not None:
-        for name, m in models.items():
-            if name == "jr_0":
+        Needs the trained models (the workdirs), so it runs where the sweep ran;
+        a pair whose models are not there is left out and named in the report.
+        """
+        from jacuap import metrics
+        from jacuap.attack_setup import restore
+        from benchmarks.reproduction import evaluate
+
+        eps = self.plan.selection_eps
+        specs = [plans.ModelSpec(self.plan.dataset, arch, m, s, 0, epochs) for m, s in [("jr", 0.0), *chosen.items()]]
+        state = self._json("transfer.json")
+        entry = state.setdefault(arch.name, {})
+        entry.update(eps=eps, models=[s.id for s in specs], note="UER of the column model under the row model's "
+                     "worst-case UAP (crafted on the row model), first num_eval test inputs")
+        pairs = entry.setdefault("uer", {})
+        uaps = {}
+        for src in specs:
+            path = os.path.join(evaluate.workdir_of(self.workroot, src), "suite", "results.json")
+            try:
+                with open(path) as f:
+                    worst = next(w for w in json.load(f)["worst_case"] if abs(w["eps"] - eps) < 1e-9)
+                uaps[src.id] = np.load(os.path.join(os.path.dirname(path), worst["file"]))
+            except (OSError, ValueError, StopIteration, KeyError):
                 continue
-            factors[name] = {
-                a: {
-                    "uer_ratio": [(b / u if u > 0 else None) for b, u in zip(base["uer"][a], m["uer"][a])],
-                    "eps50_ratio": (m["eps50"][a] / base["eps50"][a]
-                                    if m["eps50"][a] and base["eps50"][a] else None),
-                }
-                for a in UNIVERSAL
-            }
-    # Correlation of each metric with UER across models, per attack, at each eps.
-    corr = {}
-    names = list(models)
-    for a in UNIVERSAL:
-        corr[a] = {}
-        for key in METRICS:
-            values = [models[n]["attack"]["metrics"].get(key) for n in names]
-            per_eps = []
-            for i, e in enumerate(eps):
-                uer = [models[n]["uer"][a][i] for n in names]
-                per_eps.append({"eps": e, "pearson": _safe(metrics.pearson, values, uer),
-                                "spearman": _safe(metrics.spearman, values, uer)})
-            corr[a][key] = per_eps
-    return {"factors": factors, "correlations": corr}
+        for target in specs:
+            todo = [s for s in specs if s.id in uaps and pairs.get(s.id, {}).get(target.id) is None]
+            if not todo or not os.path.isdir(os.path.join(evaluate.workdir_of(self.workroot, target), "checkpoints")):
+                continue
+            _, dataset, apply_fn, params = restore(evaluate.workdir_of(self.workroot, target))
+            x, y = dataset.test_images[:self.plan.num_eval], dataset.test_labels[:self.plan.num_eval]
+            for src in todo:
+                pairs.setdefault(src.id, {})[target.id] = metrics.universal_evasion_rate(
+                    apply_fn, params, x, y, uaps[src.id])
+            self._write("transfer.json", state)
+        self._write("transfer.json", state)
+
+    def run(self, archs: List[plans.Arch], methods: List[str]) -> None:
+        epochs = {a.name: self.schedule(a) for a in archs}
+        defences = [m for m in methods if m != "jr"]
+        chosen: Dict[str, Dict[str, float]] = {a.name: {} for a in archs}
+        # JR first on every architecture (the paper's claims), then the defences.
+        for group in (["jr"], defences):
+            for arch in archs:
+                if not group:
+                    continue
+                e = epochs[arch.name]
+                picked = self.select(arch, group, e)
+                chosen[arch.name].update(picked)
+                for spec in plans.seed_models(self.plan, arch, e, picked):
+                    self.ensure(spec)
+        for arch in archs:
+            self.transfer(arch, epochs[arch.name], chosen[arch.name])
+
+    def records(self) -> List[Dict[str, Any]]:
+        found = []
+        models = os.path.join(self.dir, "models")
+        for arch in sorted(os.listdir(models)) if os.path.isdir(models) else []:
+            for name in sorted(os.listdir(os.path.join(models, arch))):
+                if name.endswith(".json"):
+                    record = records.load_record(self.out, f"{self.plan.dataset}/{arch}/{name[:-5]}")
+                    if record is not None:
+                        found.append(record)
+        return found
+
+    def analyse(self) -> List[str]:
+        from benchmarks.reproduction import report
+
+        found = self.records()
+        if not found:
+            return []
+        analysis = report.analyse(found, self._json("selection.json"), reps=FLAGS.reps)
+        analysis["schedule"] = self._json("schedule.json")
+        analysis["transfer"] = self._json("transfer.json")
+        return report.write_report(analysis, found, self.out, self.plan.dataset)
+
+    def describe(self, archs: List[plans.Arch], methods: List[str]) -> None:
+        sched, sel = self._json("schedule.json"), self._json("selection.json").get("archs", {})
+        done = {r["id"] for r in self.records()}
+        print(f"== {self.plan.dataset}: {len(done)} records in {self.dir}")
+        for arch in archs:
+            e = sched.get(arch.name, {}).get("epochs")
+            print(f"  {arch.name}: schedule {'%d epochs' % e if e else 'not yet chosen'} "
+                  f"(search from {arch.epochs}, cap {arch.max_epochs})")
+            for m in methods:
+                grid = self.plan.grid(m)
+                pick = sel.get(arch.name, {}).get(m, {}).get("chosen")
+                ids = [records.model_id(self.plan.dataset, arch.name, m, s, 0) for s in grid]
+                print(f"    {m:17s} grid {', '.join(f'{s:g}' for s in grid)}: "
+                      f"{sum(i in done for i in ids)}/{len(ids)} done; chosen "
+                      f"{'-' if pick is None else f'{pick:g}'}; seeds {list(self.plan.claim_seeds)}")
 
 
-def _safe(fn, a, b):
+def run_dataset(name: str) -> bool:
+    plan = plans.quick_plan(name) if FLAGS.quick else plans.full_plan(name)
     try:
-        value = fn(a, b)
-        return None if value is None or not math.isfinite(value) else float(value)
-    except Exception:  # constant input: undefined correlation
-        return None
-
-
-def write_report(dataset: str, s: Dict[str, Any], models: Dict[str, Any], analysis: Dict[str, Any],
-                 seconds: float, out: str) -> None:
-    os.makedirs(out, exist_ok=True)
-    eps = list(s["eps"])
-    record = {"dataset": dataset, "settings": s, "seconds": seconds, "analysis": analysis,
-              "models": {n: {"summary": m["summary"], "uer": m["uer"], "eps50": m["eps50"],
-                             "metrics": {k: m["attack"]["metrics"].get(k) for k in METRICS},
-                             "results": m["attack"]["results"]} for n, m in models.items()}}
-    with open(os.path.join(out, f"{dataset}.json.tmp"), "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(os.path.join(out, f"{dataset}.json.tmp"), os.path.join(out, f"{dataset}.json"))
-
-    lines = [f"# {dataset}: Jacobian regularization vs universal perturbations", "",
-             f"Model `{s['model']}`, {s['epochs']} epochs, seed 0; UAPs crafted on {s['num_craft']} training "
-             f"inputs ({s['num_craft_deepfool']} for DeepFool-UAP), evaluated on {s['num_eval']} test inputs; "
-             f"l_inf. Wall time {seconds / 60:.1f} min.", "",
-             "## Clean accuracy and Jacobian metrics", "",
-             "| model | clean acc | Δ vs λ=0 | mean ‖J‖²_F | σ_max(J_X) | universality | s_ij | Frob. cos | Gram cos |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    base_acc = models["jr_0"]["summary"]["test_accuracy"] if "jr_0" in models else None
-    for n, m in models.items():
-        mt = m["attack"]["metrics"]
-        acc = m["summary"]["test_accuracy"]
-        delta = f"{100 * (acc - base_acc):+.2f} pt" if base_acc is not None else "-"
-        lines.append(f"| {n} | {acc:.4f} | {delta} | {mt['mean_frobenius_sq']:.3g} | "
-                     f"{mt['stacked_spectral_norm']:.3g} | {mt['universality_ratio']:.3f} | "
-                     f"{mt['shared_perturbation_strength']:.3f} | {mt['jacobian_cosine']:.3f} | "
-                     f"{mt['gram_cosine']:.3f} |")
-    for a in UNIVERSAL:
-        lines += ["", f"## UER of {a} by eps", "",
-                  "| model | " + " | ".join(f"{e:.3g}" for e in eps) + " | eps at UER 50% |",
-                  "|---|" + "---|" * (len(eps) + 1)]
-        for n, m in models.items():
-            e50 = m["eps50"][a]
-            lines.append(f"| {n} | " + " | ".join(f"{u:.3f}" for u in m["uer"][a]) +
-                         f" | {e50:.3g} |" if e50 else f"| {n} | " + " | ".join(f"{u:.3f}" for u in m["uer"][a]) +
-                         " | > max |")
-    if analysis["factors"]:
-        for a in UNIVERSAL:
-            lines += ["", f"## Robustness factor vs λ=0 ({a}): UER(λ=0) / UER(model), and eps50 ratio", "",
-                      "| model | " + " | ".join(f"{e:.3g}" for e in eps) + " | eps50 ratio |",
-                      "|---|" + "---|" * (len(eps) + 1)]
-            for n, f in analysis["factors"].items():
-                r = f[a]
-                cells = " | ".join("-" if v is None else f"{v:.2f}" for v in r["uer_ratio"])
-                e50 = "-" if r["eps50_ratio"] is None else f"{r['eps50_ratio']:.2f}"
-                lines.append(f"| {n} | {cells} | {e50} |")
-    lines += ["", "## Correlation of each metric with UER across the models", "",
-              "Pearson / Spearman, per attack, at each eps.", ""]
-    for a in UNIVERSAL:
-        lines += [f"### {a}", "", "| metric | " + " | ".join(f"{e:.3g}" for e in eps) + " |",
-                  "|---|" + "---|" * len(eps)]
-        for key in METRICS:
-            cells = " | ".join(_pair(c) for c in analysis["correlations"][a][key])
-            lines.append(f"| {key} | {cells} |")
-        lines.append("")
-    with open(os.path.join(out, f"{dataset}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    plot(dataset, s, models, analysis, out)
-
-
-def _pair(c):
-    p = "-" if c["pearson"] is None else f"{c['pearson']:+.2f}"
-    r = "-" if c["spearman"] is None else f"{c['spearman']:+.2f}"
-    return f"{p} / {r}"
-
-
-def plot(dataset, s, models, analysis, out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    eps = s["eps"]
-    fig, axes = plt.subplots(1, len(UNIVERSAL), figsize=(5 * len(UNIVERSAL), 4), sharey=True)
-    for ax, a in zip(axes, UNIVERSAL):
-        for n, m in models.items():
-            ax.plot(eps, m["uer"][a], marker="o", label=n, linestyle="--" if not n.startswith("jr_") else "-")
-        ax.set_title(f"{dataset}: {a}")
-        ax.set_xlabel("l_inf eps")
-        ax.axhline(0.5, color="grey", lw=0.5)
-    axes[0].set_ylabel("universal evasion rate")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, f"{dataset}_uer_vs_eps.png"), dpi=90)
-    plt.close(fig)
-
-    jr = [(m["summary"]["jr_lambda"], m["summary"]["test_accuracy"]) for n, m in models.items() if n.startswith("jr_")]
-    fig, ax = plt.subplots(figsize=(4.5, 3.5))
-    xs = [max(l, 1e-3) for l, _ in jr]
-    ax.plot(xs, [a for _, a in jr], marker="o")
-    ax.set_xscale("log")
-    ax.set_xlabel("jr_lambda (0 drawn at 1e-3)")
-    ax.set_ylabel("clean test accuracy")
-    ax.set_title(dataset)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, f"{dataset}_accuracy_vs_lambda.png"), dpi=90)
-    plt.close(fig)
-
-    ref = len(eps) // 2
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.2))
-    for ax, key in zip(axes, METRICS):
-        xs = [m["attack"]["metrics"][key] for m in models.values()]
-        ys = [m["uer"]["sgd_uap"][ref] for m in models.values()]
-        ax.scatter(xs, ys)
-        for n, x_, y_ in zip(models, xs, ys):
-            ax.annotate(n, (x_, y_), fontsize=6)
-        c = analysis["correlations"]["sgd_uap"][key][ref]
-        ax.set_title(f"{key}\nr={_fmt(c['pearson'])} rho={_fmt(c['spearman'])}", fontsize=8)
-        if key in ("mean_frobenius_sq", "stacked_spectral_norm", "mean_spectral_norm_sq"):
-            ax.set_xscale("log")
-        ax.set_ylabel(f"SGD-UAP UER, eps={eps[ref]:.3g}", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, f"{dataset}_metrics_vs_uer.png"), dpi=90)
-    plt.close(fig)
-
-
-def _fmt(v):
-    return "-" if v is None else f"{v:+.2f}"
-
-
-def run_dataset(dataset: str) -> bool:
-    s = sweep(dataset, FLAGS.quick)
-    try:
-        data.load_dataset(dataset)
+        data.load_dataset(name, FLAGS.data_dir or None, num_validation=plan.num_validation)
     except data.DataError as exc:
-        print(f"{dataset}: skipped ({exc})", flush=True)
+        print(f"{name}: skipped ({exc})", flush=True)
         return False
-    tag = "quick" if FLAGS.quick else "full"
-    print(f"== {dataset} ({tag}): {s['model']}, lambdas {s['lambdas']}, eps {[round(e, 4) for e in s['eps']]}",
-          flush=True)
+    archs = [a for a in plan.archs if not FLAGS.archs or a.name in FLAGS.archs]
+    methods = [m for m in plan.methods if not FLAGS.methods or m in FLAGS.methods or m == "jr"]
+    sweep = Sweep(plan, FLAGS.out, FLAGS.workroot, FLAGS.data_dir, FLAGS.max_models)
+    if FLAGS.plan:
+        sweep.describe(archs, methods)
+        return True
     start = time.time()
-    models = {}
-    for name, config in model_configs(dataset, s).items():
-        workdir = os.path.join(FLAGS.workroot, tag, dataset, name)
-        summary = train(name, config, workdir)
-        models[name] = {"summary": summary, "attack": attack(name, workdir, s)}
-    analysis = analyse(dataset, s, models)
-    out = os.path.join(FLAGS.out, tag) if FLAGS.quick else FLAGS.out
-    write_report(dataset, s, models, analysis, time.time() - start, out)
-    print(f"{dataset}: wrote {out}/{dataset}.md, .json and PNGs in {(time.time() - start) / 60:.1f} min", flush=True)
+    print(f"== {name}: {', '.join(a.name for a in archs)}; methods {', '.join(methods)}", flush=True)
+    try:
+        if FLAGS.max_models != 0:
+            sweep.run(archs, methods)
+        print(f"{name}: sweep complete", flush=True)
+    except _Budget:
+        print(f"{name}: stopped after {sweep.evaluated} new models (--max_models); rerun to continue", flush=True)
+    written = sweep.analyse()
+    print(f"{name}: {sweep.evaluated} new models in {(time.time() - start) / 60:.1f} min; wrote "
+          f"{', '.join(os.path.relpath(p, FLAGS.out) for p in written) or 'nothing (no records)'}", flush=True)
     return True
 
 
@@ -352,6 +266,11 @@ def main(argv):
         unknown = [d for d in FLAGS.datasets if d not in data.DATASETS]
         if unknown:
             cli.fail(f"unknown dataset {', '.join(unknown)}; choose from {', '.join(data.DATASETS)}")
+        unknown = [m for m in FLAGS.methods or [] if m not in plans.METHODS]
+        if unknown:
+            cli.fail(f"unknown method {', '.join(unknown)}; choose from {', '.join(plans.METHODS)}")
+        if FLAGS.max_models is not None and FLAGS.max_models < 0:
+            cli.fail(f"--max_models must be >= 0, got {FLAGS.max_models}")
         done = [run_dataset(d) for d in FLAGS.datasets]
     if not any(done):
         cli.fail("no dataset could be loaded", code=1)

@@ -76,6 +76,7 @@ class AttackRequest:
     num_craft: int = 5000
     num_eval: int = 10000
     craft_split: str = "train"
+    eval_split: str = "test"  # "validation": the held-out training inputs of a model trained with num_validation
     num_metrics: int = 500
     sgd_epochs: int = 5
     deepfool_passes: int = 5
@@ -129,6 +130,10 @@ class AttackRequest:
             raise AttackError(f"num_metrics must be >= 0, got {self.num_metrics}")
         if self.craft_split not in ("train", "test"):
             raise AttackError(f"craft_split must be train or test, got {self.craft_split!r}")
+        if self.eval_split not in ("test", "validation"):
+            raise AttackError(f"eval_split must be test or validation, got {self.eval_split!r}")
+        if self.eval_split == "validation" and self.craft_split != "train":
+            raise AttackError("eval_split=validation crafts on the training split; drop craft_split=test")
 
     @classmethod
     def from_flags(cls, flags, attack_given: bool = True) -> "AttackRequest":
@@ -153,6 +158,7 @@ class AttackRequest:
             num_craft=flags.num_craft,
             num_eval=flags.num_eval,
             craft_split=flags.craft_split,
+            eval_split=getattr(flags, "eval_split", "test") or "test",
             num_metrics=flags.num_metrics,
             sgd_epochs=flags.sgd_epochs,
             deepfool_passes=flags.deepfool_passes,
@@ -211,6 +217,7 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
     if given is not None:
         record["uap_file_sha256"] = hashlib.sha256(given.tobytes()).hexdigest()[:16]
     record.update({k: v for k, v in (("suite", request.suite), ("targeted", request.targeted), ("layer", request.layer),
+                                     ("eval_split", request.eval_split != "test" and request.eval_split),
                                      ("source_model_fingerprint", request.source_workdir and
                                       source["source_model_fingerprint"])) if v})
     class_names = list(getattr(dataset, "class_names", None) or range(int(spec.get("num_classes", 0) or 0)))
@@ -261,6 +268,7 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
                 "num_craft_requested": request.num_craft,
                 "num_eval_requested": request.num_eval,
                 "craft_split": request.craft_split,
+                "eval_split": request.eval_split,
                 "sgd_epochs": request.sgd_epochs,
                 "deepfool_passes": request.deepfool_passes,
                 "seed": request.seed,

@@ -30,13 +30,23 @@ _PER_INPUT_BATCH = 500
 def craft_and_eval_sets(dataset: data.Dataset, request: Any):
     """``(x_craft, y_craft, x_eval, y_eval)``: disjoint, fixed by ``request.seed``.
 
-    The evaluation set is the first ``num_eval`` test inputs; the crafting
-    set ``num_craft`` random training inputs, or (``craft_split="test"``)
-    random test inputs after the evaluation ones (which then take at most
-    half the test split).
+    The evaluation set is the first ``num_eval`` test inputs (validation
+    inputs with ``eval_split="validation"``); the crafting set ``num_craft``
+    random training inputs, or (``craft_split="test"``) random test inputs
+    after the evaluation ones (which then take at most half the test split).
+    The training split of a model trained with ``num_validation`` lacks the
+    held-out inputs: a UAP is never crafted on the inputs it is chosen by.
     """
     rng = np.random.default_rng(request.seed)
     n_test = len(dataset.test_images)
+    if getattr(request, "eval_split", "test") == "validation":
+        if dataset.validation_images is None:
+            raise AttackError("eval_split=validation needs a model trained with a validation split "
+                              "(--config.num_validation > 0)")
+        idx = rng.permutation(len(dataset.train_images))[: request.num_craft]
+        n = min(request.num_eval, len(dataset.validation_images))
+        return (dataset.train_images[idx], dataset.train_labels[idx],
+                dataset.validation_images[:n], dataset.validation_labels[:n])
     if request.craft_split == "train":
         idx = rng.permutation(len(dataset.train_images))[: request.num_craft]
         x_craft, y_craft = dataset.train_images[idx], dataset.train_labels[idx]
@@ -139,7 +149,8 @@ def restore(workdir: str):
     config = restored.config
     trained = restored.meta.get("fingerprint") or {}
     dataset = data.load_dataset(trained.get("dataset", config.dataset), config.get("data_dir") or None,
-                                seed=trained.get("seed", config.get("seed", 0)))
+                                seed=trained.get("seed", config.get("seed", 0)),
+                                num_validation=int(trained.get("num_validation", 0) or 0))
     expected = restored.meta["model_spec"]["image_shape"]
     if tuple(dataset.image_shape) != tuple(expected):
         raise CheckpointError(f"the checkpoint expects inputs {expected}, "

@@ -74,7 +74,7 @@ def test_attack_py_on_a_trained_workdir(trained, tmp_path):
 @pytest.mark.parametrize("config_flag,field,advice", [
     # Without --config, the packaged default loads when the flag is defined (program import).
     # No field is close to "nonexistent": the message lists them all instead of guessing.
-    ([], "nonexistent", "; the fields are dataset, data_dir, model,"),
+    ([], "nonexistent", "; the fields are dataset, data_dir, num_validation, model,"),
     # With --config (the README's path, found in the package), when the flags are parsed.
     (["--config=configs/digits.py"], "jr_lambd", " (did you mean 'jr_lambda'?)"),
 ])

@@ -300,7 +300,7 @@ def test_unknown_field_advice():
     assert reference.unknown_field_message("learning_rte") == \
         "unknown config field 'learning_rte' (did you mean 'learning_rate'?)"
     far = reference.unknown_field_message("zzz")
-    assert far.startswith("unknown config field 'zzz'; the fields are dataset, data_dir, model, ")
+    assert far.startswith("unknown config field 'zzz'; the fields are dataset, data_dir, num_validation, model, ")
     assert "did you mean" not in far
 
 

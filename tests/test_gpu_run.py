@@ -86,3 +86,20 @@ def test_run_quick_on_cpu(tmp_path, carry):
     assert (out / "gpu_run.log").stat().st_size > 0
     # Every file comes back through a device run's $OUT: at most 8, none deeper.
     assert len(list(out.iterdir())) <= 8 and all(p.is_file() for p in out.iterdir())
+
+
+def test_reproduce_step_continues_from_the_committed_records(tmp_path, carry):
+    """``--steps reproduce`` copies results/ into OUT and runs reproduce.py there (here: analysis only)."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+    proc = _gpu_run("run", "--carry", str(carry), "--out", str(out), "--workdir", str(work), "--quick",
+                    "--steps", "reproduce", "--reproduce-arg=--max_models=0", env=env, timeout=300)
+    report = json.loads((out / "gpu_run.json").read_text())
+    assert list(report["steps"]) == ["reproduce"], report["steps"]
+    step = report["steps"]["reproduce"]
+    assert step["exit_code"] == 0 and proc.returncode == 0, step["tail"]
+    assert "--max_models=0" in step["cmd"] and f"--out={out / 'results'}" in step["cmd"]
+    assert "0 new models" in "\n".join(step["tail"])
+    committed = os.path.join(REPO, "results")
+    if os.path.isdir(committed):  # the committed records travel with the run
+        assert sorted(os.listdir(out / "results")) == sorted(os.listdir(committed))

@@ -1,46 +1,158 @@
-"""benchmarks/reproduce.py: its analysis helpers, and a tiny end-to-end run."""
+"""benchmarks/reproduce.py (reproduction v2): the plan, the records, and the whole pipeline on digits."""
 
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from benchmarks.reproduction import plan as plans, records
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-
-import reproduce  # noqa: E402
 
 
-@pytest.mark.parametrize("uer,expected", [
-    ([0.1, 0.3, 0.7], 0.25),          # interpolated between eps 0.2 and 0.3
-    ([0.6, 0.8, 0.9], 0.1),           # already above at the first eps
-    ([0.1, 0.2, 0.4], None),          # never reaches 50%
-    ([0.1, 0.5, 0.9], 0.2),           # exactly at a grid point
+def test_full_plan_covers_the_issue():
+    p = plans.full_plan("fashion_mnist")
+    assert [a.name for a in p.archs] == ["mlp", "cnn"]
+    assert p.grid("jr") == (0.0, 0.01, 0.05, 0.1, 0.5, 1.0)
+    assert set(p.methods) == {"jr", "stacked_spectral", "uat", "cw_uat", "sat", "pgd", "trades"}
+    assert p.claim_seeds == (0, 1, 2) and p.worst_case_eps == (0.05, 0.1, 0.2)
+    assert min(p.sgd_eps) == 0.02 and max(p.sgd_eps) == 0.3 and set(p.worst_case_eps) <= set(p.sgd_eps)
+    assert p.num_validation > 0
+    assert plans.full_plan("cifar10").archs[0].name == "resnet"
+
+
+def test_every_method_config_is_a_valid_training_config():
+    from jacuap import configs
+    from jacuap.configs import default
+
+    p = plans.full_plan("fashion_mnist")
+    for arch in p.archs:
+        for spec in plans.grid_models(p, arch, arch.epochs):
+            config = default.get_config()
+            config.update(**spec.config_overrides(p))
+            configs.validate(config)
+    assert plans.METHODS["stacked_spectral"].config(0.1)["jr_mode"] == "stacked_spectral"
+    assert plans.METHODS["trades"].config(6.0)["trades_beta"] == 6.0
+
+
+@pytest.mark.parametrize("done,chosen,todo", [
+    ({}, None, [8, 16]),
+    ({8: 0.90}, None, [16]),
+    ({8: 0.900, 16: 0.9025}, 8, []),           # 0.25 points: converged at 8
+    ({8: 0.90, 16: 0.91}, None, [32]),        # 1 point: double
+    ({8: 0.90, 16: 0.91, 32: 0.912}, 16, []),
+    ({8: 0.90, 16: 0.91, 32: 0.95}, 32, []),  # the cap (64 would pass max_epochs 32)
 ])
-def test_eps_at_half(uer, expected):
-    value = reproduce.eps_at_half([0.1, 0.2, 0.3], uer)
-    assert value == (pytest.approx(expected) if expected is not None else None)
+def test_schedule_search(done, chosen, todo):
+    p = plans.Plan("d", (), ())
+    assert plans.schedule_runs(p, plans.Arch("cnn", 8, 32), done) == (chosen, todo)
+
+
+def _c(strength, acc, uer):
+    return {"strength": strength, "validation_accuracy": acc, "validation_uer": uer}
+
+
+def test_selection_rules():
+    p = plans.Plan("d", (), ())
+    jr = [_c(0.01, 0.899, 0.35), _c(0.1, 0.891, 0.30), _c(0.5, 0.885, 0.20), _c(1.0, 0.86, 0.1)]
+    assert plans.choose(p, "jr", jr, 0.90)["chosen"] == 0.1  # largest within 1 point (0.5 is 1.5 below)
+    uat = [_c(0.05, 0.895, 0.25), _c(0.1, 0.892, 0.22), _c(0.2, 0.85, 0.05)]
+    assert plans.choose(p, "uat", uat, 0.90)["chosen"] == 0.1  # most robust within 1 point
+    pick = plans.choose(p, "pgd", [_c(0.05, 0.85, 0.2), _c(0.1, 0.80, 0.1)], 0.90)
+    assert pick["chosen"] == 0.05 and "none was within" in pick["rule"]
+    assert [c["strength"] for c in pick["candidates"]] == [0.05, 0.1]
+
+
+def test_seed_models_are_the_claims_groups():
+    p = plans.Plan("d", (), (), claim_seeds=(0, 1, 2))
+    arch = plans.Arch("cnn", 8, 64)
+    ids = [s.id for s in plans.seed_models(p, arch, 8, {"jr": 0.1, "uat": 0.05})]
+    assert ids == ["d/cnn/jr_0_s1", "d/cnn/jr_0.1_s1", "d/cnn/uat_0.05_s1",
+                   "d/cnn/jr_0_s2", "d/cnn/jr_0.1_s2", "d/cnn/uat_0.05_s2"]
+
+
+def test_bits_round_trip_and_reject_bad_lengths(tmp_path):
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 8, 9, 10000):
+        bits = rng.random(n) < 0.3
+        np.testing.assert_array_equal(records.unpack_bits(records.pack_bits(bits), n), bits)
+    with pytest.raises(ValueError, match="hold 16 values"):
+        records.unpack_bits(records.pack_bits(np.ones(9, bool)), 20)
+    with pytest.raises(ValueError, match="vector"):
+        records.pack_bits(np.ones((2, 2), bool))
+    rid = records.model_id("digits", "mlp", "jr", 0.1, 2)
+    assert rid == "digits/mlp/jr_0.1_s2" and records.load_record(str(tmp_path), rid) is None
+    path = records.save_record(str(tmp_path), {"id": rid, "x": 1})
+    assert path.endswith("digits/models/mlp/jr_0.1_s2.json")
+    assert records.load_record(str(tmp_path), rid) == {"schema": records.SCHEMA, "id": rid, "x": 1}
+    with pytest.raises(ValueError):
+        records.save_record(str(tmp_path), {"id": rid, "x": float("nan")})  # JSON without NaN
+    assert records.load_record(str(tmp_path), rid)["x"] == 1  # the failed write left the record intact
+
+
+def _run(*args, timeout=900):
+    return subprocess.run([sys.executable, "benchmarks/reproduce.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 @pytest.mark.slow
 def test_reproduce_quick_on_digits(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/reproduce.py", "--quick", "--datasets=digits", "--lambdas=0,1",
-         "--baselines=false", "--epochs=3", f"--out={tmp_path / 'out'}", f"--workroot={tmp_path / 'runs'}",
-         "--progress=false"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = tmp_path / "out" / "quick"
-    record = json.load(open(out / "digits.json"))
-    assert set(record["models"]) == {"jr_0", "jr_1"}
-    factors = record["analysis"]["factors"]["jr_1"]["sgd_uap"]["uer_ratio"]
-    assert len(factors) == len(record["settings"]["eps"])
-    for name in ("digits.md", "digits_uer_vs_eps.png", "digits_accuracy_vs_lambda.png",
-                 "digits_metrics_vs_uer.png"):
-        assert (out / name).stat().st_size > 100
-    # A second run reuses everything: no training, no attack.
-    again = subprocess.run(proc.args, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "trained already" in again.stdout and "training" not in again.stdout.replace(
-        "trained already", "")
+    """The whole pipeline: schedule, grid, selection, seeds, records, claims, report; a rerun does nothing."""
+    args = ["--quick", "--datasets=digits", f"--out={tmp_path / 'out'}", f"--workroot={tmp_path / 'runs'}",
+            "--reps=50"]
+    first = _run(*args, "--max_models=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "stopped after 2 new models" in first.stdout
+    proc = _run(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep complete" in proc.stdout
+    out = tmp_path / "out"
+    schedule = json.load(open(out / "digits" / "schedule.json"))
+    assert schedule["mlp"]["epochs"] == 4 and set(schedule["mlp"]["runs"]) == {"4", "8"}
+    selection = json.load(open(out / "digits" / "selection.json"))["archs"]["mlp"]
+    assert selection["jr"]["chosen"] in (0.1, 1.0) and selection["uat"]["chosen"] == 0.1
+    ids = sorted(os.path.splitext(f)[0] for f in os.listdir(out / "digits" / "models" / "mlp"))
+    lam = f"{selection['jr']['chosen']:g}"
+    assert ids == sorted(["jr_0_s0", "jr_0.1_s0", "jr_1_s0", "uat_0.1_s0", "jr_0_s1", f"jr_{lam}_s1", "uat_0.1_s1"])
+    record = records.load_record(str(out), "digits/mlp/jr_0_s1")
+    n = record["test"]["num_eval"]
+    wrong = records.unpack_bits(record["test"]["worst_case"][0]["wrong"], n)
+    assert wrong.mean() == pytest.approx(record["test"]["worst_case"][0]["uer"], abs=1e-12)
+    assert [r["eps"] for r in record["test"]["sgd_uap"]] == [0.05, 0.1, 0.2]
+    assert record["params_fingerprint"].startswith("sha256:") and record["train"]["validation_accuracy"] > 0.5
+    # The transfer matrix's diagonal is each model's own worst case.
+    transfer = json.load(open(out / "digits" / "transfer.json"))["mlp"]
+    assert len(transfer["models"]) == 3  # lambda 0, lambda*, uat at seed 0
+    for rid in transfer["models"]:
+        own = next(w for w in records.load_record(str(out), rid)["test"]["worst_case"] if w["eps"] == 0.1)
+        assert transfer["uer"][rid][rid] == pytest.approx(own["uer"], abs=1e-12)
+    analysis = json.load(open(out / "digits.json"))
+    for claim in analysis["claims"]:
+        assert {"claim", "estimate", "ci95", "verdict"} <= set(claim)
+    assert (out / "digits.md").stat().st_size > 500
+    assert any(f.endswith(".png") for f in os.listdir(out))
+    # A rerun, as on another machine: nothing trained or attacked, the same records.
+    before = {f: (out / "digits" / "models" / "mlp" / f).read_bytes()
+              for f in os.listdir(out / "digits" / "models" / "mlp")}
+    again = _run(*args)
+    assert again.returncode == 0 and "0 new models" in again.stdout, again.stderr[-2000:]
+    assert before == {f: (out / "digits" / "models" / "mlp" / f).read_bytes()
+                      for f in os.listdir(out / "digits" / "models" / "mlp")}
+
+
+def test_user_mistakes_are_one_line(tmp_path):
+    for args, message in ((["--datasets=imagenet"], "unknown dataset"), (["--methods=foo"], "unknown method"),
+                          (["--max_models=-1"], "max_models")):
+        proc = _run(*args, f"--out={tmp_path}", timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_doctests():
+    import doctest
+
+    for module in (plans, records):
+        failed, attempted = doctest.testmod(module)
+        assert attempted > 0 and failed == 0, module.__name__

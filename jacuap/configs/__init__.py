@@ -230,6 +230,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"checkpoint_every_steps must be an integer >= 0, got {config.checkpoint_every_steps!r}")
     need(config.max_to_keep is None or (_is_int(config.max_to_keep) and config.max_to_keep >= 1),
          f"max_to_keep must be an integer >= 1 (or None: keep all), got {config.max_to_keep!r}")
+    need(_is_int(config.num_validation) and config.num_validation >= 0,
+         f"num_validation must be a non-negative integer, got {config.num_validation!r}")
     need(_is_int(config.eval_num_inputs) and config.eval_num_inputs >= 1,
          f"eval_num_inputs must be a positive integer, got {config.eval_num_inputs!r}")
     need(isinstance(config.progress, (bool, np.bool_)), f"progress must be True or False, got {config.progress!r}")

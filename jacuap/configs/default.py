@@ -13,6 +13,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Data: digits | mnist | fashion_mnist | cifar10 (see jacuap.data).
     config.dataset = "fashion_mnist"
     config.data_dir = ""  # local IDX / CIFAR binary files; "" = the usual places
+    # Training inputs held out as a validation split (the same inputs for every
+    # seed; jacuap.data.hold_out_validation): choose strengths there, not on test.
+    config.num_validation = 0
     # Model: mlp | cnn | resnet | resnet_tiny (see jacuap.models), or your own
     # Linen or NNX class by import path, "my_package.nets:WideResNet", built
     # with num_classes=K and model_kwargs (--config.model_kwargs="{'width': 8}").

@@ -40,6 +40,8 @@ END = "<!-- /config-fields -->"
 DESCRIPTIONS: Dict[str, str] = {
     "dataset": "digits, mnist, fashion_mnist, cifar10 (see jacuap.data).",
     "data_dir": 'Folder with local IDX / CIFAR-10 binary files, also tfds\' data dir; "" = the usual places.',
+    "num_validation": "Training inputs held out as a validation split (the same for every seed); choose strengths "
+                      "there (attack.py --eval_split=validation), report on test. 0 = none.",
     "model": "mlp, cnn, resnet, resnet_tiny (see jacuap.models), or a Linen or NNX class by import path, "
              "pkg.mod:Class (README, 'Your own model').",
     "model_kwargs": "Keyword arguments of the model's constructor, as a dict: --config.model_kwargs=\"{'width': 8}\".",

@@ -39,7 +39,7 @@ from typing import List, Optional
 import numpy as np
 
 from jacuap.data.cifar10 import find_cifar10_dir, read_cifar10_binary
-from jacuap.data.dataset import DATASETS, Dataset, DatasetInfo, PathLike, Splits
+from jacuap.data.dataset import DATASETS, Dataset, DatasetInfo, PathLike, Splits, hold_out_validation
 from jacuap.data.digits import load_digits
 from jacuap.data.idx import find_idx_files, read_idx, read_idx_splits
 from jacuap.data.tfds import load_tfds
@@ -52,6 +52,7 @@ __all__ = [
     "Dataset",
     "DatasetInfo",
     "Splits",
+    "hold_out_validation",
     "load_dataset",
     "load_tfds",
     "read_cifar10_binary",
@@ -136,7 +137,7 @@ def _validated(name: str, splits: Splits, source: str) -> Dataset:
     )
 
 
-def load_dataset(name: str, data_dir: Optional[PathLike] = None, seed: int = 0) -> Dataset:
+def load_dataset(name: str, data_dir: Optional[PathLike] = None, seed: int = 0, num_validation: int = 0) -> Dataset:
     """Loads a dataset into memory, trying local files first, then tfds.
 
     Pixels ``p`` become ``x = p / 255`` (``p / 16`` for ``digits``), so every
@@ -151,6 +152,9 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None, seed: int = 0) 
         directory.  Ignored by ``digits``.
       seed: seeds the train/test split of ``digits``; the other datasets keep
         their canonical split and ignore it.
+      num_validation: when positive, that many training inputs are held out
+        as the ``validation`` split (:func:`hold_out_validation`: the same
+        inputs whatever ``seed``, for the same training split).
 
     Returns:
       A :class:`Dataset` (images ``float32[N, H, W, C]`` in ``[0, 1]``,
@@ -158,8 +162,9 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None, seed: int = 0) 
 
     Raises:
       DataError: unknown ``name``; ``data_dir`` is not a readable directory;
-        a local copy is corrupt; or no source has the data (the message lists
-        every place tried and how to get the data).
+        a local copy is corrupt; no source has the data (the message lists
+        every place tried and how to get the data); ``num_validation`` is not
+        an integer in ``[0, N)``.
 
     >>> ds = load_dataset("digits", seed=0)
     >>> ds
@@ -167,6 +172,12 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None, seed: int = 0) 
     >>> ds.train_labels[:5].tolist(), ds.class_names[:3]
     ([4, 9, 5, 8, 5], ('0', '1', '2'))
     """
+    if num_validation == 0 and not isinstance(num_validation, bool):
+        return _load(name, data_dir, seed)
+    return hold_out_validation(_load(name, data_dir, seed), num_validation)
+
+
+def _load(name: str, data_dir: Optional[PathLike], seed: int) -> Dataset:
     key = str(name).strip().lower().replace("-", "_")
     if key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import os
 import types
-from typing import Mapping, NamedTuple, Tuple, Union
+from typing import Mapping, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -112,6 +112,8 @@ class Dataset:
       num_classes: number of classes ``K``.
       source: human-readable origin, e.g. ``"sklearn digits"`` or
         ``"IDX files in /usr/share/datasets/fashion-mnist"``.
+      validation_images, validation_labels: a split held out of the
+        training set (:func:`hold_out_validation`), or None.
 
     Raises:
       DataError: the arrays do not have these dtypes and shapes.
@@ -131,10 +133,15 @@ class Dataset:
     test_labels: np.ndarray
     num_classes: int
     source: str
+    validation_images: Optional[np.ndarray] = None
+    validation_labels: Optional[np.ndarray] = None
 
     def __post_init__(self):
         # Validate once here so that every consumer can rely on the layout.
-        for split in ("train", "test"):
+        if (self.validation_images is None) != (self.validation_labels is None):
+            raise DataError(f"{self.name}: give both validation_images and validation_labels, or neither")
+        splits = ("train", "test") + (("validation",) if self.validation_images is not None else ())
+        for split in splits:
             images = getattr(self, f"{split}_images")
             labels = getattr(self, f"{split}_labels")
             if images.dtype != np.float32 or images.ndim != 4:
@@ -152,6 +159,9 @@ class Dataset:
                 f"{self.name}: train and test image shapes differ: "
                 f"{self.train_images.shape[1:]} vs {self.test_images.shape[1:]}"
             )
+        if self.validation_images is not None and self.validation_images.shape[1:] != self.test_images.shape[1:]:
+            raise DataError(f"{self.name}: validation and test image shapes differ: "
+                            f"{self.validation_images.shape[1:]} vs {self.test_images.shape[1:]}")
 
     @property
     def image_shape(self) -> Tuple[int, int, int]:
@@ -186,8 +196,42 @@ class Dataset:
 
     def __repr__(self) -> str:
         # The default dataclass repr would print every pixel.
+        validation = "" if self.validation_images is None else f", validation={self.validation_images.shape}"
         return (
-            f"Dataset(name={self.name!r}, train={self.train_images.shape}, "
+            f"Dataset(name={self.name!r}, train={self.train_images.shape}{validation}, "
             f"test={self.test_images.shape}, num_classes={self.num_classes}, "
             f"source={self.source!r})"
         )
+
+
+# The held-out validation inputs do not depend on the model's seed: every model
+# of a sweep is chosen on the same inputs (and never trained on them).
+VALIDATION_SPLIT_SEED = 20210914
+
+
+def hold_out_validation(dataset: Dataset, num_validation: int) -> Dataset:
+    """``dataset`` with ``num_validation`` training inputs moved to a validation split.
+
+    The held-out inputs are a fixed random subset of the training split (drawn
+    with :data:`VALIDATION_SPLIT_SEED`, the same for every model); the
+    remaining training inputs keep their order, so training sees a subset of
+    the same sequence.  Use the validation split for every choice (a
+    defence's strength, a schedule), the test split only to report.
+
+    >>> x, y = np.zeros((10, 2, 2, 1), np.float32), np.arange(10, dtype=np.int32) % 3
+    >>> hold_out_validation(Dataset("toy", x, y, x[:2], y[:2], num_classes=3, source="zeros"), 4)
+    Dataset(name='toy', train=(6, 2, 2, 1), validation=(4, 2, 2, 1), test=(2, 2, 2, 1), num_classes=3, source='zeros')
+    """
+    n = len(dataset.train_images)
+    if isinstance(num_validation, bool) or not isinstance(num_validation, (int, np.integer)) \
+            or not 0 < num_validation < n:
+        raise DataError(f"num_validation must be an integer in [1, {n - 1}] (the {dataset.name} training split "
+                        f"has {n} inputs), got {num_validation!r}")
+    if dataset.validation_images is not None:
+        raise DataError(f"{dataset.name} already has a validation split")
+    held = np.zeros(n, bool)
+    held[np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(n)[:num_validation]] = True
+    return dataclasses.replace(dataset, train_images=dataset.train_images[~held],
+                               train_labels=dataset.train_labels[~held],
+                               validation_images=dataset.train_images[held],
+                               validation_labels=dataset.train_labels[held])

@@ -36,6 +36,9 @@ flags.DEFINE_integer("num_craft", 5000, "Inputs the UAPs are crafted on.")
 flags.DEFINE_integer("num_eval", 10000, "Test inputs the attacks are evaluated on.")
 flags.DEFINE_enum("craft_split", "train", ["train", "test"],
                   "Split to craft on; 'test' uses test inputs disjoint from the evaluation ones.")
+flags.DEFINE_enum("eval_split", "test", ["test", "validation"],
+                  "Split to evaluate on; 'validation' is the split held out of training by "
+                  "--config.num_validation (choose strengths there, report on test).")
 flags.DEFINE_integer("num_metrics", 500, "Test inputs for the Jacobian metrics (0 = skip).")
 flags.DEFINE_integer("sgd_epochs", 5, "SGD-UAP epochs over the crafting set.")
 flags.DEFINE_integer("deepfool_passes", 5, "DeepFool-UAP maximum passes.")

@@ -144,7 +144,8 @@ def _run(job: _Job, stop: runtime.StopSignals) -> Dict[str, Any]:
 
 def _prepare(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh) -> _Job:
     """Loads the data, builds the fresh state (``config`` is valid); reads and writes nothing in ``workdir``."""
-    dataset = data.load_dataset(config.dataset, config.data_dir or None, seed=config.seed)
+    dataset = data.load_dataset(config.dataset, config.data_dir or None, seed=config.seed,
+                                num_validation=config.num_validation)
     model_kwargs = runtime.plain(config.model_kwargs)
     model = models.create_model(config.model, dataset.num_classes, dataset.mean, dataset.std, model_kwargs,
                                 config.seed)
@@ -263,7 +264,8 @@ def _end_epoch(job: _Job, mngr, epoch: int, step: int, sums: Dict[str, float]) -
         "ce": sums["ce"] / spe,
         "penalty": sums["penalty"] / spe if float(config.jr_lambda) > 0 else None,
         "train_accuracy": sums["correct"] / (spe * job.batch_size),
-        "test_accuracy": _test_accuracy(job),
+        "test_accuracy": _accuracy(job),
+        "validation_accuracy": _accuracy(job, "validation") if config.num_validation else None,
         "train_seconds": job.meta["train_seconds"],
     }
     job.meta["history"].append(line)
@@ -306,10 +308,10 @@ def _gathered_apply(apply_fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
     return gathered
 
 
-def _test_accuracy(job: _Job) -> float:
-    """Test-set accuracy: :func:`jacuap.metrics.accuracy` (the one definition), on the run's mesh."""
+def _accuracy(job: _Job, split: str = "test") -> float:
+    """Accuracy on ``split``: :func:`jacuap.metrics.accuracy` (the one definition), on the run's mesh."""
     return metrics.accuracy(_gathered_apply(job.state.apply_fn, job.mesh), job.state.params,
-                            job.dataset.test_images, job.dataset.test_labels)
+                            getattr(job.dataset, f"{split}_images"), getattr(job.dataset, f"{split}_labels"))
 
 
 # Traced (lax.scan over chunks): inputs spanning several processes stay on the devices.
@@ -339,7 +341,9 @@ def _summary(job: _Job) -> Dict[str, Any]:
         "num_epochs": config.num_epochs,
         "steps": int(state.step),
         "seed": config.seed,
-        "test_accuracy": _test_accuracy(job),
+        "test_accuracy": _accuracy(job),
+        "num_validation": int(config.num_validation),
+        "validation_accuracy": _accuracy(job, "validation") if config.num_validation else None,
         "train_accuracy_last_epoch": meta["history"][-1]["train_accuracy"] if meta["history"] else None,
         "mean_jacobian_frobenius_sq": float(fro),
         "stacked_spectral_norm": float(sigma),

@@ -106,7 +106,7 @@ NOT_FINGERPRINTED = {
 #: an older checkpoint's fingerprint lacks the field, and is compared as if it held this value
 #: (a checkpoint written before ``jr_mode`` existed is a frobenius run, with no ``jr_vec`` in
 #: its state, and resumes only as one).
-LEGACY_VALUES = {"jr_mode": "frobenius"}
+LEGACY_VALUES = {"jr_mode": "frobenius", "num_validation": 0}
 
 
 def plain(value: Any) -> Any:

@@ -1,0 +1,8 @@
+"""Reproduction v2 of Co, Martinez-Rego and Lupu (ICANN 2021): ``benchmarks/reproduce.py``'s parts.
+
+* :mod:`.records` - one trained and evaluated model as a JSON record (the unit of the sweep);
+* :mod:`.plan` - which models the sweep trains, in what order, and how strengths are chosen;
+* :mod:`.evaluate` - trains one model and measures everything its record holds;
+* :mod:`.stats` - bootstrap intervals over seeds and test inputs, correlations, verdicts;
+* :mod:`.report` - the claims, tables and plots from a set of records.
+"""

@@ -1,0 +1,477 @@
+"""The reproduction's verdicts, tables and plots from a set of model records (:mod:`.records`).
+
+:func:`analyse` takes the records of one dataset (one or more architectures)
+and the strengths chosen on validation data, and tests the paper's claims per
+architecture against the undefended model (``jr`` at strength 0), with the
+bootstrap intervals of :mod:`.stats` (seeds and test inputs resampled):
+
+* ``robustness``: the chosen JR lambda makes the model up to 4x more robust:
+  worst-case UER ratio ``UER(base) / UER(JR)`` per eps (headline: the largest),
+  fooling-rate ratio, and eps-at-50%-UER ratio on the SGD-UAP grid;
+* ``accuracy``: clean accuracy is maintained: cost ``100 (acc(base) - acc(JR))``
+  in points for every lambda (headline: the chosen one), tolerance 1 point;
+* ``correlation``: each Jacobian metric against worst-case UER at eps 0.1,
+  one point per record (headline: ``shared_perturbation_strength``; a positive
+  correlation means a larger metric goes with a less robust model);
+* ``class_pairs``: per ordered class pair ``i != j``, the mean ``s_ij`` between
+  inputs of classes i and j against the targeted i -> j success rate, the
+  base's and the chosen JR's points pooled separately (headline: the base's).
+
+Every other defence at its chosen strength gets the robustness comparison and
+its accuracy cost too (``defences``, not claims).  :func:`write_report` writes
+``<dataset>.md``, ``<dataset>.json`` and four PNG plots per architecture.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import records as rec
+from . import stats
+
+__all__ = ["analyse", "write_report", "CLAIMS", "METRICS"]
+
+SCHEMA = "jacuap.reproduction.analysis/1"
+METRICS = ("mean_frobenius_sq", "stacked_spectral_norm", "mean_spectral_norm_sq", "universality_ratio",
+           "shared_perturbation_strength", "jacobian_cosine", "gram_cosine")
+CLAIMS = {
+    "robustness": "JR makes models up to 4x more robust to UAPs",
+    "accuracy": "Clean accuracy is maintained",
+    "correlation": "The shared-perturbation metric correlates highly with observed robustness",
+    "class_pairs": "Class pairs with larger shared perturbation s_ij are the ones targeted UAPs push between",
+}
+_ORDER = ("jr", "stacked_spectral", "uat", "cw_uat", "sat", "pgd", "trades")
+_LEVEL = 0.95
+
+
+def _ek(eps: float) -> float:
+    return round(float(eps), 6)  # eps keys: 8/255 written by two programs need not agree to the last bit
+
+
+def _finite(v: Any) -> bool:
+    return v is not None and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _mean(values: Sequence[Any]) -> Optional[float]:
+    vals = [float(v) for v in values if _finite(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def _std(values: Sequence[Any]) -> Optional[float]:
+    vals = [float(v) for v in values if _finite(v)]
+    return float(np.std(vals, ddof=1)) if len(vals) > 1 else None  # over seeds: undefined for one
+
+
+def _entry(r: Dict[str, Any], part: str, eps: float) -> Optional[Dict[str, Any]]:
+    return next((e for e in r["test"].get(part) or [] if _ek(e["eps"]) == _ek(eps)), None)
+
+
+def _eps(recs: Sequence[Dict[str, Any]], part: str, common: bool = True) -> List[float]:
+    """The eps values of ``part`` held by every record (``common``) or by any, ascending."""
+    per = [{_ek(e["eps"]): float(e["eps"]) for e in r["test"].get(part) or []} for r in recs]
+    keys = set.intersection(*map(set, per)) if (common and per) else set().union(*per)
+    value = {k: v for d in reversed(per) for k, v in d.items()}
+    return [value[k] for k in sorted(keys)]
+
+
+def _ref_eps(grid: Sequence[float]) -> Optional[float]:
+    """0.1 if on the grid, else the grid's middle eps."""
+    grid = sorted(grid)
+    return next((e for e in grid if _ek(e) == 0.1), grid[len(grid) // 2] if grid else None)
+
+
+def _bits(r: Dict[str, Any], text: str, n: int) -> np.ndarray:
+    return rec.unpack_bits(text, int(r["test"]["num_eval"]))[:n]
+
+
+def _n(*groups: Sequence[Dict[str, Any]]) -> int:
+    # Every record is evaluated on the first num_eval test inputs: truncating to the shortest aligns them.
+    return min(int(r["test"]["num_eval"]) for g in groups for r in g)
+
+
+def _seeds(recs: Sequence[Dict[str, Any]]) -> List[int]:
+    return [int(r["seed"]) for r in recs]
+
+
+def _group(recs: Sequence[Dict[str, Any]]) -> Dict[tuple, List[Dict[str, Any]]]:
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for r in recs:
+        groups.setdefault((r["method"], rec.strength_tag(r["strength"])), []).append(r)
+    rank = lambda k: (_ORDER.index(k[0]) if k[0] in _ORDER else len(_ORDER), k[0], float(k[1]))
+    return {k: sorted(groups[k], key=lambda r: int(r["seed"])) for k in sorted(groups, key=rank)}
+
+
+def _compare(base: List[Dict[str, Any]], model: List[Dict[str, Any]], reps: int, seed: int) -> Dict[str, Any]:
+    """Robustness ratios, base over model: worst-case UER and fooling rate per eps, SGD-UAP eps50."""
+    n, paired = _n(base, model), _seeds(base) == _seeds(model)
+    kw = dict(reps=reps, seed=seed, level=_LEVEL, paired=paired)
+    out: Dict[str, Any] = {"seeds_base": _seeds(base), "seeds_model": _seeds(model), "paired": paired,
+                           "uer_ratio": [], "fooling_rate_ratio": [], "eps50_ratio": None}
+    for e in _eps(base + model, "worst_case"):
+        for key, name in (("wrong", "uer_ratio"), ("changed", "fooling_rate_ratio")):
+            xb, xm = ([_bits(r, _entry(r, "worst_case", e)[key], n) for r in g] for g in (base, model))
+            out[name].append({"eps": e, **stats.rate_ratio_interval(np.stack(xb), np.stack(xm), **kw)})
+    grid = _eps(base + model, "sgd_uap")
+    if grid:
+        xb, xm = (np.stack([[_bits(r, _entry(r, "sgd_uap", e)["wrong"], n) for e in grid] for r in g])
+                  for g in (base, model))
+        out["eps50_ratio"] = {"eps": grid, **stats.eps50_ratio_interval(grid, xb, xm, **kw)}
+    return out
+
+
+def _accuracy_cost(base: List[Dict[str, Any]], model: List[Dict[str, Any]], reps: int, seed: int) -> Dict[str, Any]:
+    """Clean accuracy cost in points, ``100 (acc(base) - acc(model))``, on clean_correct bits."""
+    n, paired = _n(base, model), _seeds(base) == _seeds(model)
+    xb, xm = (np.stack([_bits(r, r["test"]["clean_correct"], n) for r in g]) for g in (base, model))
+    d = stats.difference_interval(xb, xm, reps=reps, seed=seed, level=_LEVEL, paired=paired)
+    low, high = (None if d[k] is None else 100 * d[k] for k in ("low", "high"))
+    return {"seeds": _seeds(model), "paired": paired, "estimate": 100 * d["estimate"], "low": low, "high": high,
+            "verdict": stats.verdict_accuracy(low, high)}
+
+
+def _row(key: tuple, recs: List[Dict[str, Any]], chosen: bool) -> Dict[str, Any]:
+    acc = [float(_bits(r, r["test"]["clean_correct"], _n(recs)).mean()) for r in recs]
+    test_acc = [(r.get("train") or {}).get("test_accuracy") for r in recs]
+    row: Dict[str, Any] = {"method": key[0], "strength": float(key[1]), "chosen": chosen, "seeds": _seeds(recs),
+                           "clean_accuracy": {"mean": _mean(acc), "std": _std(acc)},
+                           "test_accuracy": {"mean": _mean(test_acc), "std": _std(test_acc)}, "worst_case": []}
+    for e in _eps(recs, "worst_case", common=False):
+        ents = [x for x in (_entry(r, "worst_case", e) for r in recs) if x is not None]
+        uer = [x.get("uer") for x in ents]
+        row["worst_case"].append({"eps": e, "uer": _mean(uer), "uer_std": _std(uer), "n_seeds": len(ents),
+                                  "fooling_rate": _mean([x.get("fooling_rate") for x in ents])})
+    grid = _eps(recs, "sgd_uap", common=False)
+    curve = [_mean([(_entry(r, "sgd_uap", e) or {}).get("uer") for r in recs]) for e in grid]
+    ok = [(e, u) for e, u in zip(grid, curve) if u is not None]
+    e50 = stats.eps_at_half([e for e, _ in ok], [u for _, u in ok]) if ok else None
+    row["sgd_uap"] = {"eps": grid, "uer": curve, "eps50": e50, "eps50_censored": bool(ok) and e50 is None}
+    row["metrics"] = {m: _mean([(r["test"].get("metrics") or {}).get(m) for r in recs]) for m in METRICS}
+    return row
+
+
+def _claim(kind: str, arch: str, head: Optional[Dict[str, Any]], verdict: Optional[str],
+           detail: Dict[str, Any]) -> Dict[str, Any]:
+    if head is None or head.get("estimate") is None:
+        head, verdict = {}, "not measured"
+    return {"id": kind, "claim": CLAIMS[kind], "arch": arch, "estimate": head.get("estimate"),
+            "ci95": [head.get("low"), head.get("high")], "verdict": verdict, "detail": detail}
+
+
+def _headline_ratio(cmp: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    known = [x for x in cmp["uer_ratio"] if x["estimate"] is not None]
+    return max(known, key=lambda x: x["estimate"]) if known else None
+
+
+def _correlations(x: Sequence[Any], y: Sequence[Any], reps: int, seed: int) -> Optional[Dict[str, Any]]:
+    pairs = [(a, b) for a, b in zip(x, y) if _finite(a) and _finite(b)]
+    if len(pairs) < 3:
+        return None
+    x, y = zip(*pairs)
+    return stats.correlation_interval(x, y, reps=reps, seed=seed, level=_LEVEL)
+
+
+def _class_points(recs: Sequence[Dict[str, Any]], eps: Optional[float]) -> Dict[str, List[float]]:
+    """(mean s_ij, targeted i -> j success) per record and ordered class pair i != j, where both are known."""
+    xs, ys = [], []
+    for r in recs:
+        table = (r["test"].get("metrics") or {}).get("shared_perturbation_strength_by_class")
+        target = _entry(r, "targeted", eps) if eps is not None else None
+        if table is None or target is None:
+            continue
+        for i, row in enumerate(target["success"]):
+            for j, success in enumerate(row):
+                if i != j and _finite(success) and _finite(table[i][j]):
+                    xs.append(float(table[i][j]))
+                    ys.append(float(success))
+    return {"x": xs, "y": ys}
+
+
+def _versus_base(arch: str, method: str, choice: Optional[Dict[str, Any]], base: Optional[list], model: Optional[list],
+                 reps: int, seed: int) -> Dict[str, Any]:
+    """A defence at its chosen strength against the base: robustness ratios, headline, verdict, accuracy cost."""
+    entry: Dict[str, Any] = {"arch": arch, "method": method, **(choice or {"strength": None, "rule": None}),
+                             "base_missing": not base, "model_missing": not model, "headline": None,
+                             "verdict": "not measured", "accuracy_cost": None}
+    if base and model:
+        entry.update(_compare(base, model, reps, seed), accuracy_cost=_accuracy_cost(base, model, reps, seed))
+        head = entry["headline"] = _headline_ratio(entry)
+        entry["verdict"] = stats.verdict_robustness(head["low"], head["high"]) if head else "not measured"
+    return entry
+
+
+def _analyse_arch(arch: str, recs: List[Dict[str, Any]], choice: Dict[str, Any], reps: int, seed: int,
+                  claims: List[Dict[str, Any]], defences: List[Dict[str, Any]]) -> Dict[str, Any]:
+    groups = _group(recs)
+    chosen = {m: {"strength": float(c["chosen"]), "rule": c.get("rule")}
+              for m, c in choice.items() if c.get("chosen") is not None}
+    for method, tag in groups:  # a defence measured at one strength needs no choice (JR's one would be the base)
+        if method not in chosen and method != "jr" and sum(k[0] == method for k in groups) == 1:
+            chosen[method] = {"strength": float(tag), "rule": "only strength measured"}
+    pick = lambda m: groups.get((m, rec.strength_tag(chosen[m]["strength"]))) if m in chosen else None
+    base, jr = groups.get(("jr", "0")), pick("jr")
+    missing = {"base_missing": not base, "chosen_jr_missing": not jr, "chosen_jr": chosen.get("jr"),
+               "chosen_jr_is_base": bool(jr) and jr is base}  # no lambda kept accuracy: no JR model to judge
+
+    rob = _versus_base(arch, "jr", chosen.get("jr"), base, jr, reps, seed)
+    claims.append(_claim("robustness", arch, rob["headline"], rob["verdict"], rob))
+
+    lambdas = [{"strength": float(k[1]), **_accuracy_cost(base, g, reps, seed)}
+               for k, g in groups.items() if base and k[0] == "jr" and k[1] != "0"]
+    head = next((c for c in lambdas if jr and c["strength"] == float(rec.strength_tag(chosen["jr"]["strength"]))), None)
+    claims.append(_claim("accuracy", arch, head, head and head["verdict"],
+                         {**missing, "tolerance_points": 1.0, "lambdas": lambdas}))
+
+    ref = _ref_eps(_eps(recs, "worst_case", common=False))
+    held = [(r, _entry(r, "worst_case", ref)) for r in recs if ref is not None and _entry(r, "worst_case", ref)]
+    points: Dict[str, Any] = {"ids": [r["id"] for r, _ in held], "uer": [e.get("uer") for _, e in held],
+                              **{m: [(r["test"].get("metrics") or {}).get(m) for r, _ in held] for m in METRICS}}
+    corr = {m: _correlations(points[m], points["uer"], reps, seed) for m in METRICS}
+    head = (corr["shared_perturbation_strength"] or {}).get("spearman")
+    claims.append(_claim("correlation", arch, head, head and stats.verdict_correlation(head["low"], head["estimate"]),
+                         {"eps": ref, "n_records": len(points["ids"]), "metrics": corr}))
+
+    t_ref = _ref_eps(_eps((base or []) + (jr or []), "targeted", common=False))
+    pair_points = {"base": _class_points(base or [], t_ref), "jr": _class_points(jr or [], t_ref)}
+    pair_corr = {k: _correlations(p["x"], p["y"], reps, seed) for k, p in pair_points.items()}
+    head = (pair_corr["base"] or {}).get("spearman")
+    claims.append(_claim("class_pairs", arch, head, head and stats.verdict_correlation(head["low"], head["estimate"]),
+                         {**missing, "eps": t_ref, "pools": pair_corr}))
+
+    for method in sorted(chosen, key=lambda m: (_ORDER.index(m) if m in _ORDER else len(_ORDER), m)):
+        if method != "jr" and pick(method):
+            defences.append(_versus_base(arch, method, chosen[method], base, pick(method), reps, seed))
+
+    keys_chosen = {(m, rec.strength_tag(c["strength"])) for m, c in chosen.items()}
+    return {"base": {"method": "jr", "strength": 0.0, "seeds": _seeds(base)} if base else None,
+            "chosen": chosen, "reference_eps": {"worst_case": ref, "targeted": t_ref},
+            "table": [_row(k, g, k in keys_chosen) for k, g in groups.items()],
+            "metric_points": points, "class_pair_points": pair_points}
+
+
+def analyse(records: Sequence[Dict[str, Any]], selection: Optional[Dict[str, Any]], reps: int = 2000,
+            seed: int = 0) -> Dict[str, Any]:
+    """The claims, tables and comparisons of one dataset's records; see the module docstring.
+
+    Returns ``{"schema", "dataset", "reps", "seed", "level", "archs": {arch: {"base",
+    "chosen", "reference_eps", "table", "metric_points", "class_pair_points"}},
+    "claims": [{"id", "claim", "arch", "estimate", "ci95", "verdict", "detail"}],
+    "defences": [...]}``.  Interval bounds may be ``inf`` (a zero rate);
+    :func:`write_report`'s JSON writes them as null.
+    """
+    if isinstance(records, dict) or not all(isinstance(r, dict) for r in records):
+        raise ValueError("records must be a list of record dicts")
+    datasets = sorted({r["dataset"] for r in records})
+    if len(datasets) > 1:
+        raise ValueError(f"records hold more than one dataset: {datasets}")
+    choices = (selection or {}).get("archs") or {}
+    by_arch: Dict[str, List[Dict[str, Any]]] = {a: [] for a in choices}
+    for r in records:
+        by_arch.setdefault(r["arch"], []).append(r)
+    claims: List[Dict[str, Any]] = []
+    defences: List[Dict[str, Any]] = []
+    archs = {a: _analyse_arch(a, by_arch[a], choices.get(a) or {}, reps, seed, claims, defences)
+             for a in sorted(by_arch)}
+    return {"schema": SCHEMA, "dataset": datasets[0] if datasets else None, "reps": reps, "seed": seed,
+            "level": _LEVEL, "selection": selection, "archs": archs, "claims": claims, "defences": defences}
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON values; NaN and inf as None (strict JSON has neither)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.bool_, np.integer)):
+        return obj.item()
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def _write(path: str, data: bytes) -> str:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return path
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    return "inf" if v == math.inf else f"{v:.{digits}g}"
+
+
+def _ci(x: Optional[Dict[str, Any]]) -> str:
+    if not x or x.get("estimate") is None:
+        return "-"
+    # A censored eps50 bounds the ratio: the model's from below, the base's from above.
+    bound = ">= " if x.get("censored_model") else "<= " if x.get("censored_base") else ""
+    return f"{bound}{_f(x['estimate'])} [{_f(x['low'])}, {_f(x['high'])}]"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
+    return ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + [
+        "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _markdown(analysis: Dict[str, Any], records: Sequence[Dict[str, Any]], dataset: str) -> str:
+    lines = [f"# Reproduction: {dataset}", "", "## Setup", ""]
+    for arch, a in analysis["archs"].items():
+        recs = [r for r in records if r["arch"] == arch]
+        epochs = sorted({str((r.get("config") or {}).get("num_epochs", (r.get("train") or {}).get("num_epochs")))
+                         for r in recs})
+        lines.append(f"- **{arch}**: {len(recs)} models; epochs {', '.join(epochs) or '-'}; seeds "
+                     f"{sorted({int(r['seed']) for r in recs})}; test inputs "
+                     f"{sorted({int(r['test']['num_eval']) for r in recs})}; base seeds {(a['base'] or {}).get('seeds')}")
+    lines += [f"- bootstrap: {analysis['reps']} replicates (seeds and test inputs resampled), seed {analysis['seed']}",
+              "", "## Claims"]
+    lines += _table(["arch", "claim", "estimate", "95% interval", "verdict"], [
+        [c["arch"], f"{c['claim']} ({c['id']})", _f(c["estimate"]), f"[{_f(c['ci95'][0])}, {_f(c['ci95'][1])}]",
+         c["verdict"]] for c in analysis["claims"]])
+    for arch, a in analysis["archs"].items():
+        table = a["table"]
+        wc = sorted({e["eps"] for row in table for e in row["worst_case"]})
+        sgd = sorted({e for row in table for e in row["sgd_uap"]["eps"]})
+        lines += ["", f"## {arch}", "", "### Models (test split; means over seeds; * chosen)"]
+        rows = []
+        for row in table:
+            at, acc, sgd_row = {e["eps"]: e for e in row["worst_case"]}, row["clean_accuracy"], row["sgd_uap"]
+            e50 = (">" + _f(sgd_row["eps"][-1])) if sgd_row["eps50_censored"] else _f(sgd_row["eps50"])
+            rows.append([row["method"] + (" *" if row["chosen"] else ""), f"{row['strength']:g}", len(row["seeds"]),
+                         _f(acc["mean"] and 100 * acc["mean"], 4) + ("" if acc["std"] is None else " ± " + _f(100 * acc["std"], 2))]
+                        + [f"{_f((at.get(e) or {}).get('uer'))} / {_f((at.get(e) or {}).get('fooling_rate'))}" for e in wc]
+                        + [e50])
+        lines += _table(["method", "strength", "seeds", "clean acc %"] + [f"UER / FR @{e:.3g}" for e in wc]
+                        + ["eps50 SGD-UAP"], rows)
+        lines += ["", "### SGD-UAP UER by eps"] + _table(["method", "strength"] + [f"{e:.3g}" for e in sgd], [
+            [row["method"], f"{row['strength']:g}"] + [_f(dict(zip(row["sgd_uap"]["eps"], row["sgd_uap"]["uer"])).get(e))
+                                                       for e in sgd] for row in table])
+        lines += ["", "### Jacobian metrics (test split)"] + _table(["method", "strength", *METRICS], [
+            [row["method"], f"{row['strength']:g}"] + [_f(row["metrics"][m]) for m in METRICS] for row in table])
+        mine = {c["id"]: c for c in analysis["claims"] if c["arch"] == arch}
+        versus = [mine["robustness"]["detail"]] + [d for d in analysis["defences"] if d["arch"] == arch]
+        lines += ["", "### Chosen defences vs the base (ratio > 1: more robust; cost in accuracy points)"]
+        lines += _table(["method", "strength", "rule", "max UER ratio [95%]", "eps50 ratio [95%]", "accuracy cost [95%]"], [
+            [d["method"], _f(d.get("strength")), d.get("rule") or "-", _ci(d.get("headline")), _ci(d.get("eps50_ratio")),
+             _ci(d.get("accuracy_cost"))] for d in versus])
+        lines += ["", "### JR accuracy cost per lambda (points)"] + _table(["lambda", "seeds", "cost [95%]", "verdict"], [
+            [f"{c['strength']:g}", len(c["seeds"]), _ci(c), c["verdict"]] for c in mine["accuracy"]["detail"]["lambdas"]])
+        corr = [(m, c) for m, c in mine["correlation"]["detail"]["metrics"].items()]
+        corr += [(f"s_ij vs targeted success, class pairs ({k})", c) for k, c in mine["class_pairs"]["detail"]["pools"].items()]
+        lines += ["", "### Correlations with worst-case UER at eps " + _f(a["reference_eps"]["worst_case"])]
+        lines += _table(["metric", "Pearson r [95%]", "Spearman rho [95%]"],
+                        [[m, _ci(c and c["pearson"]), _ci(c and c["spearman"])] for m, c in corr])
+        lines += _schedule_lines(arch, (analysis.get("schedule") or {}).get(arch))
+        lines += _transfer_lines((analysis.get("transfer") or {}).get(arch))
+    return "\n".join(lines) + "\n"
+
+
+def _schedule_lines(arch: str, schedule: Optional[Dict[str, Any]]) -> List[str]:
+    """The schedule search of ``arch`` (the driver's schedule.json entry): accuracy at each epoch count."""
+    if not schedule or not schedule.get("runs"):
+        return []
+    runs = sorted(schedule["runs"].items(), key=lambda kv: int(kv[0]))
+    chosen = schedule.get("epochs")
+    head = ["", f"### Schedule: {chosen if chosen is not None else 'not yet chosen'} epochs"
+            + (" (capped)" if schedule.get("capped") else ""), "", schedule.get("rule", "")]
+    return head + _table(["epochs", "validation acc", "test acc", "train s"], [
+        [e, _f(r.get("validation_accuracy"), 4), _f(r.get("test_accuracy"), 4),
+         "-" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}"]
+        for e, r in runs])
+
+
+def _transfer_lines(transfer: Optional[Dict[str, Any]]) -> List[str]:
+    """The transfer matrix: rows craft the UAP, columns are evaluated under it (the driver's transfer.json entry)."""
+    if not transfer or not transfer.get("uer"):
+        return []
+    models = transfer["models"]
+    short = [m.split("/")[-1] for m in models]
+    rows = [[src] + [_f((transfer["uer"].get(m) or {}).get(t)) for t in models] for src, m in zip(short, models)]
+    return (["", f"### Transfer: UER at eps {_f(transfer.get('eps'))} (row: UAP crafted on; column: evaluated on)"]
+            + _table(["from \\ on"] + short, rows))
+
+
+def _plots(analysis: Dict[str, Any], arch: str, out_dir: str, dataset: str) -> List[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = analysis["archs"][arch]
+    ref = a["reference_eps"]["worst_case"]
+    corr = next(c for c in analysis["claims"] if c["arch"] == arch and c["id"] == "correlation")["detail"]["metrics"]
+    paths = []
+
+    def save(fig, ax, name):
+        if ax is not None and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        paths.append(_write(os.path.join(out_dir, f"{dataset}_{arch}_{name}.png"), buf.getvalue()))
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method in dict.fromkeys(row["method"] for row in a["table"]):
+        pts = [(row, next((e for e in row["worst_case"] if ref is not None and _ek(e["eps"]) == _ek(ref)), None))
+               for row in a["table"] if row["method"] == method]
+        pts = [(row, e) for row, e in pts if e and e["uer"] is not None and row["clean_accuracy"]["mean"] is not None]
+        if pts:
+            ax.errorbar([100 * r["clean_accuracy"]["mean"] for r, _ in pts], [e["uer"] for _, e in pts],
+                        xerr=[100 * (r["clean_accuracy"]["std"] or 0) for r, _ in pts],
+                        yerr=[e["uer_std"] or 0 for _, e in pts], marker="o", capsize=2, label=method)
+            for r, e in pts:
+                ax.annotate(f"{r['strength']:g}", (100 * r["clean_accuracy"]["mean"], e["uer"]), fontsize=6)
+    ax.set(xlabel="clean accuracy (%)", ylabel=f"worst-case UER, eps={_f(ref)}", title=f"{dataset} {arch}: frontier")
+    save(fig, ax, "frontier")
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    shown = [("jr", 0.0, "base (jr 0)")] + [(m, c["strength"], f"{m} {c['strength']:g}") for m, c in a["chosen"].items()]
+    for method, strength, label in shown:
+        row = next((r for r in a["table"] if r["method"] == method and r["strength"] == float(rec.strength_tag(strength))), None)
+        if row and row["sgd_uap"]["eps"]:
+            ax.plot(row["sgd_uap"]["eps"], row["sgd_uap"]["uer"], marker="o", label=label)
+    ax.axhline(0.5, color="grey", lw=0.5)
+    ax.set(xlabel="l_inf eps", ylabel="SGD-UAP UER (test)", title=f"{dataset} {arch}: UER vs eps")
+    save(fig, ax, "uer_vs_eps")
+
+    pts = a["metric_points"]
+    fig, axes = plt.subplots(2, 4, figsize=(13, 6.5), sharey=True)
+    fig.subplots_adjust(left=0.05, right=0.98, top=0.9, bottom=0.06, wspace=0.3, hspace=0.45)  # tight_layout: 4x slower
+    for ax, m in zip(axes.ravel(), METRICS):
+        xy = [(x, y) for x, y in zip(pts[m], pts["uer"]) if _finite(x) and _finite(y)]
+        if xy:
+            ax.scatter(*zip(*xy), s=12)
+        c = corr[m]
+        ax.set_title(f"{m}\nr={_f(c and c['pearson']['estimate'], 2)} rho={_f(c and c['spearman']['estimate'], 2)}",
+                     fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"worst-case UER, eps={_f(ref)}")
+    axes.ravel()[-1].axis("off")
+    save(fig, None, "metrics_vs_uer")
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for pool, p in a["class_pair_points"].items():
+        if p["x"]:
+            jr = (a["chosen"].get("jr") or {}).get("strength")
+            ax.scatter(p["x"], p["y"], s=10, alpha=0.7, label="base (jr 0)" if pool == "base" else f"jr {_f(jr)}")
+    ax.set(xlabel="mean s_ij (class i, class j)", ylabel=f"targeted i->j success, eps={_f(a['reference_eps']['targeted'])}",
+           title=f"{dataset} {arch}: class pairs")
+    save(fig, ax, "class_pairs")
+    return paths
+
+
+def write_report(analysis: Dict[str, Any], records: Sequence[Dict[str, Any]], out_dir: str, dataset: str) -> List[str]:
+    """Writes ``<dataset>.md``, ``<dataset>.json`` (strict JSON) and the plots into ``out_dir``; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    text = json.dumps(_jsonable(analysis), indent=1, allow_nan=False) + "\n"
+    paths = [_write(os.path.join(out_dir, f"{dataset}.md"), _markdown(analysis, records, dataset).encode()),
+             _write(os.path.join(out_dir, f"{dataset}.json"), text.encode())]
+    for arch in analysis["archs"]:
+        paths += _plots(analysis, arch, out_dir, dataset)
+    return paths

@@ -1,0 +1,166 @@
+"""benchmarks/reproduction/report.py: claims, tables, JSON, markdown and plots from synthetic records."""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.reproduction import records, report
+
+K, N = 3, 200
+REPS = 100
+WC_EPS = (0.05, 0.1)
+SGD_EPS = (0.05, 0.1, 0.2, 0.3)
+# (method, strength, seeds, wrong rate at eps 0.1, clean accuracy, shared perturbation strength)
+MODELS = [
+    ("jr", 0.0, (0, 1), 0.40, 0.90, 0.50),
+    ("jr", 0.1, (0, 1), 0.12, 0.895, 0.20),
+    ("jr", 1.0, (0,), 0.05, 0.80, 0.10),
+    ("uat", 0.1, (0,), 0.20, 0.85, 0.30),
+]
+
+
+def bits(rng, rate):
+    values = np.zeros(N, bool)
+    values[rng.permutation(N)[: int(round(min(rate, 1.0) * N))]] = True
+    return records.pack_bits(values)
+
+
+def make_record(method, strength, seed, rate, acc, s, arch="cnn"):
+    """A record of schema jacuap.reproduction.model/1; the wrong rate grows linearly with eps."""
+    rng = np.random.default_rng([int(1000 * strength), seed, len(method)])
+    at = lambda e: min(rate * e / 0.1, 1.0)
+    pair_s = [[s * (1 + i + 2 * j) / 5 for j in range(K)] for i in range(K)]
+    pair_s[0][2] = None  # a class pair absent from the metric's sample
+    success = [[None if i == j else min(1.0, 0.8 * pair_s[i][j] + 0.05) if pair_s[i][j] is not None else 0.1
+                for j in range(K)] for i in range(K)]
+    metrics = {m: s * (1 + 0.1 * k) for k, m in enumerate(report.METRICS)}
+    metrics["universality_ratio"] = None  # undefined metrics are None in records
+    metrics["shared_perturbation_strength_by_class"] = pair_s
+    return {
+        "schema": records.SCHEMA, "id": records.model_id("fmnist", arch, method, strength, seed),
+        "dataset": "fmnist", "arch": arch, "method": method, "strength": strength, "seed": seed,
+        "config": {"num_epochs": 3}, "params_sha256": "0" * 64,
+        "train": {"test_accuracy": acc, "validation_accuracy": acc, "num_epochs": 3, "steps": 10, "seconds": 1.0},
+        "test": {
+            "num_eval": N, "clean_correct": bits(rng, acc),
+            "worst_case": [{"eps": e, "attack": "sgd_uap", "seed": 0, "uer": at(e), "fooling_rate": at(e) * 0.9,
+                            "craft_uer": at(e), "wrong": bits(rng, at(e)), "changed": bits(rng, at(e) * 0.9)}
+                           for e in WC_EPS],
+            "sgd_uap": [{"eps": e, "uer": at(e), "fooling_rate": at(e), "wrong": bits(rng, at(e)),
+                         "changed": bits(rng, at(e))} for e in SGD_EPS],
+            "targeted": [{"eps": 0.1, "success": success, "source_counts": [N // K] * K}],
+            "metrics": metrics,
+        },
+    }
+
+
+def make_records(models=MODELS, arch="cnn"):
+    return [make_record(m, st, seed, rate, acc, s, arch) for m, st, seeds, rate, acc, s in models for seed in seeds]
+
+
+SELECTION = {"archs": {"cnn": {
+    "jr": {"chosen": 0.1, "rule": "largest lambda within 1 point of lambda 0's validation accuracy",
+           "candidates": [{"strength": st, "validation_accuracy": acc, "validation_uer": rate}
+                          for m, st, _, rate, acc, _ in MODELS if m == "jr"]},
+    "uat": {"chosen": 0.1, "rule": "only strength", "candidates": []}}}}
+
+
+def claims_by_id(analysis):
+    return {c["id"]: c for c in analysis["claims"]}
+
+
+def test_analyse_and_write_report(tmp_path):
+    recs = make_records()
+    analysis = report.analyse(recs, SELECTION, reps=REPS)
+    claims = claims_by_id(analysis)
+    assert [c["id"] for c in analysis["claims"]] == ["robustness", "accuracy", "correlation", "class_pairs"]
+    for c in analysis["claims"]:
+        assert {"claim", "arch", "estimate", "ci95", "verdict", "detail"} <= set(c)
+        assert c["verdict"] in {"holds", "holds partly", "does not hold"}
+        assert c["ci95"][0] <= c["estimate"] <= c["ci95"][1]
+    # Robustness: the largest UER ratio over the worst-case eps, paired (same seeds).
+    rob = claims["robustness"]
+    assert rob["estimate"] == pytest.approx(0.4 / 0.12, rel=0.02) and rob["detail"]["paired"]
+    assert [x["eps"] for x in rob["detail"]["uer_ratio"]] == list(WC_EPS) and rob["detail"]["eps50_ratio"]["estimate"] > 1
+    # Accuracy: every lambda, the chosen one headlined, the 1-seed one unpaired.
+    acc = claims["accuracy"]
+    assert [x["strength"] for x in acc["detail"]["lambdas"]] == [0.1, 1.0]
+    assert acc["estimate"] == pytest.approx(0.5, abs=0.01)
+    assert acc["detail"]["lambdas"][1]["estimate"] == pytest.approx(10.0) and not acc["detail"]["lambdas"][1]["paired"]
+    assert acc["detail"]["lambdas"][1]["verdict"] == "does not hold"
+    # Correlation: s_ij is monotone in the UER over the 6 records; universality_ratio is None everywhere.
+    corr = claims["correlation"]
+    assert corr["detail"]["n_records"] == 6 and corr["estimate"] == pytest.approx(1.0)
+    assert corr["detail"]["metrics"]["universality_ratio"] is None
+    # Class pairs: 5 known ordered pairs per record (6, one None), two base seeds pooled.
+    assert len(analysis["archs"]["cnn"]["class_pair_points"]["base"]["x"]) == 10
+    assert claims["class_pairs"]["detail"]["pools"]["jr"]["n"] == 10
+    assert [d["method"] for d in analysis["defences"]] == ["uat"] and not analysis["defences"][0]["paired"]
+    table = analysis["archs"]["cnn"]["table"]
+    assert [(r["method"], r["strength"], r["chosen"]) for r in table] == [
+        ("jr", 0.0, False), ("jr", 0.1, True), ("jr", 1.0, False), ("uat", 0.1, True)]
+    assert table[0]["clean_accuracy"]["mean"] == pytest.approx(0.9) and table[0]["clean_accuracy"]["std"] == 0
+    assert table[2]["clean_accuracy"]["std"] is None
+
+    paths = report.write_report(analysis, recs, str(tmp_path), "fmnist")
+    for name in ("fmnist.md", "fmnist.json", "fmnist_cnn_frontier.png", "fmnist_cnn_uer_vs_eps.png",
+                 "fmnist_cnn_metrics_vs_uer.png", "fmnist_cnn_class_pairs.png"):
+        assert str(tmp_path / name) in paths and (tmp_path / name).stat().st_size > 0
+    def no_constants(name):
+        raise AssertionError(f"{name} in the JSON")
+    loaded = json.loads((tmp_path / "fmnist.json").read_text(), parse_constant=no_constants)
+    assert [c["verdict"] for c in loaded["claims"]] == [c["verdict"] for c in analysis["claims"]]
+    text = (tmp_path / "fmnist.md").read_text()
+    assert CLAIM_TEXT in text and "| uat | 0.1 |" in text
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+CLAIM_TEXT = report.CLAIMS["robustness"]
+
+
+def test_deterministic():
+    recs = make_records()
+    assert report.analyse(recs, SELECTION, reps=50, seed=1) == report.analyse(recs, SELECTION, reps=50, seed=1)
+
+
+def test_missing_chosen_model_is_not_measured(tmp_path):
+    recs = [r for r in make_records() if not (r["method"] == "jr" and r["strength"] == 0.1)]
+    analysis = report.analyse(recs, SELECTION, reps=REPS)
+    claims = claims_by_id(analysis)
+    for kind in ("robustness", "accuracy"):
+        assert claims[kind]["verdict"] == "not measured" and claims[kind]["estimate"] is None
+        assert claims[kind]["ci95"] == [None, None]
+    assert claims["accuracy"]["detail"]["lambdas"][0]["strength"] == 1.0  # the other lambdas are still reported
+    assert claims["correlation"]["verdict"] != "not measured"
+    assert len(report.write_report(analysis, recs, str(tmp_path), "fmnist")) == 6
+
+
+def test_missing_base_and_unselected_method(tmp_path):
+    recs = [r for r in make_records() if r["strength"] != 0.0] + [make_record("trades", 6.0, 0, 0.3, 0.8, 0.4)]
+    analysis = report.analyse(recs, SELECTION, reps=REPS)
+    claims = claims_by_id(analysis)
+    assert {claims[k]["verdict"] for k in ("robustness", "accuracy", "class_pairs")} == {"not measured"}
+    assert [(d["method"], d["base_missing"]) for d in analysis["defences"]] == [("uat", True), ("trades", True)]
+    report.write_report(analysis, recs, str(tmp_path), "fmnist")
+
+
+def test_one_seed_everywhere_and_two_archs(tmp_path):
+    one = [(m, st, (0,), rate, acc, s) for m, st, _, rate, acc, s in MODELS]
+    recs = make_records(one) + make_records(one, arch="mlp")
+    selection = {"archs": {"cnn": SELECTION["archs"]["cnn"]}}  # mlp has no selection: uat is its only strength
+    analysis = report.analyse(recs, selection, reps=REPS)
+    assert sorted(analysis["archs"]) == ["cnn", "mlp"]
+    by_arch = {(c["arch"], c["id"]): c for c in analysis["claims"]}
+    rob = by_arch[("cnn", "robustness")]
+    assert rob["detail"]["paired"] and rob["ci95"][0] < rob["estimate"] < rob["ci95"][1]
+    assert by_arch[("mlp", "robustness")]["verdict"] == "not measured"  # no JR choice for mlp
+    assert [d["arch"] for d in analysis["defences"]] == ["cnn", "mlp"]
+    assert len(report.write_report(analysis, recs, str(tmp_path), "fmnist")) == 10
+
+
+def test_bad_records():
+    with pytest.raises(ValueError, match="dataset"):
+        report.analyse(make_records() + [dict(make_records()[0], dataset="other")], SELECTION, reps=REPS)
+    with pytest.raises(ValueError, match="records"):
+        report.analyse({"a": 1}, SELECTION)

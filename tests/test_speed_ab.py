@@ -1,0 +1,30 @@
+"""benchmarks/speed_ab.py: both sides of each row run, alternating, and a rerun reuses them (no timing asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_speed_ab_interleaves_and_resumes(tmp_path):
+    cmd = [sys.executable, "benchmarks/speed_ab.py", "--before", ROOT, "--work", str(tmp_path / "w"),
+           "--rows", "train_plain,input_jacobian", "--out", str(tmp_path / "ab.json"),
+           "--speed-arg=--quick", "--speed-arg=--reps=1", "--speed-arg=--no-memory"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.load(open(tmp_path / "ab.json"))
+    assert [e["order"] for e in result["rows"].values()] == [["before", "after"], ["after", "before"]]
+    for e in result["rows"].values():
+        assert e["before_s"] > 0 and e["after_s"] > 0 and e["after_over_before"] == e["after_s"] / e["before_s"]
+    times = (tmp_path / "w" / "times.txt").read_text().splitlines()
+    assert len(times) == 4
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and (tmp_path / "w" / "times.txt").read_text().splitlines() == times
+    bad = subprocess.run([sys.executable, "benchmarks/speed_ab.py", "--before", str(tmp_path), "--work", "w"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "holds no benchmarks/speed.py" in bad.stderr
