@@ -28,3 +28,13 @@ def test_speed_ab_interleaves_and_resumes(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/speed_ab.py", "--before", str(tmp_path), "--work", "w"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "holds no benchmarks/speed.py" in bad.stderr
+
+
+@pytest.mark.slow
+def test_same_program_of_one_tree_is_the_same(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/same_program.py", ROOT, ROOT], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.startswith("same: "), proc.stdout + proc.stderr
+    bad = subprocess.run([sys.executable, "benchmarks/same_program.py", ROOT, str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "usage" in bad.stderr
