@@ -231,6 +231,28 @@ def test_lobpcg_top_pairs_match_the_dense_svd(batch_size):
     np.testing.assert_allclose(sigma, s[0], rtol=1e-6)
 
 
+def test_lobpcg_compiles_once_per_model_and_shape():
+    """A second call (another rtol, key or set of the same shape) reuses the compiled solver."""
+    shape = (6, 6, 1)
+    model_fn, params = _model("mlp", shape)
+    traces = []
+
+    def apply_fn(p, x):
+        traces.append(x.shape)  # runs when traced, not when a compiled program runs
+        return model_fn(p, x)
+
+    from jacuap.checks import check_jacobian_inputs
+
+    x = _inputs(shape, batch=5)
+    check_jacobian_inputs(apply_fn, params, x)
+    checks = len(traces)  # the argument checks evaluate the model's output shape
+    jk.stacked_singular_pairs(apply_fn, params, x, jax.random.PRNGKey(0), rtol=1e-3)
+    first = len(traces)
+    jk.stacked_singular_pairs(apply_fn, params, x, jax.random.PRNGKey(0), rtol=1e-3)
+    jk.stacked_singular_pairs(apply_fn, params, x * 0.9, jax.random.PRNGKey(3), rtol=1e-2)
+    assert first > checks and len(traces) - first <= 2 * checks  # nothing but the checks, if they trace at all
+
+
 def test_auto_uses_lobpcg_above_the_gram_limit(monkeypatch):
     shape = (6, 6, 1)
     apply_fn, params = _model("mlp", shape)

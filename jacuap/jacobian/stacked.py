@@ -12,6 +12,7 @@ accumulates ``G`` itself (small ``d`` only).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional, Tuple
 
@@ -220,8 +221,6 @@ def stacked_singular_pairs(
     >>> round(float(sigmas[0]), 3), vectors.shape, bool(residuals[0] < 1e-3)
     (6.0, (1, 7), True)
     """
-    from jax.experimental.sparse.linalg import lobpcg_standard  # experimental: loaded when used
-
     check_jacobian_inputs(apply_fn, params, x)
     check_key(key, why="by stacked_singular_pairs (LOBPCG's random start)")
     for value, name in ((k, "k"), (max_iters, "max_iters"), (batch_size, "batch_size")):
@@ -235,14 +234,27 @@ def stacked_singular_pairs(
     if not (isinstance(rtol, (int, float)) and 0 < rtol < 1):
         raise ValueError(f"stacked_singular_pairs: rtol must be in (0, 1), got {rtol!r}")
 
+    return _lobpcg_pairs(apply_fn, params, x, key, jnp.asarray(rtol / (20 * d), x.dtype), k=int(k),
+                         max_iters=int(max_iters), batch_size=int(batch_size))
+
+
+# One compiled program per model, shapes and settings: lobpcg_standard is jitted with its
+# operator static, and a fresh closure each call would recompile the whole solver every time.
+@functools.partial(jax.jit, static_argnames=("apply_fn", "k", "max_iters", "batch_size"))
+def _lobpcg_pairs(apply_fn, params, x, key, tol, *, k, max_iters, batch_size):
+    from jax.experimental.sparse.linalg import lobpcg_standard  # experimental: loaded when used
+
+    spatial = x.shape[1:]
+    d = math.prod(spatial)
+
     def gram_times(columns):  # (d, m) -> (d, m)
         block = columns.T.reshape((columns.shape[1],) + spatial)
         out = reduce_chunks(_gram_times_block_chunk, apply_fn, jnp.zeros_like(block), (block, params), x,
                             batch_size, loop="scan")
         return out.reshape(columns.shape[1], d).T
 
-    start = jax.random.normal(key, (d, int(k)), x.dtype)
-    theta, vectors, _ = lobpcg_standard(gram_times, start, m=int(max_iters), tol=rtol / (20 * d))
+    start = jax.random.normal(key, (d, k), x.dtype)
+    theta, vectors, _ = lobpcg_standard(gram_times, start, m=max_iters, tol=tol)
     lam = jnp.maximum(theta, 0.0)
     residuals = jnp.linalg.norm(gram_times(vectors) - vectors * theta, axis=0) / jnp.maximum(lam, 1e-30)
-    return jnp.sqrt(lam), vectors.T.reshape((int(k),) + spatial), residuals
+    return jnp.sqrt(lam), vectors.T.reshape((k,) + spatial), residuals
