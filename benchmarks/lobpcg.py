@@ -9,7 +9,7 @@ images, each row runs one method and reports its wall time (compile
 excluded: a first call on the same shapes compiles), ``sigma`` and the
 certified relative residual
 ``||G v - sigma^2 v|| / sigma^2`` of its vector (one more product); the
-reference is the smallest-residual row.  Rows alternate methods; ``uptime``'s
+reference is the smallest-residual row.  Rows run power first, then LOBPCG; ``uptime``'s
 load is recorded.
 """
 
