@@ -125,7 +125,7 @@ def evaluate(spec: ModelSpec, plan: Plan, workroot: str, data_dir: str = "", pro
     return {
         "id": spec.id, "dataset": spec.dataset, "arch": spec.arch.name, "method": spec.method,
         "strength": float(spec.strength), "seed": int(spec.seed),
-        "config": {k: v for k, v in spec.config_overrides(plan).items()},
+        "config": spec.config_overrides(plan),
         "params_fingerprint": attack_store.model_fingerprint(params),
         "train": {"test_accuracy": summary["test_accuracy"], "validation_accuracy": summary["validation_accuracy"],
                   "num_epochs": summary["num_epochs"], "steps": summary["steps"],
