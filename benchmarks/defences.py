@@ -1,0 +1,217 @@
+"""Every defence trained the same way and attacked the same way: the defences' table.
+
+    python benchmarks/defences.py                      # Fashion-MNIST CNN, 4 epochs, seed 0 (hours on 2 CPU cores)
+    python benchmarks/defences.py --only none,uat      # some rows
+    python benchmarks/defences.py --quick --workroot /tmp/d --out /tmp/d.json   # digits MLP, toy sizes
+
+Each row is two commands, run as subprocesses and recorded in the output:
+``train.py`` with the defence's config fields (the rest at the dataset's
+defaults) in ``<workroot>/<name>``, then ``attack.py --attack=sgd_uap`` at
+l_inf eps 0.1 and 0.2 (crafted on 5,000 training inputs, UER on the 10,000
+test inputs, attack seed 0) into ``<workroot>/<name>/sgd``.  A row whose
+training (``summary.json``, with the same config fields in ``config.json``)
+or attack (a complete ``results.json`` at the same budgets) is already there
+is read, not rerun; one cut short resumes (both programs resume).  The cost
+column is the defence's training-step time over a plain step's, measured side
+by side by ``benchmarks/defences_cost.py`` (``benchmarks/results/defences_cost.json``),
+not from these trainings' wall times, which ran at different loads.
+
+Writes ``--out`` (JSON: the rows, the commands, the settings) after every
+row, and ``<out without .json>.md`` (the table).  Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from jacuap import io  # noqa: E402
+
+# (name, config fields, key in defences_cost.json, label).  Strengths: JR's lambda 0.1 (RESULTS.md's
+# choice); the adversarial trainings at adv_eps 0.1, the attack's smaller budget.
+DEFENCES: Tuple[Tuple[str, Dict[str, Any], str, str], ...] = (
+    ("none", {"jr_lambda": 0.0}, "plain", "none"),
+    ("jr_frobenius", {"jr_lambda": 0.1, "jr_num_proj": 1}, "frobenius_1proj",
+     "JR frobenius lambda 0.1, 1 projection"),
+    ("uat", {"jr_lambda": 0.0, "adv_training": "uat", "adv_eps": 0.1}, "uat", "UAT (FGSM-UAT), adv_eps 0.1"),
+    ("cw_uat", {"jr_lambda": 0.0, "adv_training": "cw_uat", "adv_eps": 0.1}, "cw_uat",
+     "class-wise UAT, adv_eps 0.1"),
+    ("sat", {"jr_lambda": 0.0, "adv_training": "sat", "adv_eps": 0.1, "adv_steps": 3}, "sat_3_heap16",
+     "shared AT, adv_eps 0.1, 3 steps, heaps of 16"),
+    ("pgd_at", {"jr_lambda": 0.0, "adv_training": "pgd", "adv_eps": 0.1, "adv_steps": 3}, "pgd_at_3",
+     "PGD-AT, adv_eps 0.1, 3 steps"),
+    ("stacked_spectral", {"jr_mode": "stacked_spectral", "jr_lambda": 0.1, "jr_num_proj": None},
+     "stacked_spectral_2it", "stacked spectral lambda 0.1, 2 power iterations"),
+    ("trades", {"jr_lambda": 0.0, "adv_training": "trades", "adv_eps": 0.1, "adv_steps": 10}, "trades_10",
+     "TRADES beta 6, adv_eps 0.1, 10 steps"),
+    ("alignment", {"jr_mode": "alignment", "jr_lambda": 0.1, "jr_num_proj": None}, "alignment",
+     "alignment lambda 0.1"),
+)
+NAMES = tuple(d[0] for d in DEFENCES)
+
+
+class UserError(Exception):
+    """A mistake in the arguments or a workdir holding another run: one line, exit 2."""
+
+
+def _settings(args: argparse.Namespace) -> Dict[str, Any]:
+    if args.quick:
+        return dict(dataset="digits", model="mlp", epochs=1, num_craft=300, num_eval=360)
+    return dict(dataset="fashion_mnist", model="cnn", epochs=args.epochs, num_craft=5000, num_eval=10000)
+
+
+def _cli_value(value: Any) -> str:
+    return "None" if value is None else str(value)
+
+
+def commands(name: str, fields: Dict[str, Any], workroot: str, settings: Dict[str, Any], seed: int,
+             eps: Sequence[float], data_dir: str) -> Tuple[List[str], List[str]]:
+    """The train.py and attack.py command lines of one row (program paths relative to the checkout)."""
+    workdir = os.path.join(workroot, name)
+    train = ["train.py", f"--workdir={workdir}", f"--config.dataset={settings['dataset']}",
+             f"--config.model={settings['model']}", f"--config.num_epochs={settings['epochs']}",
+             f"--config.seed={seed}", "--config.progress=False"]
+    if data_dir:
+        train.append(f"--config.data_dir={data_dir}")
+    train += [f"--config.{k}={_cli_value(v)}" for k, v in fields.items()]
+    attack = ["attack.py", f"--workdir={workdir}", "--attack=sgd_uap", "--norm=linf",
+              "--eps=" + ",".join(str(e) for e in eps), f"--num_craft={settings['num_craft']}",
+              f"--num_eval={settings['num_eval']}", "--num_metrics=0", "--noprogress",
+              f"--out={os.path.join(workdir, 'sgd')}"]
+    return train, attack
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def trained(workdir: str, expected: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The finished run's summary, None if unfinished; UserError if the workdir trained something else."""
+    config = _read_json(os.path.join(workdir, "config.json"))
+    if config is None:
+        return None
+    differ = {k: (config.get(k), v) for k, v in expected.items() if config.get(k) != v}
+    if differ:
+        raise UserError(f"{workdir} holds another run ({', '.join(f'{k}={a!r}, not {b!r}' for k, (a, b) in differ.items())}); "
+                        f"give another --workroot")
+    return _read_json(os.path.join(workdir, "summary.json"))
+
+
+def attacked(out: str, eps: Sequence[float], settings: Dict[str, Any]) -> Optional[Dict[str, float]]:
+    """UER by eps from a complete results.json at these budgets and sizes, else None."""
+    results = _read_json(os.path.join(out, "results.json"))
+    if not results or not results.get("complete"):
+        return None
+    config = results["config"]
+    if (sorted(config["eps"]) != sorted(eps) or config["num_craft_requested"] != settings["num_craft"]
+            or config["num_eval_requested"] != settings["num_eval"]):
+        return None
+    return {str(r["eps"]): r["uer"] for r in results["results"] if r["attack"] == "sgd_uap"}
+
+
+def _run(argv: List[str], log: str) -> None:
+    with open(log, "a") as f:
+        code = subprocess.call([sys.executable] + argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if code:
+        raise UserError(f"{' '.join(argv[:2])} failed with exit status {code}; see {log}")
+
+
+def markdown(record: Dict[str, Any]) -> str:
+    eps = record["settings"]["eps"]
+    s = record["settings"]
+    lines = [f"Defences on {s['dataset']} {s['model']}, {s['epochs']} epochs, seed {s['seed']}; SGD-UAP "
+             f"(l_inf, attack seed 0) crafted on {s['num_craft']} training inputs, UER on {s['num_eval']} test "
+             f"inputs. Step cost: a training step's time over a plain step's "
+             f"({record['cost_source']}).", "",
+             "| defence | clean accuracy | " + " | ".join(f"UER eps {e}" for e in eps) + " | step cost x plain |",
+             "|---|---:|" + "---:|" * len(eps) + "---:|"]
+    for row in record["rows"]:
+        cost = "" if row["step_cost"] is None else f"{row['step_cost']:.1f}"
+        uers = " | ".join(f"{row['uer'][str(e)]:.3f}" for e in eps)
+        lines.append(f"| {row['label']} | {row['clean_accuracy']:.3f} | {uers} | {cost} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workroot", default=os.path.join(ROOT, "runs", "defences"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "defences.json"))
+    parser.add_argument("--only", default="", help="Comma-separated row names: " + ",".join(NAMES))
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data_dir", default="")
+    parser.add_argument("--cost", default=os.path.join(ROOT, "benchmarks", "results", "defences_cost.json"))
+    parser.add_argument("--quick", action="store_true", help="Digits MLP, 1 epoch, small attack sets.")
+    args = parser.parse_args(argv)
+    try:
+        return _main(args)
+    except UserError as exc:
+        print(f"defences.py: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    only = [n for n in args.only.split(",") if n] or list(NAMES)
+    unknown = sorted(set(only) - set(NAMES))
+    if unknown:
+        raise UserError(f"--only: unknown rows {', '.join(unknown)}; the rows are {', '.join(NAMES)}")
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {args.epochs}")
+    settings = _settings(args)
+    eps = [0.1, 0.2]
+    cost_record = _read_json(args.cost) or {}
+    ratios = cost_record.get("cost", {}).get("ratio_to_plain", {})
+    same_model = (cost_record.get("cost", {}).get("dataset"), cost_record.get("cost", {}).get("model")) == \
+        (settings["dataset"], settings["model"])
+    record: Dict[str, Any] = {
+        "settings": dict(settings, seed=args.seed, eps=eps, attack="sgd_uap", norm="linf", attack_seed=0),
+        "cost_source": (f"{os.path.relpath(args.cost, ROOT)}, python benchmarks/defences_cost.py --reps 5"
+                        if same_model else "not measured for this model"),
+        "rows": []}
+    os.makedirs(args.workroot, exist_ok=True)
+    for name, fields, cost_key, label in DEFENCES:
+        if name not in only:
+            continue
+        workdir = os.path.join(args.workroot, name)
+        train_cmd, attack_cmd = commands(name, fields, args.workroot, settings, args.seed, eps, args.data_dir)
+        expected = dict(fields, dataset=settings["dataset"], model=settings["model"],
+                        num_epochs=settings["epochs"], seed=args.seed)
+        log = workdir + ".log"
+        summary = trained(workdir, expected)
+        if summary is None:
+            print(f"{name}: training", flush=True)
+            _run(train_cmd, log)
+            summary = trained(workdir, expected)
+        uer = attacked(os.path.join(workdir, "sgd"), eps, settings)
+        if uer is None:
+            print(f"{name}: attacking", flush=True)
+            _run(attack_cmd, log)
+            uer = attacked(os.path.join(workdir, "sgd"), eps, settings)
+        if summary is None or uer is None:
+            raise UserError(f"{name}: the programs ended without their results; see {log}")
+        record["rows"].append({
+            "name": name, "label": label, "config": fields, "clean_accuracy": summary["test_accuracy"],
+            "uer": uer, "step_cost": ratios.get(cost_key) if same_model else None,
+            "train_seconds": summary.get("train_seconds"),
+            "commands": [" ".join(["python"] + train_cmd), " ".join(["python"] + attack_cmd)]})
+        io.write_json_atomic(args.out, record)
+        io.write_text_atomic(os.path.splitext(args.out)[0] + ".md", markdown(record))
+        print(f"{name}: clean {summary['test_accuracy']:.4f}, UER "
+              + ", ".join(f"eps {e}: {uer[str(e)]:.4f}" for e in eps), flush=True)
+    print(markdown(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
