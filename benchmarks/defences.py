@@ -8,7 +8,10 @@ Each row is two commands, run as subprocesses and recorded in the output:
 ``train.py`` with the defence's config fields (the rest at the dataset's
 defaults) in ``<workroot>/<name>``, then ``attack.py --attack=sgd_uap`` at
 l_inf eps 0.1 and 0.2 (crafted on 5,000 training inputs, UER on the 10,000
-test inputs, attack seed 0) into ``<workroot>/<name>/sgd``.  A row whose
+test inputs) once per attack seed (``--attack_seeds``, default 0,1,2: the
+crafting subset, its shuffles and the start) into ``<workroot>/<name>/sgd``
+(seed 0) and ``sgd_seed<s>``; the table gives the worst UER over the seeds
+(the attacker picks the best of its runs) and their range.  A row whose
 training (``summary.json``, with the same config fields in ``config.json``)
 or attack (a complete ``results.json`` at the same budgets) is already there
 is read, not rerun; one cut short resumes (both programs resume).  The cost
@@ -71,8 +74,12 @@ def _cli_value(value: Any) -> str:
     return "None" if value is None else str(value)
 
 
+def attack_dir(workdir: str, attack_seed: int) -> str:
+    return os.path.join(workdir, "sgd" if attack_seed == 0 else f"sgd_seed{attack_seed}")
+
+
 def commands(name: str, fields: Dict[str, Any], workroot: str, settings: Dict[str, Any], seed: int,
-             eps: Sequence[float], data_dir: str) -> Tuple[List[str], List[str]]:
+             eps: Sequence[float], data_dir: str, attack_seed: int = 0) -> Tuple[List[str], List[str]]:
     """The train.py and attack.py command lines of one row (program paths relative to the checkout)."""
     workdir = os.path.join(workroot, name)
     train = ["train.py", f"--workdir={workdir}", f"--config.dataset={settings['dataset']}",
@@ -84,7 +91,7 @@ def commands(name: str, fields: Dict[str, Any], workroot: str, settings: Dict[st
     attack = ["attack.py", f"--workdir={workdir}", "--attack=sgd_uap", "--norm=linf",
               "--eps=" + ",".join(str(e) for e in eps), f"--num_craft={settings['num_craft']}",
               f"--num_eval={settings['num_eval']}", "--num_metrics=0", "--noprogress",
-              f"--out={os.path.join(workdir, 'sgd')}"]
+              f"--seed={attack_seed}", f"--out={attack_dir(workdir, attack_seed)}"]
     return train, attack
 
 
@@ -103,19 +110,20 @@ def trained(workdir: str, expected: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         return None
     differ = {k: (config.get(k), v) for k, v in expected.items() if config.get(k) != v}
     if differ:
-        raise UserError(f"{workdir} holds another run ({', '.join(f'{k}={a!r}, not {b!r}' for k, (a, b) in differ.items())}); "
-                        f"give another --workroot")
+        fields = ", ".join(f"{k}={a!r}, not {b!r}" for k, (a, b) in differ.items())
+        raise UserError(f"{workdir} holds another run ({fields}); give another --workroot")
     return _read_json(os.path.join(workdir, "summary.json"))
 
 
-def attacked(out: str, eps: Sequence[float], settings: Dict[str, Any]) -> Optional[Dict[str, float]]:
-    """UER by eps from a complete results.json at these budgets and sizes, else None."""
+def attacked(out: str, eps: Sequence[float], settings: Dict[str, Any], attack_seed: int
+             ) -> Optional[Dict[str, float]]:
+    """UER by eps from a complete results.json at these budgets, sizes and seed, else None."""
     results = _read_json(os.path.join(out, "results.json"))
     if not results or not results.get("complete"):
         return None
     config = results["config"]
     if (sorted(config["eps"]) != sorted(eps) or config["num_craft_requested"] != settings["num_craft"]
-            or config["num_eval_requested"] != settings["num_eval"]):
+            or config["num_eval_requested"] != settings["num_eval"] or config["seed"] != attack_seed):
         return None
     return {str(r["eps"]): r["uer"] for r in results["results"] if r["attack"] == "sgd_uap"}
 
@@ -130,15 +138,17 @@ def _run(argv: List[str], log: str) -> None:
 def markdown(record: Dict[str, Any]) -> str:
     eps = record["settings"]["eps"]
     s = record["settings"]
+    seeds = ", ".join(str(a) for a in s["attack_seeds"])
     lines = [f"Defences on {s['dataset']} {s['model']}, {s['epochs']} epochs, seed {s['seed']}; SGD-UAP "
-             f"(l_inf, attack seed 0) crafted on {s['num_craft']} training inputs, UER on {s['num_eval']} test "
-             f"inputs. Step cost: a training step's time over a plain step's "
-             f"({record['cost_source']}).", "",
+             f"(l_inf) crafted on {s['num_craft']} training inputs, UER on {s['num_eval']} test inputs: the "
+             f"worst over attack seeds {seeds}, their range in brackets. Step cost: a training step's time over "
+             f"a plain step's ({record['cost_source']}).", "",
              "| defence | clean accuracy | " + " | ".join(f"UER eps {e}" for e in eps) + " | step cost x plain |",
              "|---|---:|" + "---:|" * len(eps) + "---:|"]
     for row in record["rows"]:
         cost = "" if row["step_cost"] is None else f"{row['step_cost']:.1f}"
-        uers = " | ".join(f"{row['uer'][str(e)]:.3f}" for e in eps)
+        uers = " | ".join(f"{row['uer'][str(e)]:.3f} ({min(row['uer_by_seed'][str(e)]):.3f}-"
+                          f"{max(row['uer_by_seed'][str(e)]):.3f})" for e in eps)
         lines.append(f"| {row['label']} | {row['clean_accuracy']:.3f} | {uers} | {cost} |")
     return "\n".join(lines) + "\n"
 
@@ -149,7 +159,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "defences.json"))
     parser.add_argument("--only", default="", help="Comma-separated row names: " + ",".join(NAMES))
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="The training seed.")
+    parser.add_argument("--attack_seeds", default="0,1,2", help="Comma-separated attack.py --seed values.")
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--cost", default=os.path.join(ROOT, "benchmarks", "results", "defences_cost.json"))
     parser.add_argument("--quick", action="store_true", help="Digits MLP, 1 epoch, small attack sets.")
@@ -168,6 +179,10 @@ def _main(args: argparse.Namespace) -> int:
         raise UserError(f"--only: unknown rows {', '.join(unknown)}; the rows are {', '.join(NAMES)}")
     if args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}")
+    try:
+        attack_seeds = sorted({int(a) for a in args.attack_seeds.split(",")})
+    except ValueError:
+        raise UserError(f"--attack_seeds: comma-separated integers, got {args.attack_seeds!r}") from None
     settings = _settings(args)
     eps = [0.1, 0.2]
     cost_record = _read_json(args.cost) or {}
@@ -175,7 +190,8 @@ def _main(args: argparse.Namespace) -> int:
     same_model = (cost_record.get("cost", {}).get("dataset"), cost_record.get("cost", {}).get("model")) == \
         (settings["dataset"], settings["model"])
     record: Dict[str, Any] = {
-        "settings": dict(settings, seed=args.seed, eps=eps, attack="sgd_uap", norm="linf", attack_seed=0),
+        "settings": dict(settings, seed=args.seed, eps=eps, attack="sgd_uap", norm="linf",
+                         attack_seeds=attack_seeds),
         "cost_source": (f"{os.path.relpath(args.cost, ROOT)}, python benchmarks/defences_cost.py --reps 5"
                         if same_model else "not measured for this model"),
         "rows": []}
@@ -184,7 +200,9 @@ def _main(args: argparse.Namespace) -> int:
         if name not in only:
             continue
         workdir = os.path.join(args.workroot, name)
-        train_cmd, attack_cmd = commands(name, fields, args.workroot, settings, args.seed, eps, args.data_dir)
+        train_cmd, _ = commands(name, fields, args.workroot, settings, args.seed, eps, args.data_dir)
+        attack_cmds = [commands(name, fields, args.workroot, settings, args.seed, eps, args.data_dir, a)[1]
+                       for a in attack_seeds]
         expected = dict(fields, dataset=settings["dataset"], model=settings["model"],
                         num_epochs=settings["epochs"], seed=args.seed)
         log = workdir + ".log"
@@ -193,21 +211,28 @@ def _main(args: argparse.Namespace) -> int:
             print(f"{name}: training", flush=True)
             _run(train_cmd, log)
             summary = trained(workdir, expected)
-        uer = attacked(os.path.join(workdir, "sgd"), eps, settings)
-        if uer is None:
-            print(f"{name}: attacking", flush=True)
-            _run(attack_cmd, log)
-            uer = attacked(os.path.join(workdir, "sgd"), eps, settings)
-        if summary is None or uer is None:
-            raise UserError(f"{name}: the programs ended without their results; see {log}")
+        if summary is None:
+            raise UserError(f"{name}: train.py ended without a summary; see {log}")
+        by_seed = []
+        for attack_seed, attack_cmd in zip(attack_seeds, attack_cmds):
+            uer = attacked(attack_dir(workdir, attack_seed), eps, settings, attack_seed)
+            if uer is None:
+                print(f"{name}: attacking, seed {attack_seed}", flush=True)
+                _run(attack_cmd, log)
+                uer = attacked(attack_dir(workdir, attack_seed), eps, settings, attack_seed)
+            if uer is None:
+                raise UserError(f"{name}: attack.py ended without its results; see {log}")
+            by_seed.append(uer)
+        uer_by_seed = {str(e): [u[str(e)] for u in by_seed] for e in eps}
+        uer = {e: max(v) for e, v in uer_by_seed.items()}
         record["rows"].append({
             "name": name, "label": label, "config": fields, "clean_accuracy": summary["test_accuracy"],
-            "uer": uer, "step_cost": ratios.get(cost_key) if same_model else None,
+            "uer": uer, "uer_by_seed": uer_by_seed, "step_cost": ratios.get(cost_key) if same_model else None,
             "train_seconds": summary.get("train_seconds"),
-            "commands": [" ".join(["python"] + train_cmd), " ".join(["python"] + attack_cmd)]})
+            "commands": [" ".join(["python"] + c) for c in [train_cmd] + attack_cmds]})
         io.write_json_atomic(args.out, record)
         io.write_text_atomic(os.path.splitext(args.out)[0] + ".md", markdown(record))
-        print(f"{name}: clean {summary['test_accuracy']:.4f}, UER "
+        print(f"{name}: clean {summary['test_accuracy']:.4f}, worst UER "
               + ", ".join(f"eps {e}: {uer[str(e)]:.4f}" for e in eps), flush=True)
     print(markdown(record))
     return 0

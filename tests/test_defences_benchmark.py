@@ -33,13 +33,18 @@ def test_commands_carry_the_fields_as_flags():
 @pytest.mark.slow  # ~1 min: two programs in subprocesses on digits
 def test_quick_row_then_rerun_reads_it(tmp_path, monkeypatch):
     out, workroot = tmp_path / "d.json", tmp_path / "runs"
-    assert defences.main(["--quick", "--only", "none", "--workroot", str(workroot), "--out", str(out)]) == 0
+    args = ["--quick", "--only", "none", "--attack_seeds", "0,1", "--workroot", str(workroot), "--out", str(out)]
+    assert defences.main(args) == 0
     record = json.load(open(out))
     (row,) = record["rows"]
     summary = json.load(open(workroot / "none" / "summary.json"))
     results = json.load(open(workroot / "none" / "sgd" / "results.json"))
     assert row["clean_accuracy"] == summary["test_accuracy"]
-    assert row["uer"] == {str(r["eps"]): r["uer"] for r in results["results"]}
+    assert row["uer_by_seed"]["0.1"][0] == [r["uer"] for r in results["results"] if r["eps"] == 0.1][0]
+    seed1 = json.load(open(workroot / "none" / "sgd_seed1" / "results.json"))
+    assert seed1["config"]["seed"] == 1
+    assert row["uer_by_seed"]["0.2"] == [r["uer"] for r in (results, seed1) for r in r["results"] if r["eps"] == 0.2]
+    assert row["uer"] == {e: max(v) for e, v in row["uer_by_seed"].items()}
     assert set(row["uer"]) == {"0.1", "0.2"} and row["step_cost"] is None
     assert "| none |" in (tmp_path / "d.md").read_text()
 
@@ -48,7 +53,7 @@ def test_quick_row_then_rerun_reads_it(tmp_path, monkeypatch):
 
     monkeypatch.setattr(defences, "_run", no_program)
     before = out.read_bytes()
-    assert defences.main(["--quick", "--only", "none", "--workroot", str(workroot), "--out", str(out)]) == 0
+    assert defences.main(args) == 0
     assert out.read_bytes() == before
 
 
@@ -68,3 +73,5 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
     assert "--only: unknown rows nope" in capsys.readouterr().err
     assert defences.main(["--epochs", "0", "--workroot", str(tmp_path)]) == 2
     assert "--epochs" in capsys.readouterr().err
+    assert defences.main(["--attack_seeds", "0,x", "--workroot", str(tmp_path)]) == 2
+    assert "--attack_seeds" in capsys.readouterr().err
