@@ -4,7 +4,7 @@ Run it as ``python attack.py --help`` from a checkout, or as ``jacuap-attack
 --help`` from any folder after ``pip install``.
 """
 
-from jacuap.programs.attack import run
+from jacuap.programs import attack_main
 
 if __name__ == "__main__":
-    run()
+    attack_main()

@@ -4,7 +4,7 @@ Run it as ``python train.py --help`` from a checkout, or as ``jacuap-train
 --help`` from any folder after ``pip install``.
 """
 
-from jacuap.programs.train import run
+from jacuap.programs import train_main
 
 if __name__ == "__main__":
-    run()
+    train_main()

@@ -160,7 +160,8 @@ def check_workdir(workdir: Optional[str], flag: str = "--workdir") -> None:
     path = os.path.abspath(os.path.expanduser(workdir))
     existing = io.existing_ancestor(path)
     if not os.path.isdir(existing):
-        what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        kind = "a broken symbolic link" if os.path.islink(existing) else "a file"
+        what = f"is {kind}" if existing == path else f"cannot be created: {existing} is {kind}"
         raise errors.ConfigError(f"{flag} {workdir!r} {what}, not a folder; choose another {flag}")
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "" if existing == path else f" cannot be created: {existing}"
@@ -297,7 +298,12 @@ def run(main: Callable[[List[str]], Any], program: Optional[str] = None) -> NoRe
         main_module = sys.modules.get("__main__")
         if main_module is not None and sys.modules[program].__doc__:
             main_module.__doc__ = sys.modules[program].__doc__  # --help's usage text
-    app.run(main, flags_parser=_parse_flags)
+    try:
+        app.run(main, flags_parser=_parse_flags)
+    except KeyboardInterrupt:  # outside the stretches that turn SIGINT into a clean stop (training)
+        print(f"{_prog()}: interrupted; what was finished is kept: rerun the same command to resume",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 def print_table(title: str, values: Dict[str, Any]) -> None:

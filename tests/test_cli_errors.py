@@ -289,11 +289,13 @@ def test_check_workdir(tmp_path):
     cli.check_workdir(str(tmp_path))
     cli.check_workdir(str(tmp_path / "new" / "deeper"))
     (tmp_path / "f").write_text("")
+    os.symlink(tmp_path / "gone", tmp_path / "link")
     for bad, words in [("", "must name a folder"), (str(tmp_path / "f"), "is a file"),
-                       (str(tmp_path / "f" / "x"), "cannot be created")]:
+                       (str(tmp_path / "f" / "x"), "cannot be created"),
+                       (str(tmp_path / "link"), "is a broken symbolic link, not a folder")]:
         with pytest.raises(errors.ConfigError, match=words):
             cli.check_workdir(bad)
-    assert sorted(os.listdir(tmp_path)) == ["f"]
+    assert sorted(os.listdir(tmp_path)) == ["f", "link"]
 
 
 def test_unknown_field_advice():

@@ -19,7 +19,7 @@ JAX's training stack loads (configs.validate loads the model registry);
 from absl import flags
 from ml_collections import config_flags
 
-from jacuap import cli, configs
+from jacuap import cli, configs, programs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and summary.json.")
@@ -36,7 +36,8 @@ def main(argv):
     with cli.user_errors(workdir=FLAGS.workdir):
         cli.check_workdir(FLAGS.workdir)  # cheap checks first: no JAX yet
         configs.validate(FLAGS.config)
-        from jacuap import io, parallel, train  # JAX, flax, optax, orbax: seconds
+        with programs.interrupt_exits():
+            from jacuap import io, parallel, train  # JAX, flax, optax, orbax: seconds
 
         if FLAGS.multihost:
             parallel.initialize_multihost()
