@@ -44,7 +44,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("datasets", ["fashion_mnist", "mnist", "cifar10"],
                   "Datasets to run; one whose files are absent is skipped with a note.")
 flags.DEFINE_bool("quick", False, "The whole pipeline at toy sizes (an MLP, two methods, two seeds).")
-flags.DEFINE_string("out", os.path.join(ROOT, "results"), "Records, tables, JSON and plots (commit them).")
+DEFAULT_OUT = os.path.join(ROOT, "results")
+flags.DEFINE_string("out", DEFAULT_OUT, "Records, tables, JSON and plots (commit them).")
 flags.DEFINE_string("workroot", os.path.join(ROOT, "runs", "reproduce"), "Where the models are trained.")
 flags.DEFINE_string("data_dir", "", "Folder with the datasets' files (see README, 'Data').")
 flags.DEFINE_list("archs", None, "Only these architectures (default: the plan's).")
@@ -53,6 +54,8 @@ flags.DEFINE_integer("max_models", None, "Evaluate at most this many new models,
 flags.DEFINE_bool("plan", False, "Print the plan and what is done, then exit.")
 flags.DEFINE_integer("reps", 2000, "Bootstrap replicates of each interval.")
 flags.DEFINE_bool("progress", False, "Progress bars of the attacks.")
+flags.DEFINE_string("results_md", None, "A file whose <!-- claims:DATASET --> block gets the claims table "
+                    "(default: RESULTS.md when --out is the default results/, else none).")
 
 
 class _Budget(Exception):
@@ -213,7 +216,14 @@ class Sweep:
         analysis = report.analyse(found, self._json("selection.json"), reps=FLAGS.reps)
         analysis["schedule"] = self._json("schedule.json")
         analysis["transfer"] = self._json("transfer.json")
-        return report.write_report(analysis, found, self.out, self.plan.dataset)
+        written = report.write_report(analysis, found, self.out, self.plan.dataset)
+        results_md = FLAGS.results_md
+        if results_md is None:
+            results_md = os.path.join(ROOT, "RESULTS.md") if os.path.abspath(self.out) == DEFAULT_OUT else ""
+        if results_md and report.replace_marked(results_md, f"claims:{self.plan.dataset}",
+                                                report.claims_block(self.plan.dataset, analysis["claims"], len(found))):
+            written.append(results_md)
+        return written
 
     def describe(self, archs: List[plans.Arch], methods: List[str]) -> None:
         sched, sel = self._json("schedule.json"), self._json("selection.json").get("archs", {})
@@ -248,9 +258,11 @@ def run_dataset(name: str) -> bool:
     start = time.time()
     print(f"== {name}: {', '.join(a.name for a in archs)}; methods {', '.join(methods)}", flush=True)
     try:
-        if FLAGS.max_models != 0:
+        if FLAGS.max_models == 0:
+            print(f"{name}: analysis only (--max_models=0)", flush=True)
+        else:
             sweep.run(archs, methods)
-        print(f"{name}: sweep complete", flush=True)
+            print(f"{name}: sweep complete", flush=True)
     except _Budget:
         print(f"{name}: stopped after {sweep.evaluated} new models (--max_models); rerun to continue", flush=True)
     written = sweep.analyse()

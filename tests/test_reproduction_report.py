@@ -132,7 +132,9 @@ def test_missing_chosen_model_is_not_measured(tmp_path):
         assert claims[kind]["verdict"] == "not measured" and claims[kind]["estimate"] is None
         assert claims[kind]["ci95"] == [None, None]
     assert claims["accuracy"]["detail"]["lambdas"][0]["strength"] == 1.0  # the other lambdas are still reported
-    assert claims["correlation"]["verdict"] != "not measured"
+    # 4 models left: the correlation is reported but decides nothing (MIN_CORRELATION_MODELS).
+    assert claims["correlation"]["verdict"] == "not measured (4 models < 6)"
+    assert claims["correlation"]["estimate"] is not None
     assert len(report.write_report(analysis, recs, str(tmp_path), "fmnist")) == 6
 
 
@@ -164,3 +166,30 @@ def test_bad_records():
         report.analyse(make_records() + [dict(make_records()[0], dataset="other")], SELECTION, reps=REPS)
     with pytest.raises(ValueError, match="records"):
         report.analyse({"a": 1}, SELECTION)
+
+
+def test_replace_marked(tmp_path):
+    path = tmp_path / "R.md"
+    path.write_text("intro\n<!-- claims:x -->\nold\n<!-- /claims:x -->\nrest\n")
+    assert report.replace_marked(str(path), "claims:x", "new\n")
+    assert path.read_text() == "intro\n<!-- claims:x -->\nnew\n<!-- /claims:x -->\nrest\n"
+    assert report.replace_marked(str(path), "claims:x", "new\n")  # idempotent
+    assert not report.replace_marked(str(path), "claims:y", "z\n")
+    assert not report.replace_marked(str(tmp_path / "absent.md"), "claims:x", "z\n")
+    assert path.read_text().count("new") == 1
+
+
+def test_results_md_claims_are_the_committed_outputs():
+    """Each claims block in RESULTS.md is the table of results/<dataset>.json's claims (reproduce.py writes both)."""
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "RESULTS.md")).read()
+    blocks = re.findall(r"<!-- claims:(\w+) -->\n(.*?)<!-- /claims:\1 -->", text, re.S)
+    for dataset, block in blocks:
+        analysis = json.load(open(os.path.join(root, "results", f"{dataset}.json")))
+        models = os.path.join(root, "results", dataset, "models")
+        count = sum(name.endswith(".json") for arch in os.listdir(models) for name in os.listdir(os.path.join(models, arch)))
+        assert block == report.claims_block(dataset, analysis["claims"], count), \
+            f"RESULTS.md's claims:{dataset} block differs from results/{dataset}.json: rerun benchmarks/reproduce.py"
