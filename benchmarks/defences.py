@@ -20,7 +20,8 @@ by side by ``benchmarks/defences_cost.py`` (``benchmarks/results/defences_cost.j
 not from these trainings' wall times, which ran at different loads.
 
 Writes ``--out`` (JSON: the rows, the commands, the settings) after every
-row, and ``<out without .json>.md`` (the table).  Not a test.
+row, and ``<out without .json>.md`` (the table); rows of other defences that
+``--out`` already holds at the same settings stay.  Not a test.
 """
 
 from __future__ import annotations
@@ -195,9 +196,14 @@ def _main(args: argparse.Namespace) -> int:
         "cost_source": (f"{os.path.relpath(args.cost, ROOT)}, python benchmarks/defences_cost.py --reps 5"
                         if same_model else "not measured for this model"),
         "rows": []}
+    # Rows of the other defences already in --out (same settings) are kept: --only adds, never drops.
+    previous = _read_json(args.out) or {}
+    kept = {r["name"]: r for r in previous.get("rows", [])} if previous.get("settings") == record["settings"] else {}
     os.makedirs(args.workroot, exist_ok=True)
     for name, fields, cost_key, label in DEFENCES:
         if name not in only:
+            if name in kept:
+                record["rows"].append(kept[name])
             continue
         workdir = os.path.join(args.workroot, name)
         train_cmd, _ = commands(name, fields, args.workroot, settings, args.seed, eps, args.data_dir)
@@ -230,12 +236,17 @@ def _main(args: argparse.Namespace) -> int:
             "uer": uer, "uer_by_seed": uer_by_seed, "step_cost": ratios.get(cost_key) if same_model else None,
             "train_seconds": summary.get("train_seconds"),
             "commands": [" ".join(["python"] + c) for c in [train_cmd] + attack_cmds]})
-        io.write_json_atomic(args.out, record)
-        io.write_text_atomic(os.path.splitext(args.out)[0] + ".md", markdown(record))
+        _write(args.out, record)
         print(f"{name}: clean {summary['test_accuracy']:.4f}, worst UER "
               + ", ".join(f"eps {e}: {uer[str(e)]:.4f}" for e in eps), flush=True)
+    _write(args.out, record)
     print(markdown(record))
     return 0
+
+
+def _write(out: str, record: Dict[str, Any]) -> None:
+    io.write_json_atomic(out, record)
+    io.write_text_atomic(os.path.splitext(out)[0] + ".md", markdown(record))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,13 @@ def test_quick_row_then_rerun_reads_it(tmp_path, monkeypatch):
     assert defences.main(args) == 0
     assert out.read_bytes() == before
 
+    # --only adds its rows to those --out holds at the same settings, in the table's order.
+    record["rows"].append(dict(row, name="uat", label="UAT"))
+    out.write_text(json.dumps(record))
+    assert defences.main(args) == 0
+    assert [r["name"] for r in json.load(open(out))["rows"]] == ["none", "uat"]
+    assert "| UAT |" in (tmp_path / "d.md").read_text()
+
 
 def test_a_workdir_of_another_run_is_refused(tmp_path, capsys):
     (tmp_path / "uat").mkdir()
