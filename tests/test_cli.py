@@ -219,12 +219,17 @@ def test_console_scripts_work_from_any_folder(tmp_path, script, args, expect):
 
 
 def _interrupt_after(argv, delay, cwd):
-    """Runs argv with SIGINT's default handler, sends SIGINT after ``delay`` s; (exit code, stderr)."""
+    """Runs argv with SIGINT not ignored, sends SIGINT after ``delay`` s; (exit code, stderr)."""
     import signal
     import time
 
-    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # A child inherits an ignored SIGINT (a suite started in the background); a handler is reset on
+    # exec.  So un-ignore it around the start (no preexec_fn: forking a process running JAX may hang).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, before)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
