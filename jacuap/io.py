@@ -22,7 +22,7 @@ import fcntl
 import json
 import os
 import tempfile
-from typing import Any, Callable, IO, Iterator
+from typing import Any, Callable, IO, Iterator, Optional
 
 from jacuap.errors import BusyError
 
@@ -30,6 +30,7 @@ __all__ = [
     "is_primary",
     "atomic_write",
     "write_text_atomic",
+    "replace_between",
     "write_json_atomic",
     "save_npy_atomic",
     "save_figure_atomic",
@@ -73,6 +74,18 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def replace_between(text: str, begin: str, end: str, body: str) -> Optional[str]:
+    """``text`` with what lies between the markers ``begin`` and ``end`` replaced by ``body``; None if either is missing.
+
+    >>> replace_between("a<b>old</b>c", "<b>", "</b>", "new")
+    'a<b>new</b>c'
+    """
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        return None
+    return text[:i + len(begin)] + body + text[j:]
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -32,6 +32,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from jacuap import io as jacuap_io
+
 from . import records as rec
 from . import stats
 
@@ -353,11 +355,9 @@ def replace_marked(path: str, name: str, text: str) -> bool:
             old = f.read()
     except OSError:
         return False
-    start, end = f"<!-- {name} -->\n", f"<!-- /{name} -->"
-    i, j = old.find(start), old.find(end)
-    if i < 0 or j < i:
+    new = jacuap_io.replace_between(old, f"<!-- {name} -->\n", f"<!-- /{name} -->", text)
+    if new is None:
         return False
-    new = old[:i + len(start)] + text + old[j:]
     if new != old:
         _write(path, new.encode())
     return True

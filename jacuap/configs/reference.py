@@ -21,6 +21,7 @@ import difflib
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from jacuap import io
 from jacuap.configs import default
 
 __all__ = ["DESCRIPTIONS", "BEGIN", "END", "COMMAND", "rows", "markdown", "replace_table",
@@ -106,10 +107,10 @@ def replace_table(text: str) -> str:
     Raises:
       ValueError: the markers are missing.
     """
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
+    new = io.replace_between(text, BEGIN, END, "\n" + markdown() + "\n")
+    if new is None:
         raise ValueError(f"no {BEGIN!r} ... {END!r} block")
-    return text[:start] + BEGIN + "\n" + markdown() + "\n" + text[end:]
+    return new
 
 
 def unknown_field_message(name: str, fields: Optional[Sequence[str]] = None) -> str:
