@@ -54,7 +54,8 @@ flags.DEFINE_integer("max_models", None, "Evaluate at most this many new models,
 flags.DEFINE_bool("plan", False, "Print the plan and what is done, then exit.")
 flags.DEFINE_integer("reps", 2000, "Bootstrap replicates of each interval.")
 flags.DEFINE_bool("progress", False, "Progress bars of the attacks.")
-flags.DEFINE_string("results_md", None, "A file whose <!-- claims:DATASET --> block gets the claims table "
+flags.DEFINE_string("results_md", None, "A file whose <!-- claims:DATASET --> block gets the claims table and "
+                    "whose <!-- report:DATASET --> block the report's tables and plots "
                     "(default: RESULTS.md when --out is the default results/, else none).")
 
 
@@ -220,9 +221,14 @@ class Sweep:
         results_md = FLAGS.results_md
         if results_md is None:
             results_md = os.path.join(ROOT, "RESULTS.md") if os.path.abspath(self.out) == DEFAULT_OUT else ""
-        if results_md and report.replace_marked(results_md, f"claims:{self.plan.dataset}",
-                                                report.claims_block(self.plan.dataset, analysis["claims"], len(found))):
-            written.append(results_md)
+        if results_md:
+            with open(os.path.join(self.out, f"{self.plan.dataset}.md")) as f:
+                block = report.results_block(self.plan.dataset, f.read())
+            claims = report.claims_block(self.plan.dataset, analysis["claims"], len(found))
+            # Either block may be absent: a RESULTS.md holds the ones its text places.
+            if (report.replace_marked(results_md, f"claims:{self.plan.dataset}", claims)
+                    | report.replace_marked(results_md, f"report:{self.plan.dataset}", block)):
+                written.append(results_md)
         return written
 
     def describe(self, archs: List[plans.Arch], methods: List[str]) -> None:

@@ -41,6 +41,7 @@ def make_record(method, strength, seed, rate, acc, s, arch="cnn"):
         "schema": records.SCHEMA, "id": records.model_id("fmnist", arch, method, strength, seed),
         "dataset": "fmnist", "arch": arch, "method": method, "strength": strength, "seed": seed,
         "config": {"num_epochs": 3}, "params_sha256": "0" * 64,
+        "seconds": {"train": 360.0, "evaluate": 1440.0}, "machine": {"backend": "cpu", "devices": 1},
         "train": {"test_accuracy": acc, "validation_accuracy": acc, "num_epochs": 3, "steps": 10, "seconds": 1.0},
         "test": {
             "num_eval": N, "clean_correct": bits(rng, acc),
@@ -114,6 +115,20 @@ def test_analyse_and_write_report(tmp_path):
     text = (tmp_path / "fmnist.md").read_text()
     assert CLAIM_TEXT in text and "| uat | 0.1 |" in text
     assert not list(tmp_path.glob("*.tmp"))
+    # 6 records of 0.5 h each, and the schedule search's runs but the one the base record is.
+    analysis["schedule"] = {"cnn": {"epochs": 3, "runs": {"3": {"train_seconds": 360.0}, "6": {"train_seconds": 720.0}}}}
+    report.write_report(analysis, recs, str(tmp_path), "fmnist")
+    text = (tmp_path / "fmnist.md").read_text()
+    assert ("- **cnn** machine time: 3.2 h (training 0.6 h, evaluation 2.4 h, schedule search 0.2 h; on cpu x1)"
+            in text)
+    for name in report.PLOTS:
+        assert f"![fmnist cnn {name}](fmnist_cnn_{name}.png)" in text
+
+    # RESULTS.md's copy: no title, no claims section (it has its own block), headings one level down.
+    block = report.results_block("fmnist", text)
+    assert block.startswith("### Setup\n") and "## Claims" not in block and CLAIM_TEXT not in block
+    assert "\n### cnn\n" in block and "\n#### Models" in block and "| uat | 0.1 |" in block
+    assert "![fmnist cnn frontier](results/fmnist_cnn_frontier.png)" in block
 
 
 CLAIM_TEXT = report.CLAIMS["robustness"]
@@ -180,7 +195,7 @@ def test_replace_marked(tmp_path):
 
 
 def test_results_md_claims_are_the_committed_outputs():
-    """Each claims block in RESULTS.md is the table of results/<dataset>.json's claims (reproduce.py writes both)."""
+    """RESULTS.md's claims blocks are results/<dataset>.json's claims, its report blocks results/<dataset>.md."""
     import os
     import re
 
@@ -193,3 +208,9 @@ def test_results_md_claims_are_the_committed_outputs():
         count = sum(name.endswith(".json") for arch in os.listdir(models) for name in os.listdir(os.path.join(models, arch)))
         assert block == report.claims_block(dataset, analysis["claims"], count), \
             f"RESULTS.md's claims:{dataset} block differs from results/{dataset}.json: rerun benchmarks/reproduce.py"
+    blocks = re.findall(r"<!-- report:(\w+) -->\n(.*?)<!-- /report:\1 -->", text, re.S)
+    for dataset, block in blocks:
+        with open(os.path.join(root, "results", f"{dataset}.md")) as f:
+            assert block == report.results_block(dataset, f.read()), \
+                f"RESULTS.md's report:{dataset} block differs from results/{dataset}.md: rerun benchmarks/reproduce.py"
+    assert blocks, "RESULTS.md shows no report block"

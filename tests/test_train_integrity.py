@@ -212,19 +212,42 @@ def _summary_after_signal(real):
     return summary
 
 
-def test_sigint_during_the_summary_finishes_it(copy, monkeypatch):
+def test_sigint_during_the_summary_finishes_it_then_stops(copy, monkeypatch):
+    """The run completes (the signal came after the last step), then the stop is delivered: never lost."""
     os.remove(os.path.join(copy, "summary.json"))
     monkeypatch.setattr(loop, "_summary", _summary_after_signal(loop._summary))
-    # Python's default, or SIG_IGN when the suite was started in the background of a shell without job control.
-    before = signal.getsignal(signal.SIGINT)
-    summary = train.train_and_evaluate(_config(), copy)
-    assert json.load(open(os.path.join(copy, "summary.json"))) == summary
-    assert signal.getsignal(signal.SIGINT) is before  # handlers given back on return
+    # SIG_IGN when the suite was started in the background of a shell without job control.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.train_and_evaluate(_config(), copy)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert json.load(open(os.path.join(copy, "summary.json")))["steps"] == checkpoints.latest_step(copy)
 
 
-def test_train_py_sigint_during_the_summary_exits_0_with_summary_json(copy):
+def test_a_stop_the_loop_never_saw_reaches_the_previous_handler():
+    seen = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with runtime.StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.received == signal.SIGTERM and not seen  # held while the loop runs
+        assert seen == [signal.SIGTERM]
+        with pytest.raises(runtime.Preempted):  # a stop the loop acted on is not delivered twice
+            with runtime.StopSignals() as stop:
+                os.kill(os.getpid(), signal.SIGTERM)
+                raise runtime.Preempted()
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_train_py_sigint_during_the_summary_writes_it_and_exits_130_in_one_line(copy):
     os.remove(os.path.join(copy, "summary.json"))
     code = ("import os, runpy, signal, sys\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "from jacuap.train import loop\n"
             "real = loop._summary\n"
             "def summary(job):\n"
@@ -236,9 +259,9 @@ def test_train_py_sigint_during_the_summary_exits_0_with_summary_json(copy):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", code, "train.py", f"--workdir={copy}", *ARGS], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 130, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr, proc.stderr[-3000:]
-    assert "test_accuracy" in proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1 and "interrupted" in proc.stderr, proc.stderr[-3000:]
     assert json.load(open(os.path.join(copy, "summary.json")))["steps"] == checkpoints.latest_step(copy)
 
 

@@ -37,7 +37,7 @@ from jacuap import io as jacuap_io
 from . import records as rec
 from . import stats
 
-__all__ = ["analyse", "write_report", "CLAIMS", "METRICS"]
+__all__ = ["analyse", "write_report", "results_block", "CLAIMS", "METRICS", "PLOTS"]
 
 SCHEMA = "jacuap.reproduction.analysis/1"
 METRICS = ("mean_frobenius_sq", "stacked_spectral_norm", "mean_spectral_norm_sq", "universality_ratio",
@@ -48,6 +48,7 @@ CLAIMS = {
     "correlation": "The shared-perturbation metric correlates highly with observed robustness",
     "class_pairs": "Class pairs with larger shared perturbation s_ij are the ones targeted UAPs push between",
 }
+PLOTS = ("frontier", "uer_vs_eps", "metrics_vs_uer", "class_pairs")
 _ORDER = ("jr", "stacked_spectral", "uat", "cw_uat", "sat", "pgd", "trades")
 _LEVEL = 0.95
 
@@ -372,6 +373,7 @@ def _markdown(analysis: Dict[str, Any], records: Sequence[Dict[str, Any]], datas
         lines.append(f"- **{arch}**: {len(recs)} models; epochs {', '.join(epochs) or '-'}; seeds "
                      f"{sorted({int(r['seed']) for r in recs})}; test inputs "
                      f"{sorted({int(r['test']['num_eval']) for r in recs})}; base seeds {(a['base'] or {}).get('seeds')}")
+    lines += _machine_lines(records, analysis.get("schedule") or {})
     lines += [f"- bootstrap: {analysis['reps']} replicates (seeds and test inputs resampled), seed {analysis['seed']}",
               "", "## Claims"]
     lines += claims_table(analysis["claims"])
@@ -410,7 +412,47 @@ def _markdown(analysis: Dict[str, Any], records: Sequence[Dict[str, Any]], datas
                         [[m, _ci(c and c["pearson"]), _ci(c and c["spearman"])] for m, c in corr])
         lines += _schedule_lines(arch, (analysis.get("schedule") or {}).get(arch))
         lines += _transfer_lines((analysis.get("transfer") or {}).get(arch))
+        lines += ["", "### Plots", ""] + [f"![{dataset} {arch} {name}]({dataset}_{arch}_{name}.png)" for name in PLOTS]
     return "\n".join(lines) + "\n"
+
+
+def _machine_lines(records: Sequence[Dict[str, Any]], schedule: Dict[str, Any]) -> List[str]:
+    """Machine time per architecture: each record's ``seconds`` and the schedule runs', and where they ran."""
+    lines = []
+    for arch in sorted({r["arch"] for r in records}):
+        recs = [r for r in records if r["arch"] == arch]
+        train = sum(float((r.get("seconds") or {}).get("train") or 0) for r in recs)
+        evaluate = sum(float((r.get("seconds") or {}).get("evaluate") or 0) for r in recs)
+        # The base model at the chosen epochs is the schedule search's run of that length: count it once.
+        sched = schedule.get(arch) or {}
+        base = any(r["method"] == "jr" and float(r["strength"]) == 0 and int(r["seed"]) == 0 for r in recs)
+        search = sum(float(run.get("train_seconds") or 0) for e, run in (sched.get("runs") or {}).items()
+                     if not (base and str(e) == str(sched.get("epochs"))))
+        where = sorted({f"{(r.get('machine') or {}).get('backend', '?')} x{(r.get('machine') or {}).get('devices', '?')}"
+                        for r in recs})
+        lines.append(f"- **{arch}** machine time: {(train + evaluate + search) / 3600:.1f} h "
+                     f"(training {train / 3600:.1f} h, evaluation {evaluate / 3600:.1f} h, schedule search "
+                     f"{search / 3600:.1f} h; on {', '.join(where)})")
+    return lines
+
+
+def results_block(dataset: str, markdown: str) -> str:
+    """What RESULTS.md holds between ``<!-- report:DATASET -->`` markers: ``<dataset>.md`` from its setup on.
+
+    The report's title and its claims section (RESULTS.md shows the claims in
+    their own block) are dropped, headings go one level down, and the plots
+    are linked from the repository root.
+    """
+    out, skipping = [], False
+    for line in markdown.splitlines()[1:]:
+        if line.startswith("## "):
+            skipping = line == "## Claims"
+        if skipping:
+            continue
+        if line.startswith("#"):
+            line = "#" + line
+        out.append(line.replace(f"]({dataset}_", f"](results/{dataset}_"))
+    return "\n".join(out).strip("\n") + "\n"
 
 
 def _schedule_lines(arch: str, schedule: Optional[Dict[str, Any]]) -> List[str]:

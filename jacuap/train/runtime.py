@@ -58,6 +58,9 @@ class Preempted(Exception):
 class StopSignals:
     """A context in which SIGTERM/SIGINT set ``received`` (the signal number) instead of killing.
 
+    The loop checks ``received`` and stops with a checkpoint.  A signal the loop
+    never saw (it came after the last step) is re-raised on a normal exit, to
+    the handler that was there before, so that no stop request is lost.
     Outside the main thread signals cannot be caught; they are left alone.
     """
 
@@ -76,9 +79,14 @@ class StopSignals:
     def _handle(self, signum, frame):
         self.received = signum
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, exc_type, *exc) -> bool:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if self.received is not None and exc_type is None:
+            # The signal came after the loop's last check (say while the final metrics ran): the
+            # run finished, but the stop was asked for all the same.  Deliver it to the handler
+            # it was meant for, so that a caller going on to more work (a sweep) stops too.
+            signal.raise_signal(self.received)
         return False
 
 
