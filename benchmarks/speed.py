@@ -52,6 +52,7 @@ import optax  # noqa: E402
 
 import jacuap  # noqa: E402
 from jacuap import attacks, io, jacobian, models, parallel, train  # noqa: E402
+from benchmarks.speed_rows import ROWS  # noqa: E402
 
 try:
     import torch  # noqa: E402
@@ -61,17 +62,6 @@ except ImportError:  # the bench extra is optional
     torch = None
     tr = None
 
-ROWS = (
-    "train_plain",
-    "train_jr1",
-    "train_jr_exact",
-    "train_jr_exact_vmap_jacrev",
-    "input_jacobian",
-    "stacked_spectral_norm",
-    "stacked_spectral_norm_power50",
-    "sgd_uap_epoch",
-    "deepfool_uap_pass",
-)
 
 
 def _copy(tree):

@@ -24,8 +24,9 @@ import time
 from typing import Any, Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROWS = ("train_plain", "train_jr1", "train_jr_exact", "train_jr_exact_vmap_jacrev", "input_jacobian",
-        "stacked_spectral_norm", "stacked_spectral_norm_power50", "sgd_uap_epoch", "deepfool_uap_pass")
+sys.path.insert(0, ROOT)
+
+from benchmarks.speed_rows import ROWS  # noqa: E402
 
 
 def _load(path: str) -> Optional[Dict[str, Any]]:
