@@ -84,6 +84,10 @@ def test_analyse_and_write_report(tmp_path):
     rob = claims["robustness"]
     assert rob["estimate"] == pytest.approx(0.4 / 0.12, rel=0.02) and rob["detail"]["paired"]
     assert [x["eps"] for x in rob["detail"]["uer_ratio"]] == list(WC_EPS) and rob["detail"]["eps50_ratio"]["estimate"] > 1
+    # Every lambda of the grid against the base ("up to 4x": where): lambda* is the headline's comparison.
+    per = rob["detail"]["lambdas"]
+    assert [x["strength"] for x in per] == [0.1, 1.0] and per[0]["uer_ratio"] == rob["detail"]["uer_ratio"]
+    assert per[1]["uer_ratio"][1]["estimate"] == pytest.approx(0.4 / 0.05, rel=0.05) and not per[1]["paired"]
     # Accuracy: every lambda, the chosen one headlined, the 1-seed one unpaired.
     acc = claims["accuracy"]
     assert [x["strength"] for x in acc["detail"]["lambdas"]] == [0.1, 1.0]
@@ -114,6 +118,7 @@ def test_analyse_and_write_report(tmp_path):
     assert [c["verdict"] for c in loaded["claims"]] == [c["verdict"] for c in analysis["claims"]]
     text = (tmp_path / "fmnist.md").read_text()
     assert CLAIM_TEXT in text and "| uat | 0.1 |" in text
+    assert "### JR per lambda" in text and "\n| 1 | 1 | " in text  # lambda 1, one seed
     assert not list(tmp_path.glob("*.tmp"))
     # 6 records of 0.5 h each, and the schedule search's runs but the one the base record is.
     analysis["schedule"] = {"cnn": {"epochs": 3, "runs": {"3": {"train_seconds": 360.0}, "6": {"train_seconds": 720.0}}}}

@@ -128,6 +128,9 @@ def _compare(base: List[Dict[str, Any]], model: List[Dict[str, Any]], reps: int,
     return out
 
 
+_RATIOS = ("seeds_model", "paired", "uer_ratio", "fooling_rate_ratio", "eps50_ratio")
+
+
 def _accuracy_cost(base: List[Dict[str, Any]], model: List[Dict[str, Any]], reps: int, seed: int) -> Dict[str, Any]:
     """Clean accuracy cost in points, ``100 (acc(base) - acc(model))``, on clean_correct bits."""
     n, paired = _n(base, model), _seeds(base) == _seeds(model)
@@ -227,6 +230,10 @@ def _analyse_arch(arch: str, recs: List[Dict[str, Any]], choice: Dict[str, Any],
                "chosen_jr_is_base": bool(jr) and jr is base}  # no lambda kept accuracy: no JR model to judge
 
     rob = _versus_base(arch, "jr", chosen.get("jr"), base, jr, reps, seed)
+    # "Up to 4x": where on the grid, if anywhere, each ratio gets there (the verdict is lambda*'s).
+    rob["lambdas"] = [{"strength": float(k[1]), **{key: (rob if g is jr else _compare(base, g, reps, seed))[key]
+                                                   for key in _RATIOS}}
+                      for k, g in groups.items() if base and k[0] == "jr" and k[1] != "0"]
     claims.append(_claim("robustness", arch, rob["headline"], rob["verdict"], rob))
 
     lambdas = [{"strength": float(k[1]), **_accuracy_cost(base, g, reps, seed)}
@@ -403,8 +410,15 @@ def _markdown(analysis: Dict[str, Any], records: Sequence[Dict[str, Any]], datas
         lines += _table(["method", "strength", "rule", "max UER ratio [95%]", "eps50 ratio [95%]", "accuracy cost [95%]"], [
             [d["method"], _f(d.get("strength")), d.get("rule") or "-", _ci(d.get("headline")), _ci(d.get("eps50_ratio")),
              _ci(d.get("accuracy_cost"))] for d in versus])
-        lines += ["", "### JR accuracy cost per lambda (points)"] + _table(["lambda", "seeds", "cost [95%]", "verdict"], [
-            [f"{c['strength']:g}", len(c["seeds"]), _ci(c), c["verdict"]] for c in mine["accuracy"]["detail"]["lambdas"]])
+        costs = {c["strength"]: c for c in mine["accuracy"]["detail"]["lambdas"]}
+        per = mine["robustness"]["detail"].get("lambdas") or []
+        lines += ["", "### JR per lambda: robustness (ratios lambda 0 / lambda, > 1: more robust) and accuracy cost (points)"]
+        lines += _table(["lambda", "seeds"] + [f"UER ratio @{e:.3g}" for e in wc] + [f"FR ratio @{e:.3g}" for e in wc]
+                        + ["eps50 ratio", "accuracy cost", "accuracy verdict"], [
+            [f"{x['strength']:g}", len(x["seeds_model"])]
+            + [_ci(next((y for y in x[k] if _ek(y["eps"]) == _ek(e)), None)) for k in ("uer_ratio", "fooling_rate_ratio")
+               for e in wc] + [_ci(x["eps50_ratio"]), _ci(costs.get(x["strength"])),
+                               (costs.get(x["strength"]) or {}).get("verdict", "-")] for x in per])
         corr = [(m, c) for m, c in mine["correlation"]["detail"]["metrics"].items()]
         corr += [(f"s_ij vs targeted success, class pairs ({k})", c) for k, c in mine["class_pairs"]["detail"]["pools"].items()]
         lines += ["", "### Correlations with worst-case UER at eps " + _f(a["reference_eps"]["worst_case"])]
