@@ -88,6 +88,14 @@ def test_analyse_and_write_report(tmp_path):
     per = rob["detail"]["lambdas"]
     assert [x["strength"] for x in per] == [0.1, 1.0] and per[0]["uer_ratio"] == rob["detail"]["uer_ratio"]
     assert per[1]["uer_ratio"][1]["estimate"] == pytest.approx(0.4 / 0.05, rel=0.05) and not per[1]["paired"]
+    # Where: every (lambda, ratio, eps) whose interval reaches 4x (200 inputs: lambda 0.1's 3.3x too).
+    assert rob["where"].startswith("4x within the interval: ") and "UER ratio at lambda 1, eps 0.1: 8 [" in rob["where"]
+    tight = [{"strength": 0.5, "uer_ratio": [{"eps": 0.1, "estimate": 2.0, "low": 1.5, "high": 2.5}],
+              "fooling_rate_ratio": [{"eps": 0.1, "estimate": 3.5, "low": 3.0, "high": 4.2}], "eps50_ratio": None}]
+    assert report._where_robustness(tight) == "4x within the interval: fooling rate ratio at lambda 0.5, eps 0.1: 3.5 [3, 4.2]"
+    tight[0]["fooling_rate_ratio"][0]["high"] = 3.9
+    assert report._where_robustness(tight) == "4x excluded at every lambda, eps and ratio"
+    assert "cost > 1 point at lambda 1" in claims["accuracy"]["where"]
     # Accuracy: every lambda, the chosen one headlined, the 1-seed one unpaired.
     acc = claims["accuracy"]
     assert [x["strength"] for x in acc["detail"]["lambdas"]] == [0.1, 1.0]
@@ -98,6 +106,10 @@ def test_analyse_and_write_report(tmp_path):
     corr = claims["correlation"]
     assert corr["detail"]["n_records"] == 6 and corr["estimate"] == pytest.approx(1.0)
     assert corr["detail"]["metrics"]["universality_ratio"] is None
+    # JR's own models (5 < 6) get their correlations but no "where" verdict.
+    assert corr["detail"]["jr_only"]["n_records"] == 5 and corr["where"] == ""
+    assert corr["detail"]["jr_only"]["metrics"]["shared_perturbation_strength"]["spearman"]["estimate"] == pytest.approx(1.0)
+    assert "lambda*'s class pairs: Spearman" in claims["class_pairs"]["where"]
     # Class pairs: 5 known ordered pairs per record (6, one None), two base seeds pooled.
     assert len(analysis["archs"]["cnn"]["class_pair_points"]["base"]["x"]) == 10
     assert claims["class_pairs"]["detail"]["pools"]["jr"]["n"] == 10

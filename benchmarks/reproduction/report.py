@@ -162,11 +162,42 @@ def _row(key: tuple, recs: List[Dict[str, Any]], chosen: bool) -> Dict[str, Any]
 
 
 def _claim(kind: str, arch: str, head: Optional[Dict[str, Any]], verdict: Optional[str],
-           detail: Dict[str, Any]) -> Dict[str, Any]:
+           detail: Dict[str, Any], where: str = "") -> Dict[str, Any]:
     if head is None or head.get("estimate") is None:
         head, verdict = {}, "not measured"
     return {"id": kind, "claim": CLAIMS[kind], "arch": arch, "estimate": head.get("estimate"),
-            "ci95": [head.get("low"), head.get("high")], "verdict": verdict, "detail": detail}
+            "ci95": [head.get("low"), head.get("high")], "verdict": verdict, "where": where, "detail": detail}
+
+
+def _interval_text(x: Optional[Dict[str, Any]]) -> str:
+    return "-" if not x or x.get("estimate") is None else f"{_f(x['estimate'])} [{_f(x['low'])}, {_f(x['high'])}]"
+
+
+def _where_robustness(per_lambda: Sequence[Dict[str, Any]]) -> str:
+    """The (lambda, ratio, eps) whose interval reaches 4x (verdict "holds"), or that none does."""
+    hits = []
+    for x in per_lambda:
+        for name, label in (("uer_ratio", "UER"), ("fooling_rate_ratio", "fooling rate")):
+            for y in x[name]:
+                if stats.verdict_robustness(y["low"], y["high"]) == "holds":
+                    hits.append(f"{label} ratio at lambda {x['strength']:g}, eps {_f(y['eps'])}: {_interval_text(y)}")
+        e50 = x.get("eps50_ratio")
+        if e50 and stats.verdict_robustness(e50["low"], e50["high"]) == "holds":
+            hits.append(f"eps50 ratio at lambda {x['strength']:g}: {_interval_text(e50)}")
+    if not per_lambda:
+        return ""
+    return ("4x within the interval: " + "; ".join(hits)) if hits else "4x excluded at every lambda, eps and ratio"
+
+
+def _where_accuracy(lambdas: Sequence[Dict[str, Any]]) -> str:
+    """The lambdas by verdict: within 1 point, not excluded, excluded."""
+    parts = []
+    for verdict, label in (("holds", "cost <= 1 point"), ("holds partly", "1 point not excluded"),
+                           ("does not hold", "cost > 1 point")):
+        ls = [f"{c['strength']:g}" for c in lambdas if c["verdict"] == verdict]
+        if ls:
+            parts.append(f"{label} at lambda {', '.join(ls)}")
+    return "; ".join(parts)
 
 
 # Below this many models the correlation claim gets no verdict: the percentile bootstrap of a rank
@@ -234,32 +265,46 @@ def _analyse_arch(arch: str, recs: List[Dict[str, Any]], choice: Dict[str, Any],
     rob["lambdas"] = [{"strength": float(k[1]), **{key: (rob if g is jr else _compare(base, g, reps, seed))[key]
                                                    for key in _RATIOS}}
                       for k, g in groups.items() if base and k[0] == "jr" and k[1] != "0"]
-    claims.append(_claim("robustness", arch, rob["headline"], rob["verdict"], rob))
+    claims.append(_claim("robustness", arch, rob["headline"], rob["verdict"], rob, _where_robustness(rob["lambdas"])))
 
     lambdas = [{"strength": float(k[1]), **_accuracy_cost(base, g, reps, seed)}
                for k, g in groups.items() if base and k[0] == "jr" and k[1] != "0"]
     head = next((c for c in lambdas if jr and c["strength"] == float(rec.strength_tag(chosen["jr"]["strength"]))), None)
     claims.append(_claim("accuracy", arch, head, head and head["verdict"],
-                         {**missing, "tolerance_points": 1.0, "lambdas": lambdas}))
+                         {**missing, "tolerance_points": 1.0, "lambdas": lambdas}, _where_accuracy(lambdas)))
 
     ref = _ref_eps(_eps(recs, "worst_case", common=False))
     held = [(r, _entry(r, "worst_case", ref)) for r in recs if ref is not None and _entry(r, "worst_case", ref)]
-    points: Dict[str, Any] = {"ids": [r["id"] for r, _ in held], "uer": [e.get("uer") for _, e in held],
+    points: Dict[str, Any] = {"ids": [r["id"] for r, _ in held], "methods": [r["method"] for r, _ in held],
+                              "uer": [e.get("uer") for _, e in held],
                               **{m: [(r["test"].get("metrics") or {}).get(m) for r, _ in held] for m in METRICS}}
     corr = {m: _correlations(points[m], points["uer"], reps, seed) for m in METRICS}
     head = (corr["shared_perturbation_strength"] or {}).get("spearman")
     verdict = head and stats.verdict_correlation(head["low"], head["estimate"])
     if head and len(points["ids"]) < MIN_CORRELATION_MODELS:
         verdict = f"not measured ({len(points['ids'])} models < {MIN_CORRELATION_MODELS})"
+    # The paper's setting is JR's own lambda grid; across defences other mechanisms move UER.
+    in_jr = [k for k, (r, _) in enumerate(held) if r["method"] == "jr"]
+    corr_jr = {m: _correlations([points[m][k] for k in in_jr], [points["uer"][k] for k in in_jr], reps, seed)
+               for m in METRICS}
+    head_jr = (corr_jr["shared_perturbation_strength"] or {}).get("spearman")
+    where = ""
+    if head_jr and len(in_jr) >= MIN_CORRELATION_MODELS and len(in_jr) < len(held):
+        where = (f"JR models only ({len(in_jr)}): Spearman {_interval_text(head_jr)}, "
+                 f"{stats.verdict_correlation(head_jr['low'], head_jr['estimate'])}")
     claims.append(_claim("correlation", arch, head, verdict,
-                         {"eps": ref, "n_records": len(points["ids"]), "metrics": corr}))
+                         {"eps": ref, "n_records": len(points["ids"]), "metrics": corr,
+                          "jr_only": {"n_records": len(in_jr), "metrics": corr_jr}}, where))
 
     t_ref = _ref_eps(_eps((base or []) + (jr or []), "targeted", common=False))
     pair_points = {"base": _class_points(base or [], t_ref), "jr": _class_points(jr or [], t_ref)}
     pair_corr = {k: _correlations(p["x"], p["y"], reps, seed) for k, p in pair_points.items()}
     head = (pair_corr["base"] or {}).get("spearman")
+    head_jr = (pair_corr["jr"] or {}).get("spearman")
+    where = (f"lambda*'s class pairs: Spearman {_interval_text(head_jr)}, "
+             f"{stats.verdict_correlation(head_jr['low'], head_jr['estimate'])}") if head_jr else ""
     claims.append(_claim("class_pairs", arch, head, head and stats.verdict_correlation(head["low"], head["estimate"]),
-                         {**missing, "eps": t_ref, "pools": pair_corr}))
+                         {**missing, "eps": t_ref, "pools": pair_corr}, where))
 
     for method in sorted(chosen, key=lambda m: (_ORDER.index(m) if m in _ORDER else len(_ORDER), m)):
         if method != "jr" and pick(method):
@@ -341,9 +386,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
 
 def claims_table(claims: Sequence[Dict[str, Any]]) -> List[str]:
     """The claims as markdown table lines (a blank line first), from ``analyse()``'s claims or the JSON's."""
-    return _table(["arch", "claim", "estimate", "95% interval", "verdict"], [
+    return _table(["arch", "claim", "estimate", "95% interval", "verdict", "where"], [
         [c["arch"], f"{c['claim']} ({c['id']})", _f(c["estimate"]), f"[{_f(c['ci95'][0])}, {_f(c['ci95'][1])}]",
-         c["verdict"]] for c in claims])
+         c["verdict"], c.get("where") or "-"] for c in claims])
 
 
 def claims_block(dataset: str, claims: Sequence[Dict[str, Any]], num_models: int) -> str:
@@ -419,11 +464,16 @@ def _markdown(analysis: Dict[str, Any], records: Sequence[Dict[str, Any]], datas
             + [_ci(next((y for y in x[k] if _ek(y["eps"]) == _ek(e)), None)) for k in ("uer_ratio", "fooling_rate_ratio")
                for e in wc] + [_ci(x["eps50_ratio"]), _ci(costs.get(x["strength"])),
                                (costs.get(x["strength"]) or {}).get("verdict", "-")] for x in per])
-        corr = [(m, c) for m, c in mine["correlation"]["detail"]["metrics"].items()]
-        corr += [(f"s_ij vs targeted success, class pairs ({k})", c) for k, c in mine["class_pairs"]["detail"]["pools"].items()]
-        lines += ["", "### Correlations with worst-case UER at eps " + _f(a["reference_eps"]["worst_case"])]
-        lines += _table(["metric", "Pearson r [95%]", "Spearman rho [95%]"],
-                        [[m, _ci(c and c["pearson"]), _ci(c and c["spearman"])] for m, c in corr])
+        detail = mine["correlation"]["detail"]
+        jr_only = (detail.get("jr_only") or {}).get("metrics") or {}
+        corr = [(m, c, jr_only.get(m)) for m, c in detail["metrics"].items()]
+        corr += [(f"s_ij vs targeted success, class pairs ({k})", c, None)
+                 for k, c in mine["class_pairs"]["detail"]["pools"].items()]
+        lines += ["", "### Correlations with worst-case UER at eps " + _f(a["reference_eps"]["worst_case"])
+                  + f" (all {detail['n_records']} models; JR's {(detail.get('jr_only') or {}).get('n_records', 0)})"]
+        lines += _table(["metric", "Pearson r [95%]", "Spearman rho [95%]", "JR only: Pearson", "JR only: Spearman"],
+                        [[m, _ci(c and c["pearson"]), _ci(c and c["spearman"]), _ci(j and j["pearson"]),
+                          _ci(j and j["spearman"])] for m, c, j in corr])
         lines += _schedule_lines(arch, (analysis.get("schedule") or {}).get(arch))
         lines += _transfer_lines((analysis.get("transfer") or {}).get(arch))
         lines += ["", "### Plots", ""] + [f"![{dataset} {arch} {name}]({dataset}_{arch}_{name}.png)" for name in PLOTS]
@@ -540,15 +590,20 @@ def _plots(analysis: Dict[str, Any], arch: str, out_dir: str, dataset: str) -> L
     fig, axes = plt.subplots(2, 4, figsize=(13, 6.5), sharey=True)
     fig.subplots_adjust(left=0.05, right=0.98, top=0.9, bottom=0.06, wspace=0.3, hspace=0.45)  # tight_layout: 4x slower
     for ax, m in zip(axes.ravel(), METRICS):
-        xy = [(x, y) for x, y in zip(pts[m], pts["uer"]) if _finite(x) and _finite(y)]
-        if xy:
-            ax.scatter(*zip(*xy), s=12)
+        for jr_family, colour, label in ((True, "C0", "jr (any lambda)"), (False, "C1", "other defences")):
+            xy = [(x, y) for x, y, method in zip(pts[m], pts["uer"], pts.get("methods") or ["jr"] * len(pts["uer"]))
+                  if _finite(x) and _finite(y) and (method == "jr") == jr_family]
+            if xy:
+                ax.scatter(*zip(*xy), s=12, color=colour, label=label)
         c = corr[m]
         ax.set_title(f"{m}\nr={_f(c and c['pearson']['estimate'], 2)} rho={_f(c and c['spearman']['estimate'], 2)}",
                      fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel(f"worst-case UER, eps={_f(ref)}")
     axes.ravel()[-1].axis("off")
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    if handles:
+        axes.ravel()[-1].legend(handles, labels, loc="center")
     save(fig, None, "metrics_vs_uer")
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
