@@ -169,10 +169,6 @@ def _claim(kind: str, arch: str, head: Optional[Dict[str, Any]], verdict: Option
             "ci95": [head.get("low"), head.get("high")], "verdict": verdict, "where": where, "detail": detail}
 
 
-def _interval_text(x: Optional[Dict[str, Any]]) -> str:
-    return "-" if not x or x.get("estimate") is None else f"{_f(x['estimate'])} [{_f(x['low'])}, {_f(x['high'])}]"
-
-
 def _where_robustness(per_lambda: Sequence[Dict[str, Any]]) -> str:
     """The (lambda, ratio, eps) whose interval reaches 4x (verdict "holds"), or that none does."""
     hits = []
@@ -180,10 +176,10 @@ def _where_robustness(per_lambda: Sequence[Dict[str, Any]]) -> str:
         for name, label in (("uer_ratio", "UER"), ("fooling_rate_ratio", "fooling rate")):
             for y in x[name]:
                 if stats.verdict_robustness(y["low"], y["high"]) == "holds":
-                    hits.append(f"{label} ratio at lambda {x['strength']:g}, eps {_f(y['eps'])}: {_interval_text(y)}")
+                    hits.append(f"{label} ratio at lambda {x['strength']:g}, eps {_f(y['eps'])}: {_ci(y)}")
         e50 = x.get("eps50_ratio")
         if e50 and stats.verdict_robustness(e50["low"], e50["high"]) == "holds":
-            hits.append(f"eps50 ratio at lambda {x['strength']:g}: {_interval_text(e50)}")
+            hits.append(f"eps50 ratio at lambda {x['strength']:g}: {_ci(e50)}")
     if not per_lambda:
         return ""
     return ("4x within the interval: " + "; ".join(hits)) if hits else "4x excluded at every lambda, eps and ratio"
@@ -262,13 +258,12 @@ def _analyse_arch(arch: str, recs: List[Dict[str, Any]], choice: Dict[str, Any],
 
     rob = _versus_base(arch, "jr", chosen.get("jr"), base, jr, reps, seed)
     # "Up to 4x": where on the grid, if anywhere, each ratio gets there (the verdict is lambda*'s).
-    rob["lambdas"] = [{"strength": float(k[1]), **{key: (rob if g is jr else _compare(base, g, reps, seed))[key]
-                                                   for key in _RATIOS}}
-                      for k, g in groups.items() if base and k[0] == "jr" and k[1] != "0"]
+    grid = [(float(k[1]), g) for k, g in groups.items() if base and k[0] == "jr" and k[1] != "0"]
+    rob["lambdas"] = [{"strength": s, **{key: (rob if g is jr else _compare(base, g, reps, seed))[key]
+                                         for key in _RATIOS}} for s, g in grid]
     claims.append(_claim("robustness", arch, rob["headline"], rob["verdict"], rob, _where_robustness(rob["lambdas"])))
 
-    lambdas = [{"strength": float(k[1]), **_accuracy_cost(base, g, reps, seed)}
-               for k, g in groups.items() if base and k[0] == "jr" and k[1] != "0"]
+    lambdas = [{"strength": s, **_accuracy_cost(base, g, reps, seed)} for s, g in grid]
     head = next((c for c in lambdas if jr and c["strength"] == float(rec.strength_tag(chosen["jr"]["strength"]))), None)
     claims.append(_claim("accuracy", arch, head, head and head["verdict"],
                          {**missing, "tolerance_points": 1.0, "lambdas": lambdas}, _where_accuracy(lambdas)))
@@ -290,7 +285,7 @@ def _analyse_arch(arch: str, recs: List[Dict[str, Any]], choice: Dict[str, Any],
     head_jr = (corr_jr["shared_perturbation_strength"] or {}).get("spearman")
     where = ""
     if head_jr and len(in_jr) >= MIN_CORRELATION_MODELS and len(in_jr) < len(held):
-        where = (f"JR models only ({len(in_jr)}): Spearman {_interval_text(head_jr)}, "
+        where = (f"JR models only ({len(in_jr)}): Spearman {_ci(head_jr)}, "
                  f"{stats.verdict_correlation(head_jr['low'], head_jr['estimate'])}")
     claims.append(_claim("correlation", arch, head, verdict,
                          {"eps": ref, "n_records": len(points["ids"]), "metrics": corr,
@@ -301,7 +296,7 @@ def _analyse_arch(arch: str, recs: List[Dict[str, Any]], choice: Dict[str, Any],
     pair_corr = {k: _correlations(p["x"], p["y"], reps, seed) for k, p in pair_points.items()}
     head = (pair_corr["base"] or {}).get("spearman")
     head_jr = (pair_corr["jr"] or {}).get("spearman")
-    where = (f"lambda*'s class pairs: Spearman {_interval_text(head_jr)}, "
+    where = (f"lambda*'s class pairs: Spearman {_ci(head_jr)}, "
              f"{stats.verdict_correlation(head_jr['low'], head_jr['estimate'])}") if head_jr else ""
     claims.append(_claim("class_pairs", arch, head, head and stats.verdict_correlation(head["low"], head["estimate"]),
                          {**missing, "eps": t_ref, "pools": pair_corr}, where))
@@ -591,7 +586,7 @@ def _plots(analysis: Dict[str, Any], arch: str, out_dir: str, dataset: str) -> L
     fig.subplots_adjust(left=0.05, right=0.98, top=0.9, bottom=0.06, wspace=0.3, hspace=0.45)  # tight_layout: 4x slower
     for ax, m in zip(axes.ravel(), METRICS):
         for jr_family, colour, label in ((True, "C0", "jr (any lambda)"), (False, "C1", "other defences")):
-            xy = [(x, y) for x, y, method in zip(pts[m], pts["uer"], pts.get("methods") or ["jr"] * len(pts["uer"]))
+            xy = [(x, y) for x, y, method in zip(pts[m], pts["uer"], pts["methods"])
                   if _finite(x) and _finite(y) and (method == "jr") == jr_family]
             if xy:
                 ax.scatter(*zip(*xy), s=12, color=colour, label=label)
