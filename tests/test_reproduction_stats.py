@@ -186,3 +186,30 @@ def test_eps50_ratio_is_undefined_when_neither_curve_reaches_half():
     low[0, :, :3] = True
     out = stats.eps50_ratio_interval(eps, low, low.copy(), reps=20)
     assert out["estimate"] is None and out["low"] is None and out["censored_base"] and out["censored_model"]
+
+
+def _explicit_replicates(b, m, reps, seed, paired):
+    """The replicates by literal resampling in float64: the same draws, indexed instead of counted."""
+    rng = np.random.default_rng(seed)
+    out_b, out_m = [], []
+    for start in range(0, reps, stats._BLOCK):
+        rows = min(stats._BLOCK, reps - start)
+        sb = rng.integers(0, b.shape[0], (rows, b.shape[0]))
+        sm = sb if paired else rng.integers(0, m.shape[0], (rows, m.shape[0]))
+        n = rng.integers(0, b.shape[2], (rows, b.shape[2]))
+        for r in range(rows):
+            out_b.append(b[sb[r]][:, :, n[r]].astype(np.float64).mean(axis=(0, 2)))
+            out_m.append(m[sm[r]][:, :, n[r]].astype(np.float64).mean(axis=(0, 2)))
+    return np.array(out_b), np.array(out_m)
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_replicates_equal_explicit_resampling_in_float64(paired):
+    # reps spans two blocks, the second partial; 3 eps values; float32 products must stay exact.
+    rng = np.random.default_rng(5)
+    b = rng.random((3, 3, 700)) < 0.4
+    m = rng.random((3 if paired else 2, 3, 700)) < 0.2
+    want_b, want_m = _explicit_replicates(b, m, 300, 7, paired)
+    got_b, got_m = stats._replicate_means(*stats._pair(b, m, paired, 3), 300, 7, paired)
+    np.testing.assert_allclose(got_b, want_b, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got_m, want_m, rtol=0, atol=1e-12)
