@@ -257,3 +257,19 @@ def test_ctrl_c_at_any_moment_is_one_line(tmp_path, program):
         assert code in (0, 2, 130) and len(lines) <= 1, (delay, code, err)
         if code == 130:
             assert lines and "interrupted" in lines[0]
+
+
+def test_interrupt_exits_defers_a_sigint_to_the_end_of_the_stretch():
+    # Blocked inside (an import must not be cut between two bytecodes of an extension's initialisation),
+    # then one line and status 130 where the stretch ends; nothing after it runs.
+    code = ("import os, signal, sys\n"
+            "from jacuap.programs import interrupt_exits\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "with interrupt_exits('prog'):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    print('inside went on', flush=True)\n"
+            "print('after', flush=True)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stdout == "inside went on\n"
+    assert proc.stderr == "prog: interrupted while starting; nothing was written\n"

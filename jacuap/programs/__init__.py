@@ -41,9 +41,16 @@ def interrupt_exits(program: Optional[str] = None) -> Iterator[None]:
         os._exit(130)
 
     signal.signal(signal.SIGINT, _exit)
+    # Blocked, too, until the stretch ends: a Python handler still runs between two bytecodes of an
+    # extension module's initialisation, and exiting there crashed jaxlib's (a segfault, 1 start in 50).
+    # A SIGINT that arrived meanwhile is pending: it ends the process here.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
+        if signal.SIGINT in signal.sigpending():
+            _exit(signal.SIGINT, None)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
