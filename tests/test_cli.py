@@ -9,6 +9,7 @@ orbax imports), so the fast tests start few; the rest are marked slow.
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import types
@@ -254,7 +255,9 @@ def test_ctrl_c_at_any_moment_is_one_line(tmp_path, program):
             continue
         assert "Traceback" not in err, (delay, err)
         lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("W", "I"))]
-        assert code in (0, 2, 130) and len(lines) <= 1, (delay, code, err)
+        # -SIGINT: the signal came as the interpreter shut down (it restores the default action then, e.g.
+        # after attack.py's one-line user error); a shell reports that as 130, like our own exit.
+        assert code in (0, 2, 130, -signal.SIGINT) and len(lines) <= 1, (delay, code, err)
         if code == 130:
             assert lines and "interrupted" in lines[0]
 
