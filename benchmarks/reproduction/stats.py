@@ -87,7 +87,7 @@ def _counts(rng: np.random.Generator, rows: int, k: int) -> np.ndarray:
 def _weighted_means(x: np.ndarray, seed_counts: np.ndarray, input_counts: np.ndarray) -> np.ndarray:
     s, m, n = x.shape
     # 0/1 outcomes times integer counts that sum to N: every partial sum is an integer up to N <= 2**24
-    # (checked in _pair), exact in float32, whose product runs several times faster than float64's (the sweep's hot spot).
+    # (checked in _pair), exact in float32, whose product is several times faster than float64's here.
     per_seed = (x.reshape(s * m, n) @ input_counts.T).reshape(s, m, -1).astype(np.float64)
     return np.einsum("rs,smr->rm", seed_counts, per_seed) / (s * n)
 

@@ -20,7 +20,7 @@ __all__ = ["train_main", "attack_main", "interrupt_exits"]
 
 @contextlib.contextmanager
 def interrupt_exits(program: Optional[str] = None) -> Iterator[None]:
-    """Within: SIGINT prints one line and ends the process at once with status 130.
+    """Within: SIGINT is held, then prints one line and ends the process with status 130 where the stretch ends.
 
     ``program``: the name the line starts with (default: the script's).
 
@@ -42,7 +42,7 @@ def interrupt_exits(program: Optional[str] = None) -> Iterator[None]:
 
     signal.signal(signal.SIGINT, _exit)
     # Blocked, too, until the stretch ends: a Python handler still runs between two bytecodes of an
-    # extension module's initialisation, and exiting there crashed jaxlib's (a segfault, 1 start in 50).
+    # extension module's initialisation, and exiting there crashed jaxlib's (a segfault, 1 start in 48).
     # A SIGINT that arrived meanwhile is pending: it ends the process here.
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
