@@ -14,7 +14,7 @@ by scanning the breakpoints ``t = -m_i``; and the best share sent to class 0
 (targeted) is ``#{m_i - T <= 0} / N``, at ``v = -eps sign(w)`` (-T lowers
 every margin as far as it can go, for all inputs at once).  Each attack must
 come within 0.02 of the optimum, and none may beat it (a check of the
-optimum itself).
+optimum itself), with the cross-entropy and with the Carlini-Wagner margin.
 """
 
 import jax
@@ -82,12 +82,14 @@ def _no_clipping(x, w, eps, norm):
 
 ATTACKS = ["sgd_uap", "sgd_uap_restarts", "sga_uap"]
 NORMS = ["linf", "l2"]
+LOSSES = ["ce", "margin"]
 
 
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("attack", ATTACKS)
 @pytest.mark.parametrize("share_class1", [1.0, 0.75], ids=["class1_only", "mixed"])
-def test_untargeted_reaches_the_exact_optimum(attack, norm, share_class1):
+def test_untargeted_reaches_the_exact_optimum(attack, norm, share_class1, loss):
     params, x, y, margins = _problem(share_class1)
     w = np.asarray(params[0])
     eps, reach = _budget(margins, norm, w, rank=int(0.4 * np.sum(margins > 0)))
@@ -95,22 +97,23 @@ def test_untargeted_reaches_the_exact_optimum(attack, norm, share_class1):
     best = _best_uer(margins, np.asarray(y), reach)
     if share_class1 == 1.0:  # v = -eps sign(w) (or -eps w/||w||) flips every margin below the reach
         assert best == pytest.approx(np.mean(margins <= reach))
-    v, _ = _run(attack, params, x, y, eps, norm)
+    v, _ = _run(attack, params, x, y, eps, norm, loss=loss)
     assert float(attacks.perturbation_norm(v, norm)) <= eps * (1 + 1e-5)
     uer = metrics.universal_evasion_rate(linear_apply, params, x, y, v)
-    assert best - TOL <= uer <= best + 1e-9, (attack, norm, uer, best)
-    print(f"{attack} {norm} class1={share_class1}: UER {uer:.3f}, optimum {best:.3f}")
+    assert best - TOL <= uer <= best + 1e-9, (attack, norm, loss, uer, best)
+    print(f"{attack} {norm} {loss} class1={share_class1}: UER {uer:.3f}, optimum {best:.3f}")
 
 
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("attack", ATTACKS)
-def test_targeted_reaches_the_exact_optimum(attack, norm):
+def test_targeted_reaches_the_exact_optimum(attack, norm, loss):
     params, x, y, margins = _problem(0.75, seed=1)
     w = np.asarray(params[0])
     eps, reach = _budget(margins, norm, w, rank=int(0.5 * np.sum(margins > 0)))
     _no_clipping(x, w, eps, norm)
     best = np.mean(margins - reach <= 0)  # share of all inputs classified 0 at v = -eps sign(w)
-    v, _ = _run(attack, params, x, None, eps, norm, targeted=0)
+    v, _ = _run(attack, params, x, None, eps, norm, targeted=0, loss=loss)
     share = float(np.mean(metrics.predict(linear_apply, params, jnp.clip(x + v, 0, 1)) == 0))
-    assert best - TOL <= share <= best + 1e-9, (attack, norm, share, best)
-    print(f"{attack} {norm} targeted: share {share:.3f}, optimum {best:.3f}")
+    assert best - TOL <= share <= best + 1e-9, (attack, norm, loss, share, best)
+    print(f"{attack} {norm} {loss} targeted: share {share:.3f}, optimum {best:.3f}")

@@ -22,11 +22,12 @@ from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jacuap.attacks.balls import ascent_direction, check_norm, project
 from jacuap.attacks.result import UAPResult
-from jacuap.attacks.sgd_uap import default_sgd_step_size, uap_objective
+from jacuap.attacks.epochs import run_epochs
+from jacuap.attacks.objectives import LABEL_LOSSES, check_loss, uap_objective
+from jacuap.attacks.sgd_uap import default_sgd_step_size
 from jacuap.batching import ceil_div, effective_batch_size, index_batches
 from jacuap.checks import (check_budget, check_class, check_key, check_labels, check_model_inputs, check_number,
                            check_perturbation, check_positive_int)
@@ -56,7 +57,7 @@ def _inner_batches(key: jax.Array, mask: jax.Array, inner_batch: int, passes: in
 
 @functools.partial(
     jax.jit,
-    static_argnames=("apply_fn", "norm", "batch_size", "inner_batch_size", "inner_passes", "targeted"),
+    static_argnames=("apply_fn", "norm", "batch_size", "inner_batch_size", "inner_passes", "targeted", "loss"),
 )
 def sga_uap_epoch(
     apply_fn: ApplyFn,
@@ -75,6 +76,7 @@ def sga_uap_epoch(
     inner_batch_size: int,
     inner_passes: int,
     targeted: bool,
+    loss: str = "ce",
 ) -> Tuple[jax.Array, jax.Array]:
     """One SGA epoch on device: shuffle, ``lax.scan`` over outer minibatches, nested scan over inner ones.
 
@@ -102,7 +104,8 @@ def sga_uap_epoch(
     idx, mask = index_batches(jax.random.permutation(okey, x.shape[0]), batch_size, x.dtype)
     inner_keys = jax.random.split(ikey, idx.shape[0])
     sign = -1.0 if targeted else 1.0
-    objective = jax.value_and_grad(functools.partial(uap_objective, apply_fn, None, params))
+    objective = jax.value_and_grad(functools.partial(uap_objective, apply_fn, None, params, loss=loss,
+                                                     targeted=targeted))
 
     def outer_step(v, batch):
         ib, mb, k = batch
@@ -112,9 +115,9 @@ def sga_uap_epoch(
         def inner_step(carry, inner):
             u, gsum = carry
             p, pm = inner
-            loss, g = objective(u, xb[p], yb[p], pm, beta)
+            value, g = objective(u, xb[p], yb[p], pm, beta)
             u = project(u + sign * inner_step_size * ascent_direction(g, norm), norm, eps)
-            return (u, gsum + g), loss
+            return (u, gsum + g), value
 
         (_, gsum), losses = jax.lax.scan(inner_step, (v, jnp.zeros_like(v)), (pos, pmask))
         g = gsum / pos.shape[0]
@@ -144,6 +147,7 @@ def sga_uap(
     targeted: Optional[int] = None,
     init: Optional[jax.Array] = None,
     progress: Optional[Callable[[int, float], None]] = None,
+    loss: str = "ce",
 ) -> UAPResult:
     """SGA: a universal perturbation by stochastic gradient aggregation (Liu et al., ICCV 2023).
 
@@ -200,6 +204,8 @@ def sga_uap(
       targeted: target class, or None for the untargeted attack.
       init: starting perturbation of shape ``S`` (projected onto the ball).
       progress: ``callable(epoch, mean_objective)`` called after each epoch.
+      loss: ``"ce"`` (the clipped cross-entropy) or ``"margin"`` (the
+        Carlini-Wagner logit margin, :mod:`jacuap.attacks.objectives`).
 
     Returns:
       ``UAPResult(v, history)``: ``v`` of shape ``S`` with ``||v||_p <= eps``
@@ -234,6 +240,7 @@ def sga_uap(
                         (step_decay, "step_decay"), (beta, "beta")):
         if value is not None:
             check_number(value, name, minimum=0.0)
+    check_loss(loss, False, LABEL_LOSSES)
     x = jnp.asarray(x)
     n, spatial = x.shape[0], x.shape[1:]
     if targeted is not None:
@@ -255,16 +262,13 @@ def sga_uap(
     v = jnp.zeros(spatial, x.dtype) if init is None else jnp.asarray(init, x.dtype)
     v = project(v, norm, eps)
     scalar = lambda value: jnp.asarray(value, x.dtype)
-    losses = []
-    for epoch, epoch_key in enumerate(jax.random.split(key, num_epochs)):
-        decay = step_decay**epoch
-        v, epoch_losses = sga_uap_epoch(
+
+    def epoch(v, epoch_key, decay):
+        return sga_uap_epoch(
             apply_fn, params, v, x, labels, epoch_key, scalar(eps), scalar(step_size * decay),
             scalar(inner_step_size * decay), scalar(beta),
             norm=norm, batch_size=batch, inner_batch_size=inner, inner_passes=int(inner_passes),
-            targeted=targeted is not None,
+            targeted=targeted is not None, loss=loss,
         )
-        losses.append(epoch_losses)
-        if progress is not None:
-            progress(epoch, float(jnp.mean(epoch_losses)))
-    return UAPResult(v, np.concatenate([np.asarray(l) for l in losses]))
+
+    return UAPResult(*run_epochs(epoch, v, key, num_epochs, step_decay, progress))

@@ -13,9 +13,10 @@ from typing import Any, Callable, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jacuap.attacks.balls import ascent_direction, check_norm, project
+from jacuap.attacks.epochs import run_epochs
+from jacuap.attacks.objectives import LABEL_LOSSES, check_loss, uap_objective
 from jacuap.attacks.result import UAPResult
 from jacuap.batching import ceil_div, effective_batch_size, index_batches
 from jacuap.checks import (check_budget, check_class, check_key, check_labels, check_model_inputs, check_number,
@@ -48,48 +49,9 @@ def default_sgd_step_size(eps: float, steps_per_epoch: int) -> float:
     return float(eps) * max(0.1, 2.0 / max(int(steps_per_epoch), 1))
 
 
-def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-    """``sum(mask * values) / max(sum(mask), 1)`` over the leading axis."""
-    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def uap_objective(
-    apply_fn: ApplyFn,
-    features_fn: Optional[FeaturesFn],
-    params: Any,
-    v: jax.Array,
-    xb: jax.Array,
-    yb: jax.Array,
-    mask: jax.Array,
-    beta: jax.Array,
-) -> jax.Array:
-    """The quantity SGD-UAP moves ``v`` along, on one minibatch (a scalar).
-
-    Without ``features_fn``: ``mean_b min(CE(f(clip(x_b + v, 0, 1)), y_b), beta)``;
-    the min gives zero gradient to examples whose loss already exceeds
-    ``beta``, so those confidently fooled stop steering ``v``.  With
-    ``features_fn`` (layer maximisation, Co et al. 2021): the mean squared
-    norm ``mean_b ||a(clip(x_b + v, 0, 1))||^2`` of the layer's activations.
-    The authors maximise the batch Frobenius norm ``sqrt(sum_b ||a_b||^2)``,
-    whose gradient is a positive multiple of this one, so sign steps coincide.
-    The mean runs over the examples with ``mask_b = 1``.
-
-    Shapes: ``v`` is ``S``; ``xb`` ``(B, *S)``; ``yb`` and ``mask`` ``(B,)``.
-    """
-    z = jnp.clip(xb + v, 0.0, 1.0)
-    if features_fn is not None:
-        acts = features_fn(params, z)
-        per_example = jnp.sum(jnp.square(acts.reshape(acts.shape[0], -1)), axis=1)
-    else:
-        logits = apply_fn(params, z)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
-        per_example = jnp.minimum(ce, beta)
-    return _masked_mean(per_example, mask)
-
-
 @functools.partial(
     jax.jit,
-    static_argnames=("apply_fn", "features_fn", "norm", "batch_size", "targeted"),
+    static_argnames=("apply_fn", "features_fn", "norm", "batch_size", "targeted", "loss"),
 )
 def sgd_uap_epoch(
     apply_fn: ApplyFn,
@@ -106,12 +68,14 @@ def sgd_uap_epoch(
     norm: str,
     batch_size: int,
     targeted: bool,
+    loss: Optional[str] = None,
 ) -> Tuple[jax.Array, jax.Array]:
     """One SGD-UAP epoch on device: shuffle, then ``lax.scan`` over minibatches.
 
     Per minibatch, ``v <- P_eps(v + s * alpha * dir(grad))`` with ``s = +1``
-    (ascend the clipped CE or the layer norm, :func:`uap_objective`) or
-    ``s = -1`` (targeted: descend CE towards the target, whose labels are
+    (ascend :func:`~jacuap.attacks.objectives.uap_objective` with ``loss``:
+    the clipped CE by default, the layer norm with ``features_fn``) or
+    ``s = -1`` (targeted: descend it towards the target, whose labels are
     already in ``y``).  Minibatches are gathered as ``x[idx]`` inside the
     scan (see :func:`jacuap.batching.index_batches`), so peak memory is one
     minibatch whatever ``N``; the last one is zero-padded and masked.
@@ -124,14 +88,14 @@ def sgd_uap_epoch(
     """
     idx, mask = index_batches(jax.random.permutation(key, x.shape[0]), batch_size, x.dtype)
     sign = -1.0 if targeted else 1.0
-    objective = functools.partial(uap_objective, apply_fn, features_fn, params)
+    objective = functools.partial(uap_objective, apply_fn, features_fn, params, loss=loss, targeted=targeted)
 
     def step(v, batch):
         ib, mc = batch
         xc, yc = x[ib], y[ib]
-        loss, grad = jax.value_and_grad(objective)(v, xc, yc, mc, beta)
+        value, grad = jax.value_and_grad(objective)(v, xc, yc, mc, beta)
         v = project(v + sign * step_size * ascent_direction(grad, norm), norm, eps)
-        return v, loss
+        return v, value
 
     return jax.lax.scan(step, v, (idx, mask))
 
@@ -154,6 +118,7 @@ def sgd_uap(
     init: Optional[jax.Array] = None,
     features_fn: Optional[FeaturesFn] = None,
     progress: Optional[Callable[[int, float], None]] = None,
+    loss: Optional[str] = None,
 ) -> UAPResult:
     """SGD-UAP: universal perturbation by minibatch (sign-)gradient ascent.
 
@@ -167,9 +132,13 @@ def sgd_uap(
 
     with ``alpha_e = step_size * step_decay**e`` in epoch ``e``.  Targeted
     (``targeted=t``): every label is ``t`` and ``v`` DEscends the clipped CE.
-    Layer maximisation (``features_fn``, e.g. from
-    :func:`jacuap.models.layer_features_fn`): ``v`` ascends
-    ``mean_b ||a(clip(x_b + v, 0, 1))||^2`` and ``y`` is ignored.
+    ``loss="margin"`` replaces the CE by the Carlini-Wagner logit margin
+    ``min(max_{j != y} z_j - z_y, beta)`` (targeted: ``v`` descends
+    ``max(max_{j != t} z_j - z_t, -beta)``).  Layer maximisation
+    (``features_fn``, e.g. from :func:`jacuap.models.layer_features_fn`):
+    ``v`` ascends ``mean_b ||a(clip(x_b + v, 0, 1))||^2`` and ``y`` is
+    ignored; any other loss of :data:`jacuap.attacks.objectives.LOSSES` may
+    be named (``"cosine"``: FG-UAP, ``"log_norms"``: GD-UAP).
 
     The last minibatch is zero-padded and masked, so every input is used.
 
@@ -194,6 +163,8 @@ def sgd_uap(
         maximisation variant.
       progress: ``callable(epoch, mean_objective)`` called after each epoch
         (it waits for the epoch to finish; None: no waiting).
+      loss: a name of :data:`jacuap.attacks.objectives.LOSSES`; default
+        ``"ce"``, or ``"norm"`` with ``features_fn``.
 
     Returns:
       ``UAPResult(v, history)``: ``v`` of shape ``S`` with ``||v||_p <= eps``
@@ -225,15 +196,19 @@ def sgd_uap(
     for value, name in ((step_size, "step_size"), (step_decay, "step_decay"), (beta, "beta")):
         if value is not None:
             check_number(value, name, minimum=0.0)
+    loss = loss if loss is not None else ("norm" if features_fn is not None else "ce")
+    spec = check_loss(loss, features_fn is not None)
     x = jnp.asarray(x)
     n, spatial = x.shape[0], x.shape[1:]
     if targeted is not None:
         check_class(targeted, num_classes, "targeted")
+        if not spec.uses_labels:
+            raise ValueError(f"sgd_uap: targeted needs a label loss ({', '.join(LABEL_LOSSES)}), got loss={loss!r}")
         labels = jnp.full((n,), int(targeted), jnp.int32)
-    elif features_fn is not None:
+    elif not spec.uses_labels:
         labels = jnp.zeros((n,), jnp.int32)
     elif y is None:
-        raise ValueError("sgd_uap: labels y are required for the untargeted CE attack")
+        raise ValueError(f"sgd_uap: labels y are required for the untargeted {loss} attack")
     else:
         check_labels(y, n, num_classes)
         labels = jnp.asarray(y, jnp.int32)
@@ -245,25 +220,11 @@ def sgd_uap(
     v = jnp.zeros(spatial, x.dtype) if init is None else jnp.asarray(init, x.dtype)
     v = project(v, norm, eps)
     scalar = lambda value: jnp.asarray(value, x.dtype)
-    losses = []
-    for epoch, epoch_key in enumerate(jax.random.split(key, num_epochs)):
-        v, epoch_losses = sgd_uap_epoch(
-            apply_fn,
-            features_fn,
-            params,
-            v,
-            x,
-            labels,
-            epoch_key,
-            scalar(eps),
-            scalar(step_size * step_decay**epoch),
-            scalar(beta),
-            norm=norm,
-            batch_size=batch,
-            targeted=targeted is not None,
-        )
-        losses.append(epoch_losses)
-        if progress is not None:
-            progress(epoch, float(jnp.mean(epoch_losses)))
-    history = np.concatenate([np.asarray(l) for l in losses]) if losses else np.zeros((0,))
+
+    def epoch(v, epoch_key, decay):
+        return sgd_uap_epoch(apply_fn, features_fn, params, v, x, labels, epoch_key, scalar(eps),
+                             scalar(step_size * decay), scalar(beta),
+                             norm=norm, batch_size=batch, targeted=targeted is not None, loss=loss)
+
+    v, history = run_epochs(epoch, v, key, num_epochs, step_decay, progress)
     return UAPResult(v, history)
