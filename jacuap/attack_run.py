@@ -36,16 +36,41 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import jax
 import numpy as np
 
-from jacuap import attack_store, attacks, io, metrics, parallel, suite
+from jacuap import attack_store, attacks, io, metrics, models, parallel, suite
 from jacuap.attack_setup import craft, craft_and_eval_sets, per_input_predictions, restore
 from jacuap.attack_store import output_failure, output_files, plot_uaps, print_results
 from jacuap.errors import AttackError
 
 __all__ = ["AttackRequest", "craft_and_eval_sets", "craft", "run_attacks", "plot_uaps", "print_results",
-           "output_files", "output_failure", "ATTACK_NAMES"]
+           "output_files", "output_failure", "attack_names", "import_attack_modules"]
 
-#: What ``--attack`` accepts: the registry, and layer maximisation (SGD-UAP on ``--layer``).
-ATTACK_NAMES = tuple(attacks.ATTACKS) + ("layer_max",)
+
+def attack_names() -> tuple:
+    """What ``--attack`` accepts: every registered attack (:data:`jacuap.attacks.ATTACKS`), in order."""
+    return tuple(attacks.ATTACKS)
+
+
+def import_attack_modules(names: Sequence[str]) -> None:
+    """Imports each module of ``names`` (``pkg.mod``), whose ``register(AttackSpec(...))`` lines add attacks.
+
+    AttackError (one line) when a module cannot be imported; the folder a
+    run starts in is searched first, as ``python -m`` does.
+    """
+    import importlib
+
+    if names and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in (n.strip() for n in names if n.strip()):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # ImportError, or the module's own error (a bad AttackSpec) while importing
+            raise AttackError(f"--attack_modules: cannot import {name!r} ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _reads_layers(request) -> bool:
+    names = [a for a, _, _ in suite.suite_tasks(request.suite, 0)] if request.suite else request.attacks
+    return any(attacks.ATTACKS[a].layers for a in names if a in attacks.ATTACKS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +85,9 @@ class AttackRequest:
 
     >>> AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1], out="o").num_craft
     5000
-    >>> AttackRequest(workdir="w", attacks=["carlini"], norm="linf", eps=[0.1], out="o")
+    >>> AttackRequest(workdir="w", attacks=["carlini"], norm="linf", eps=[0.1], out="o")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    jacuap.errors.AttackError: unknown attack carlini; choose from sgd_uap, sv_uap, deepfool_uap, sga_uap, sgd_uap_restarts, pgd, fgsm, layer_max
+    jacuap.errors.AttackError: unknown attack carlini; choose from sgd_uap, sga_uap, sgd_uap_restarts, ...
     >>> AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1, 0.1000001], out="o")
     Traceback (most recent call last):
     jacuap.errors.AttackError: eps 0.1 is given twice (budgets are compared to 6 significant digits)
@@ -90,10 +115,10 @@ class AttackRequest:
     uap_file: str = ""  # evaluate this .npy perturbation (no attack)
 
     def __post_init__(self):
-        unknown = [a for a in self.attacks if a not in ATTACK_NAMES]
+        unknown = [a for a in self.attacks if a not in attacks.ATTACKS]
         if unknown or not (self.attacks or self.suite or self.uap_file):
             raise AttackError(f"unknown attack {', '.join(unknown) or '(none)'}; "
-                              f"choose from {', '.join(ATTACK_NAMES)}")
+                              f"choose from {', '.join(attack_names())}")
         if self.suite and self.suite not in suite.SUITES:
             raise AttackError(f"unknown suite {self.suite!r}; choose from {', '.join(suite.SUITES)}")
         if self.suite and self.attacks:
@@ -102,11 +127,15 @@ class AttackRequest:
             raise AttackError("--uap_file evaluates the given perturbation only; drop --attack/--suite/--targeted")
         if self.uap_file and len(self.eps) != 1:
             raise AttackError("--uap_file takes one --eps, the budget the perturbation is checked against")
-        if ("layer_max" in self.attacks) != bool(self.layer):
-            raise AttackError("--attack=layer_max needs --layer=NAME (a submodule of the model), and --layer "
-                              "is used by layer_max only")
+        if self.layer and not _reads_layers(self):
+            layered = [n for n, a in attacks.ATTACKS.items() if a.layers]
+            raise AttackError(f"--layer is read by the attacks on hidden layers only ({', '.join(layered)}); "
+                              f"drop it or add one of them")
         if self.norm not in attacks.NORMS:
             raise AttackError(f"unknown norm {self.norm!r}; choose {' or '.join(attacks.NORMS)}")
+        for name in self.attacks:
+            if self.norm not in attacks.ATTACKS[name].norms:
+                raise AttackError(f"{name} supports {', '.join(attacks.ATTACKS[name].norms)}, not --norm={self.norm}")
         if not self.eps:
             raise AttackError("give at least one eps")
         for e in self.eps:
@@ -199,10 +228,15 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
                               f"--workdir {request.workdir} {list(dataset.image_shape)}; transfer needs one shape")
     x_craft, y_craft = craft_and_eval_sets(src[1], request)[:2]
     x_eval, y_eval = craft_and_eval_sets(dataset, request)[2:]
-    features_fn, given = None, None
+    given = None
+    crafter_model, crafter_params = src[0].model, src[0].params
+    layers = attacks.Layers(lambda: models.layer_names(crafter_model, crafter_params, x_craft[:1]),
+                            lambda names: models.layers_features_fn(crafter_model, names))
     if request.layer:
-        suite.check_layer(src[0].model, src[0].params, x_craft[:1], request.layer)
-        features_fn = attacks.layer_features_fn(src[0].model, request.layer.strip("/"))
+        known = layers.names()
+        for name in (n.strip().strip("/") for n in request.layer.split(",") if n.strip()):
+            if name not in known:
+                raise AttackError(f"no layer {name!r} in the model; choose from {', '.join(known)}")
     if request.uap_file:
         given = suite.load_uap_file(request.uap_file, dataset.image_shape, request.norm, request.eps[0])
     capped = [f"{name} {asked} capped at {got}" for name, asked, got in (
@@ -227,7 +261,7 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
         key = jax.random.PRNGKey(request.seed)
         sets = (x_craft, y_craft, x_eval, y_eval)
         rows, uaps, computed = _attack_rows(request, (apply_fn, params), src[2:], sets, source,
-                                            dict(features_fn=features_fn, given=given), log)
+                                            dict(layers=layers, given=given), log)
         targeted_epochs = suite.SUITES[request.suite].targeted_epochs if request.suite else 0
         targeted = []
         if request.targeted or targeted_epochs:
@@ -279,7 +313,7 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
                 "class_names": [str(c) for c in class_names],
             },
             "results": rows,
-            "worst_case": suite.worst_case(rows, request.eps),
+            **{key: suite.worst_case(rows, request.eps, by) for by, key in suite.WORST_CASE_BY.items()},
             **extra,
             "metrics": metric_values,
         })
@@ -332,13 +366,15 @@ def _attack_rows(request, model, crafter, sets, source, special, log):
     clean_accuracy = float(np.mean(clean_pred == y_eval))
     rows: List[Dict[str, Any]] = []
     uaps: Dict[str, np.ndarray] = {}
-    caches: Dict[int, Dict[str, Any]] = {}
+    caches: Dict[Any, Dict[str, Any]] = {}
+    craft_clean = None  # the crafting model's predictions on the crafting set, once a row needs them
     first = {}
     for i, (name, _, seed, _) in enumerate(tasks):
         first.setdefault((name, seed), i)
     bar = tqdm(list(zip(tasks, names)), desc="attacks", disable=not request.progress, dynamic_ncols=True)
     for i, ((name, eps, seed, settings), stem) in enumerate(bar):
-        universal = name in attacks.UNIVERSAL_ATTACKS or name in ("layer_max", "uap_file")
+        attack = settings.get("attack", name)  # a suite member may label a variant ("sgd_uap_margin")
+        universal = name == "uap_file" or attacks.ATTACKS[attack].universal
         label = f"{name} eps={eps:g}" + (f" seed={seed}" if request.suite else "")
         row = done.get(stem)
         if row is not None:
@@ -356,17 +392,23 @@ def _attack_rows(request, model, crafter, sets, source, special, log):
                 v = special["given"]
                 extra["uap_file"] = os.path.abspath(request.uap_file)
             else:
-                v = craft(name, crafter[0], crafter[1], x_craft, y_craft, eps, request, task_key, progress,
-                          caches.setdefault(seed, {}), settings, special["features_fn"])
+                member = {k: v for k, v in settings.items() if k != "attack"}
+                v, report, used = craft(attack, crafter[0], crafter[1], x_craft, y_craft, eps, request, task_key,
+                                        progress, caches.setdefault((attack, seed), {}), member, special["layers"])
+                extra.update(report)
             pred = metrics.predict(apply_fn, params, np.clip(x_eval + v, 0.0, 1.0))
             craft_pred = metrics.predict(crafter[0], crafter[1], np.clip(x_craft + v, 0.0, 1.0))
             uaps[label] = v
             norm_of_v = float(np.max(np.abs(v)) if request.norm == "linf" else np.linalg.norm(v))
-            extra.update({"craft_uer": float(np.mean(craft_pred != y_craft)), **source,
-                          "num_craft": len(x_craft), "craft_split": request.craft_split,
-                          "settings": settings or ({"num_epochs": request.sgd_epochs} if "sgd" in name or
-                                                   name == "layer_max" else {}),
-                          **({"layer": request.layer} if name == "layer_max" else {})})
+            if craft_clean is None:
+                craft_clean = metrics.predict(crafter[0], crafter[1], x_craft)
+            extra.update({"craft_uer": float(np.mean(craft_pred != y_craft)),
+                          "craft_fooling_rate": float(np.mean(craft_pred != craft_clean)), **source,
+                          "num_craft": len(x_craft), "craft_split": request.craft_split})
+            if name != "uap_file":
+                extra["settings"] = {k: v for k, v in used.items() if v is not None}
+                if attack != name:
+                    extra["attack_variant_of"] = attack
         else:
             pred = per_input_predictions(name, apply_fn, params, x_eval, y_eval, eps, request.norm, task_key)
             norm_of_v = None

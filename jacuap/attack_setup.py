@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jacuap import attacks, batching, data, jacobian, metrics, parallel
+from jacuap import attacks, data, metrics, parallel
 from jacuap.errors import AttackError, CheckpointError, ConfigError, one_line
 from jacuap.train import checkpoints
 
@@ -64,60 +64,31 @@ def craft_and_eval_sets(dataset: data.Dataset, request: Any):
 def craft(name: str, apply_fn, params, x, y, eps: float, request: Any, key,
           progress: Optional[Callable[[str], None]] = None,
           cache: Optional[Dict[str, Any]] = None, settings: Optional[Mapping[str, Any]] = None,
-          features_fn: Optional[Callable] = None) -> np.ndarray:
-    """The universal perturbation of attack ``name`` crafted on ``(x, y)``: shape of one input.
+          layers: Optional[attacks.Layers] = None) -> Tuple[np.ndarray, Dict[str, Any], Dict[str, Any]]:
+    """``(v, report, settings)``: universal attack ``name`` crafted on ``(x, y)``, by registry lookup.
 
+    The attack's settings are its spec's defaults, then the request's fields
+    (``request.sgd_epochs`` fills ``num_epochs``, ``request.layer`` the
+    layer, ...), then ``settings`` (a suite member's); they come back as run.
     ``key`` seeds the attack's randomness; ``progress(message)`` receives a
-    short status after each epoch, restart or pass (e.g. ``"restart 2/4
-    epoch 3/5 objective 1.234"``).  ``cache`` (a dict kept across the budgets of
-    one crafting set) holds the singular vector of ``sv_uap``, which depends
-    on the model and the set but not on ``eps``.  ``settings`` (a suite
-    member's: ``num_epochs``, ``restarts``, ``max_passes``, DeepFool's ``batch_size``) replace the
-    request's ``sgd_epochs`` / ``deepfool_passes``; ``layer_max`` is SGD-UAP
-    ascending ``features_fn`` (:func:`jacuap.attacks.layer_features_fn`).
+    short status after each epoch, restart or pass; ``cache`` (a dict kept
+    across the budgets of one crafting set) holds what does not depend on
+    ``eps`` (SV-UAP's singular vector); ``layers`` names the model's hidden
+    layers for the attacks that read them.  ``report`` holds the spec's extra
+    numbers (FG-UAP's feature dominance).
     """
-    settings = dict(settings or {})
-    epochs = settings.pop("num_epochs", request.sgd_epochs)
-    say = progress if progress is not None else (lambda message: None)
-    restart_of = [""]  # the restart in progress, shown before each epoch's status
-    on_epoch = None if progress is None else (  # a status waits for its epoch: only when shown
-        lambda e, objective: say(f"{restart_of[0]}epoch {e + 1}/{epochs} objective {objective:.3f}"))
-    if name in ("sgd_uap", "layer_max"):
-        if name == "layer_max" and features_fn is None:
-            raise AttackError("layer_max needs a layer (--layer)")
-        result = attacks.sgd_uap(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
-                                 num_epochs=epochs, features_fn=features_fn, progress=on_epoch)
-    elif name == "sv_uap":
-        cache = {} if cache is None else cache
-        if "sv_direction" not in cache:
-            batch = batching.round_up(min(256, len(x)), parallel.batch_multiple(apply_fn))
-            _, cache["sv_direction"] = jacobian.stacked_spectral_norm(
-                apply_fn, params, jnp.asarray(x), key, batch_size=batch, method="auto", loop=batching.eager_loop())
-        result = attacks.singular_vector_uap(apply_fn, params, x, y, eps=eps, norm=request.norm,
-                                             direction=cache["sv_direction"])
-    elif name == "sga_uap":
-        result = attacks.sga_uap(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key, num_epochs=epochs,
-                                 progress=on_epoch)
-    elif name == "sgd_uap_restarts":
-        restarts = int(settings.get("restarts", 4))
-        restart_of[0] = f"restart 1/{restarts} "
-
-        def on_restart(r, uer):
-            restart_of[0] = f"restart {min(r + 2, restarts)}/{restarts} "
-            say(f"restart {r + 1}/{restarts} crafting UER {uer:.3f}")
-
-        result = attacks.sgd_uap_restarts(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
-                                          num_epochs=epochs, restarts=restarts,
-                                          progress=on_restart if progress is not None else None,
-                                          epoch_progress=on_epoch)
-    elif name == "deepfool_uap":
-        result = attacks.deepfool_uap(apply_fn, params, x, y, eps=eps, norm=request.norm, key=key,
-                                      max_passes=settings.get("max_passes", request.deepfool_passes),
-                                      **({"batch_size": settings["batch_size"]} if "batch_size" in settings else {}),
-                                      progress=lambda p, rate: say(f"pass {p + 1} fooling rate {rate:.3f}"))
-    else:
-        raise AttackError(f"{name} is not a universal attack; choose from {', '.join(attacks.UNIVERSAL_ATTACKS)}")
-    return np.asarray(result.v)
+    spec = attacks.ATTACKS[name]
+    if not spec.universal:
+        raise AttackError(f"{name} is not a universal attack; choose from {', '.join(attacks.universal_names())}")
+    resolved = spec.resolve(settings or {}, request)
+    crafting = attacks.Crafting(apply_fn, params, x, y, eps, request.norm, key, resolved, progress,
+                                {} if cache is None else cache, layers)
+    v = np.asarray(attacks.craft(name, crafting).v)
+    report = spec.report(crafting, v) if spec.report is not None else {}
+    if spec.layers:
+        report.setdefault("layer", ",".join(crafting.layer_names(name, "penultimate" if spec.layers == "one"
+                                                                 else "hidden")))
+    return v, report, resolved
 
 
 def per_input_predictions(name, apply_fn, params, x, y, eps, norm, key) -> np.ndarray:

@@ -56,13 +56,13 @@ EPS_DIGITS = 6
 _FORMAT = 1
 
 #: Row names beside the attack registry: layer maximisation, a given perturbation, a targeted matrix.
-ROW_NAMES = tuple(attacks.ATTACKS) + ("layer_max", "uap_file", "targeted")
-_STEM = re.compile(r"^(?:%s)_(?:%s)_eps[0-9.e+-]+_seed[0-9]+$"
-                   % ("|".join(map(re.escape, ROW_NAMES)), "|".join(map(re.escape, attacks.NORMS))))
+# Row names are the registered attacks (any module may register one), a suite member's label, "uap_file" and
+# "targeted": lower-case words joined by "_", as AttackSpec requires.
+_NAME = r"[a-z0-9]+(?:_[a-z0-9]+)*"
+_STEM = re.compile(r"^%s_(?:%s)_eps[0-9.e+-]+_seed[0-9]+$" % (_NAME, "|".join(map(re.escape, attacks.NORMS))))
 _TARGETED_FIGURE = re.compile(r"^targeted_eps[0-9.e+-]+\.png$")
 # Names of the previous layout (before the seed was in the name): "<attack>_<norm>_eps<eps>.npy".
-_OLD_STEM = re.compile(r"^(?:%s)_(?:%s)_eps[0-9.e+-]+$"
-                       % ("|".join(map(re.escape, attacks.ATTACKS)), "|".join(map(re.escape, attacks.NORMS))))
+_OLD_STEM = re.compile(r"^%s_(?:%s)_eps[0-9.e+-]+$" % (_NAME, "|".join(map(re.escape, attacks.NORMS))))
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_]+$")  # io.atomic_write's temporary files
 
 

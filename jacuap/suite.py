@@ -43,21 +43,32 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from jacuap import attack_store, attacks, io, metrics
+from jacuap import attack_store, attacks, io, metrics, models
 from jacuap.errors import AttackError
 
-__all__ = ["Member", "Suite", "SUITES", "suite_tasks", "gradient_evaluations", "suite_record", "worst_case",
+__all__ = ["Member", "Suite", "SUITES", "WORST_CASE_BY", "suite_tasks", "gradient_evaluations", "suite_record",
+           "worst_case",
            "targeted_row", "targeted_rows", "plot_targeted", "targeted_figure_name", "load_uap_file", "layer_names",
            "check_layer", "print_extras"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-    """One attack of a suite: run once per seed offset in ``seeds``, with ``settings`` (craft's keywords)."""
+    """One attack of a suite: run once per seed offset in ``seeds``, with ``settings`` (its spec's settings).
+
+    ``label`` names the rows of a variant (``"sgd_uap_margin"``: SGD-UAP with
+    the margin loss) so that two members of one attack keep apart; default:
+    the attack's name.
+    """
 
     attack: str
     seeds: Tuple[int, ...] = (0,)
-    settings: Tuple[Tuple[str, int], ...] = ()
+    settings: Tuple[Tuple[str, Any], ...] = ()
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.attack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,44 +95,60 @@ SUITES: Dict[str, Suite] = {
         Member("deepfool_uap", (0,), (("max_passes", 1), ("batch_size", 32))),
         Member("sv_uap", (0,)),
     ), targeted_epochs=1),
+    # The standard ensemble, the margin-loss variants and the zoo: data-free (GD-UAP, no data), proxy-data
+    # (Cosine-UAP on the range prior), label-free on data (Cosine-UAP, FG-UAP), generative (GAP).
+    "strong": Suite("strong", (
+        Member("sgd_uap", (0, 1), (("num_epochs", 5),)),
+        Member("sgd_uap", (0, 1), (("num_epochs", 5), ("loss", "margin")), label="sgd_uap_margin"),
+        Member("sga_uap", (0,), (("num_epochs", 5),)),
+        Member("sga_uap", (0,), (("num_epochs", 5), ("loss", "margin")), label="sga_uap_margin"),
+        Member("sgd_uap_restarts", (0,), (("num_epochs", 5), ("restarts", 4), ("loss", "margin")),
+               label="sgd_uap_restarts_margin"),
+        Member("deepfool_uap", (0,), (("max_passes", 3), ("batch_size", 32))),
+        Member("sv_uap", (0,)),
+        Member("cosine_uap", (0,), (("num_epochs", 5),)),
+        Member("cosine_uap", (0,), (("num_epochs", 5), ("prior", "range")), label="cosine_uap_range"),
+        Member("fg_uap", (0,), (("num_epochs", 5),)),
+        Member("gd_uap", (0,), (("num_epochs", 5), ("prior", "none"))),
+        Member("gap_uap", (0,), (("num_epochs", 10), ("batch_size", 32))),
+    ), targeted_epochs=0),
 }
 
 
-def suite_tasks(name: str, seed: int) -> List[Tuple[str, int, Dict[str, int]]]:
-    """``(attack, row seed, settings)`` of every member of suite ``name``, member-major.
+def suite_tasks(name: str, seed: int) -> List[Tuple[str, int, Dict[str, Any]]]:
+    """``(row name, row seed, settings)`` of every member of suite ``name``, member-major.
+
+    A labelled variant's settings carry its attack under ``"attack"``.
 
     >>> [(a, s) for a, s, _ in suite_tasks("quick", 3)][:3]
     [('sgd_uap', 3), ('sgd_uap', 4), ('sga_uap', 3)]
+    >>> suite_tasks("strong", 0)[2]
+    ('sgd_uap_margin', 0, {'num_epochs': 5, 'loss': 'margin', 'attack': 'sgd_uap'})
     """
-    return [(m.attack, seed + s, dict(m.settings)) for m in SUITES[name].members for s in m.seeds]
+    return [(m.name, seed + s, {**dict(m.settings), **({"attack": m.attack} if m.label else {})})
+            for m in SUITES[name].members for s in m.seeds]
 
 
-def gradient_evaluations(attack: str, settings: Mapping[str, int], num_craft: int, num_classes: int) -> int:
-    """Upper bound on the per-input backward passes of one budget of ``attack`` (module docstring).
+def gradient_evaluations(attack: str, settings: Mapping[str, Any], num_craft: int, num_classes: int) -> int:
+    """Upper bound on the per-input backward passes of one budget of ``attack`` (its spec's count).
+
+    ``settings`` are a member's; the spec's defaults fill the rest.
 
     >>> gradient_evaluations("sgd_uap_restarts", {"num_epochs": 5, "restarts": 4}, 1000, 10)
     20000
     """
-    n, k, e = int(num_craft), int(num_classes), int(settings.get("num_epochs", 5))
-    if attack in ("sgd_uap", "layer_max"):
-        return e * n
-    if attack == "sga_uap":
-        return 4 * e * n
-    if attack == "sgd_uap_restarts":
-        return int(settings.get("restarts", 4)) * e * n
-    if attack == "deepfool_uap":
-        return int(settings.get("max_passes", 5)) * 20 * k * n
-    if attack == "sv_uap":
-        return 2 * 50 * n
+    n, k = int(num_craft), int(num_classes)
     if attack == "targeted":
-        return k * e * n
-    return 0
+        return k * int(settings.get("num_epochs", 5)) * n
+    spec = attacks.ATTACKS[attack]
+    return int(spec.gradient_evaluations(spec.resolve({k_: v for k_, v in settings.items() if k_ != "attack"}), n, k))
 
 
 def suite_record(name: str, num_craft: int, num_classes: int) -> Dict[str, Any]:
     """What ``results.json["suite"]`` holds: the members, their settings and gradient budgets."""
     suite = SUITES[name]
-    members = [{"attack": m.attack, "seeds": list(m.seeds), "settings": dict(m.settings),
+    members = [{"attack": m.attack, **({"label": m.label} if m.label else {}), "seeds": list(m.seeds),
+                "settings": dict(m.settings),
                 "gradient_evaluations_per_budget": gradient_evaluations(m.attack, dict(m.settings), num_craft,
                                                                         num_classes) * len(m.seeds)}
                for m in suite.members]
@@ -133,26 +160,40 @@ def suite_record(name: str, num_craft: int, num_classes: int) -> Dict[str, Any]:
             "gradient_evaluations_per_budget": sum(m["gradient_evaluations_per_budget"] for m in members)}
 
 
-def worst_case(rows: Sequence[Mapping[str, Any]], eps: Sequence[float]) -> List[Dict[str, Any]]:
-    """Per budget, the universal row with the highest ``craft_uer`` (the first on a tie), or nothing.
+#: The metrics a budget's worst case can be chosen by (on the crafting split): results.json keys.
+WORST_CASE_BY = {"uer": "worst_case", "fooling_rate": "worst_case_by_fooling_rate"}
 
-    Chosen on the crafting split only; its ``uer``/``fooling_rate`` are the evaluation split's.
 
-    >>> rows = [dict(attack="a", seed=0, eps=0.1, universal=True, craft_uer=0.5, uer=0.4, fooling_rate=0.3, file="a.npy"),
-    ...         dict(attack="b", seed=0, eps=0.1, universal=True, craft_uer=0.6, uer=0.2, fooling_rate=0.1, file="b.npy")]
+def worst_case(rows: Sequence[Mapping[str, Any]], eps: Sequence[float], by: str = "uer") -> List[Dict[str, Any]]:
+    """Per budget, the universal row with the highest crafting-split ``by`` (the first on a tie), or nothing.
+
+    ``by="uer"`` ranks by ``craft_uer``, ``by="fooling_rate"`` by
+    ``craft_fooling_rate``: the attacker never sees evaluation inputs.  The
+    chosen row's ``uer``/``fooling_rate`` are the evaluation split's.
+
+    >>> rows = [dict(attack="a", seed=0, eps=0.1, universal=True, craft_uer=0.5, craft_fooling_rate=0.45,
+    ...              uer=0.4, fooling_rate=0.3, file="a.npy"),
+    ...         dict(attack="b", seed=0, eps=0.1, universal=True, craft_uer=0.6, craft_fooling_rate=0.4,
+    ...              uer=0.2, fooling_rate=0.1, file="b.npy")]
     >>> [(w["attack"], w["uer"]) for w in worst_case(rows, [0.1])]
     [('b', 0.2)]
+    >>> [w["attack"] for w in worst_case(rows, [0.1], by="fooling_rate")]
+    ['a']
     """
+    if by not in WORST_CASE_BY:
+        raise ValueError(f"by must be one of {', '.join(WORST_CASE_BY)}, got {by!r}")
+    score = "craft_uer" if by == "uer" else "craft_fooling_rate"
     out = []
     for e in eps:
         best = None
         for row in rows:
-            if row.get("universal") and row.get("eps") == e and row.get("craft_uer") is not None:
-                if best is None or row["craft_uer"] > best["craft_uer"]:
+            if row.get("universal") and row.get("eps") == e and row.get(score) is not None:
+                if best is None or row[score] > best[score]:
                     best = row
         if best is not None:
-            out.append({"eps": e, **{k: best.get(k) for k in (
-                "attack", "seed", "uer", "fooling_rate", "craft_uer", "file", "source_workdir")}})
+            out.append({"eps": e, "by": by, **{k: best.get(k) for k in (
+                "attack", "seed", "uer", "fooling_rate", "craft_uer", "craft_fooling_rate", "file",
+                "source_workdir")}})
     return out
 
 
@@ -265,19 +306,7 @@ def load_uap_file(path: str, shape: Sequence[int], norm: str, eps: float) -> np.
 
 def layer_names(model: Any, params: Any, x: Any) -> List[str]:
     """The ``/``-separated names of ``model``'s submodules (what ``--layer`` accepts), in call order."""
-    _, state = model.apply({"params": params}, x, capture_intermediates=True, mutable=["intermediates"])
-    names: List[str] = []
-
-    def walk(node: Mapping[str, Any], path: Tuple[str, ...]) -> None:
-        for key, value in node.items():
-            if key == "__call__":
-                if path:
-                    names.append("/".join(path))
-            elif isinstance(value, Mapping):
-                walk(value, path + (key,))
-
-    walk(state.get("intermediates", {}), ())
-    return names
+    return models.layer_names(model, params, x)
 
 
 def check_layer(model: Any, params: Any, x: Any, layer: str) -> None:
@@ -293,9 +322,12 @@ def _name(class_names: Optional[Sequence[str]], k: Any) -> str:
 
 def print_extras(results: Mapping[str, Any]) -> None:
     """Prints the worst case of each budget and each targeted matrix's success per target class (by name)."""
-    for w in results.get("worst_case") or []:
-        print(f"worst case eps={w['eps']:g}: {w['attack']} seed {w['seed']}  UER {w['uer']:.3f}  "
-              f"fooling {w['fooling_rate']:.3f}  (crafting-split UER {w['craft_uer']:.3f})  {w['file']}")
+    for by, key in WORST_CASE_BY.items():
+        for w in results.get(key) or []:
+            chosen = w.get("craft_uer" if by == "uer" else "craft_fooling_rate")
+            print(f"worst case by {'UER' if by == 'uer' else 'fooling rate'} eps={w['eps']:g}: {w['attack']} seed "
+                  f"{w['seed']}  UER {w['uer']:.3f}  fooling {w['fooling_rate']:.3f}  (chosen on the crafting "
+                  f"split: {'n/a' if chosen is None else format(chosen, '.3f')})  {w['file']}")
     for t in results.get("targeted") or []:
         shown = ", ".join(f"{c}: {'n/a' if r is None else format(r, '.2f')}" for c, r in t["success"].items())
         print(f"targeted eps={t['eps']:g} success per target class: {shown}")

@@ -185,13 +185,17 @@ def test_transfer_needs_one_input_shape(trained, tmp_path, monkeypatch):
 def test_layer_max(trained, tmp_path):
     with pytest.raises(errors.AttackError, match="no layer 'dense7' in the model; choose from .*dense0, dense1"):
         attack_run.run_attacks(_request(trained, tmp_path / "bad", attacks=["layer_max"], layer="dense7"))
-    with pytest.raises(errors.AttackError, match="--attack=layer_max needs --layer"):
-        _request(trained, tmp_path, attacks=["layer_max"])
+    with pytest.raises(errors.AttackError, match="--layer is read by the attacks on hidden layers only"):
+        _request(trained, tmp_path, attacks=["sgd_uap"], layer="dense0")
     results = attack_run.run_attacks(_request(trained, tmp_path / "ok", attacks=["layer_max"], layer="dense0",
                                               eps=[0.1]))
     (row,) = results["results"]
     assert row["layer"] == "dense0" and row["universal"] and row["file"] == "layer_max_linf_eps0.1_seed0.npy"
     assert np.max(np.abs(np.load(tmp_path / "ok" / row["file"]))) <= 0.1 + 1e-6
+    # Without --layer, the layer before the classifier.
+    (row,) = attack_run.run_attacks(_request(trained, tmp_path / "default", attacks=["layer_max"],
+                                             eps=[0.1]))["results"]
+    assert row["layer"] == "dense1"
 
 
 def test_compiled_programs_are_reused_across_budgets_and_restarts():
@@ -205,16 +209,37 @@ def test_compiled_programs_are_reused_across_budgets_and_restarts():
 
     x = jax.random.uniform(jax.random.PRNGKey(1), (40, 4, 4, 1))
     y = jnp.arange(40) % 3
+    def features_fn(params, x):
+        if isinstance(x, jax.core.Tracer):
+            traces.append(x.shape)
+        return jax.nn.relu(x.reshape(len(x), -1) @ params)
+
+    layers_fn = lambda params, x: (features_fn(params, x),)
     for attack, kw in ((attacks.sgd_uap, {"num_epochs": 2}), (attacks.sgd_uap_restarts, {"restarts": 3, "num_epochs": 2}),
-                       (attacks.sga_uap, {"num_epochs": 2}), (attacks.deepfool_uap, {"max_passes": 2})):
-        attack(apply_fn, w, x, y, eps=0.05, key=jax.random.PRNGKey(2), batch_size=16, **kw)
+                       (attacks.sga_uap, {"num_epochs": 2}), (attacks.deepfool_uap, {"max_passes": 2}),
+                       (attacks.sgd_uap, {"num_epochs": 2, "loss": "margin"}),
+                       (attacks.cosine_uap, {"num_epochs": 2}),
+                       (attacks.cosine_uap, {"num_epochs": 2, "prior": "range", "input_shape": (4, 4, 1)}),
+                       (attacks.fg_uap, {"num_epochs": 2, "features_fn": features_fn}),
+                       (attacks.gd_uap, {"num_epochs": 2, "features_fn": layers_fn, "prior": "data"}),
+                       (attacks.gap_uap, {"num_epochs": 2}),
+                       (attacks.layer_max_uap, {"num_epochs": 2, "features_fn": features_fn})):
+        data = None if kw.get("prior") == "range" else x
+        size = {"num_inputs": 40} if data is None else {}
+        attack(apply_fn, w, data, y, eps=0.05, key=jax.random.PRNGKey(2), batch_size=16, **kw, **size)
         after_first = len(traces)
-        attack(apply_fn, w, x, y, eps=0.1, key=jax.random.PRNGKey(3), batch_size=16, **kw)
+        attack(apply_fn, w, data, y, eps=0.1, key=jax.random.PRNGKey(3), batch_size=16, **kw, **size)
         assert len(traces) == after_first, attack
 
 
 def test_gradient_budget_and_suites_are_fixed():
-    assert set(suite.SUITES) == {"standard", "quick"}
+    assert set(suite.SUITES) == {"standard", "quick", "strong"}
+    strong = {m.name: m for m in suite.SUITES["strong"].members}
+    assert {m.attack for m in strong.values()} == set(attacks.universal_names()) - {"layer_max"}
+    for name in ("sgd_uap_margin", "sga_uap_margin", "sgd_uap_restarts_margin"):
+        assert dict(strong[name].settings)["loss"] == "margin"
+    assert dict(strong["gd_uap"].settings)["prior"] == "none"  # the data-free member reads no data
+    assert dict(strong["cosine_uap_range"].settings)["prior"] == "range"
     standard = {m.attack: m for m in suite.SUITES["standard"].members}
     assert set(standard) == {"sgd_uap", "sga_uap", "sgd_uap_restarts", "deepfool_uap", "sv_uap"}
     assert standard["sgd_uap"].seeds == (0, 1)

@@ -20,6 +20,7 @@ from jacuap import jacobian, metrics
 from jacuap.attacks.balls import TINY, check_norm, project
 from jacuap.attacks.per_input import fgsm_delta, pgd_delta
 from jacuap.attacks.result import UAPResult
+from jacuap.attacks.registry import AttackSpec, Crafting, register
 from jacuap.batching import effective_batch_size, index_batches
 from jacuap.checks import check_budget, check_key, check_model_inputs, check_number, check_positive_int
 from jacuap.jacobian import ApplyFn
@@ -346,3 +347,16 @@ def deepfool_uap(
         if history[-1] >= target_fooling_rate:
             break
     return UAPResult(v, np.asarray(history))
+
+
+def _craft(c: Crafting) -> UAPResult:
+    return deepfool_uap(c.apply_fn, c.params, c.x, c.y, eps=c.eps, norm=c.norm, key=c.key, **c.settings,
+                        progress=lambda p, rate: c.say(f"pass {p + 1} fooling rate {rate:.3f}"))
+
+
+register(AttackSpec(
+    "deepfool_uap", deepfool_uap, needs_labels=False,
+    settings={"max_passes": 5, "batch_size": 128}, request_settings={"max_passes": "deepfool_passes"}, craft=_craft,
+    gradient_evaluations=lambda s, n, k: s["max_passes"] * 20 * k * n,
+    summary="v <- P_eps(v + DeepFool(x + v)) over the inputs v does not fool yet (Moosavi-Dezfooli et al., "
+            "CVPR 2017), batched"))

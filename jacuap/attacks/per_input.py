@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from jacuap.attacks.balls import ascent_direction, check_norm, project, random_in_ball
+from jacuap.attacks.registry import AttackSpec, register
 from jacuap.checks import check_budget, check_key, check_labels, check_model_inputs, check_number, check_positive_int
 from jacuap.jacobian import ApplyFn
 
@@ -188,3 +189,8 @@ def pgd(
         jnp.asarray(eps, x.dtype), jnp.asarray(step_size, x.dtype), key,
         norm=norm, num_steps=int(num_steps), random_start=bool(random_start),
     )
+
+
+register(AttackSpec("pgd", pgd, universal=False, summary="per input: projected gradient ascent on CE (Madry et al. 2018)"))
+register(AttackSpec("fgsm", fgsm, universal=False, summary="per input: one signed-gradient step on CE "
+                                                           "(Goodfellow et al. 2015)"))

@@ -18,6 +18,7 @@ import numpy as np
 
 from jacuap.attacks.balls import check_norm, random_in_ball
 from jacuap.attacks.result import UAPResult
+from jacuap.attacks.registry import AttackSpec, Crafting, epochs_progress, register
 from jacuap.attacks.sgd_uap import sgd_uap
 from jacuap.checks import check_budget, check_key, check_model_inputs, check_positive_int
 from jacuap.jacobian import ApplyFn
@@ -186,3 +187,24 @@ def sgd_uap_restarts(
     """
     return best_of_restarts(sgd_uap, apply_fn, params, x, y, eps=eps, norm=norm, key=key, restarts=restarts,
                             zero_start=zero_start, progress=progress, **sgd_uap_kwargs)
+
+
+def _craft(c: Crafting) -> UAPResult:
+    restarts = int(c.settings["restarts"])
+    current = [f"restart 1/{restarts} "]  # the restart in progress, shown before each epoch's status
+
+    def on_restart(r, uer):
+        current[0] = f"restart {min(r + 2, restarts)}/{restarts} "
+        c.say(f"restart {r + 1}/{restarts} crafting UER {uer:.3f}")
+
+    return sgd_uap_restarts(c.apply_fn, c.params, c.x, c.y, eps=c.eps, norm=c.norm, key=c.key,
+                            progress=on_restart if c.progress is not None else None,
+                            epoch_progress=epochs_progress(c, lambda: current[0]), **c.settings)
+
+
+register(AttackSpec(
+    "sgd_uap_restarts", sgd_uap_restarts, targeted=True,
+    settings={"num_epochs": 5, "batch_size": 128, "restarts": 4, "loss": "ce"},
+    request_settings={"num_epochs": "sgd_epochs"}, craft=_craft,
+    gradient_evaluations=lambda s, n, k: s["restarts"] * s["num_epochs"] * n,
+    summary="the best of R SGD-UAP runs from random starts in the ball, by crafting-set UER"))

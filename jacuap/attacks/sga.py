@@ -27,6 +27,7 @@ from jacuap.attacks.balls import ascent_direction, check_norm, project
 from jacuap.attacks.result import UAPResult
 from jacuap.attacks.epochs import run_epochs
 from jacuap.attacks.objectives import LABEL_LOSSES, check_loss, uap_objective
+from jacuap.attacks.registry import AttackSpec, epochs_progress, register
 from jacuap.attacks.sgd_uap import default_sgd_step_size
 from jacuap.batching import ceil_div, effective_batch_size, index_batches
 from jacuap.checks import (check_budget, check_class, check_key, check_labels, check_model_inputs, check_number,
@@ -272,3 +273,14 @@ def sga_uap(
         )
 
     return UAPResult(*run_epochs(epoch, v, key, num_epochs, step_decay, progress))
+
+
+register(AttackSpec(
+    "sga_uap", sga_uap, targeted=True,
+    settings={"num_epochs": 5, "batch_size": 128, "inner_batch_size": 10, "inner_passes": 4, "loss": "ce"},
+    request_settings={"num_epochs": "sgd_epochs"},
+    craft=lambda c: sga_uap(c.apply_fn, c.params, c.x, c.y, eps=c.eps, norm=c.norm, key=c.key,
+                            progress=epochs_progress(c), **c.settings),
+    gradient_evaluations=lambda s, n, k: s["inner_passes"] * s["num_epochs"] * n,
+    summary="SGD-UAP's objective, each outer step along the mean of inner look-ahead minibatch gradients "
+            "(Liu et al., ICCV 2023)"))

@@ -17,6 +17,7 @@ import numpy as np
 from jacuap.attacks.balls import ascent_direction, check_norm, project
 from jacuap.attacks.epochs import run_epochs
 from jacuap.attacks.objectives import LABEL_LOSSES, check_loss, uap_objective
+from jacuap.attacks.registry import AttackSpec, epochs_progress, register
 from jacuap.attacks.result import UAPResult
 from jacuap.batching import ceil_div, effective_batch_size, index_batches
 from jacuap.checks import (check_budget, check_class, check_key, check_labels, check_model_inputs, check_number,
@@ -228,3 +229,13 @@ def sgd_uap(
 
     v, history = run_epochs(epoch, v, key, num_epochs, step_decay, progress)
     return UAPResult(v, history)
+
+
+register(AttackSpec(
+    "sgd_uap", sgd_uap, targeted=True,
+    settings={"num_epochs": 5, "batch_size": 128, "loss": "ce"}, request_settings={"num_epochs": "sgd_epochs"},
+    craft=lambda c: sgd_uap(c.apply_fn, c.params, c.x, c.y, eps=c.eps, norm=c.norm, key=c.key,
+                            progress=epochs_progress(c), **c.settings),
+    gradient_evaluations=lambda s, n, k: s["num_epochs"] * n,
+    summary="max_v mean_x min(l(f(x + v), y), beta), l = CE or the CW margin; minibatch sign-gradient ascent "
+            "(Shafahi et al., AAAI 2020)"))

@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jacuap import jacobian, metrics
+from jacuap import jacobian, metrics, parallel
 from jacuap.attacks.balls import check_norm, scale_to_budget
 from jacuap.attacks.result import UAPResult
-from jacuap.batching import eager_loop, effective_batch_size
+from jacuap.attacks.registry import AttackSpec, Crafting, register
+from jacuap.batching import eager_loop, effective_batch_size, round_up
 from jacuap.checks import check_budget, check_key, check_labels, check_model_inputs, check_perturbation, check_positive_int
 from jacuap.jacobian import ApplyFn
 
@@ -101,3 +102,20 @@ def singular_vector_uap(
     if plus >= minus:
         return UAPResult(v, np.asarray([plus, minus]))
     return UAPResult(-v, np.asarray([minus, plus]))
+
+
+def _craft(c: Crafting) -> UAPResult:
+    # The singular vector depends on the model and the set, not on eps: computed once per crafting set.
+    if "sv_direction" not in c.cache:
+        batch = round_up(min(256, len(c.x)), parallel.batch_multiple(c.apply_fn))
+        _, c.cache["sv_direction"] = jacobian.stacked_spectral_norm(
+            c.apply_fn, c.params, jnp.asarray(c.x), c.key, batch_size=batch, method="auto", loop=eager_loop())
+    return singular_vector_uap(c.apply_fn, c.params, c.x, c.y, eps=c.eps, norm=c.norm,
+                               direction=c.cache["sv_direction"], **c.settings)
+
+
+register(AttackSpec(
+    "sv_uap", singular_vector_uap, craft=_craft,
+    gradient_evaluations=lambda s, n, k: 2 * 50 * n,
+    summary="eps times the top right singular vector of the stacked Jacobian J_X (Khrulkov & Oseledets, "
+            "CVPR 2018), the sign with the larger crafting-set UER"))

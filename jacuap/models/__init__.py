@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jacuap.errors import ModelError
 from jacuap.models import conv  # noqa: F401  (so that jacuap.models.conv is an attribute)
 from jacuap.models.adapter import NNXClassifier, as_apply_fn, check_classifier, import_model, is_import_path
-from jacuap.models.features import FeaturesFn, layer_features_fn
+from jacuap.models.features import FeaturesFn, layer_features_fn, layer_names, layers_features_fn
 from jacuap.models.nets import CNN, DEFAULT_CONV, MLP, ConvFn, Normalize, ResidualBlock, ResNet
 
 __all__ = [
@@ -47,6 +47,8 @@ __all__ = [
     "make_apply_fn",
     "init_params",
     "layer_features_fn",
+    "layers_features_fn",
+    "layer_names",
     "ModelError",
     "FeaturesFn",
     "ConvFn",

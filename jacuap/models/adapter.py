@@ -79,13 +79,22 @@ def _is_nnx_module(obj: Any) -> bool:
 
 
 def _split_nnx(module: Any) -> Tuple[ApplyFn, Any]:
+    apply_fn, params, _ = _split_nnx_with_merge(module)
+    return apply_fn, params
+
+
+def _split_nnx_with_merge(module: Any) -> Tuple[ApplyFn, Any, Callable[[Any], Any]]:
+    """``(apply_fn, params, merge)``: ``merge(params)`` rebuilds the module (its non-Param state held constant)."""
     nnx = _nnx()
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)
 
-    def apply_fn(params, x):
-        return nnx.merge(graphdef, params, rest)(x)
+    def merge(params):
+        return nnx.merge(graphdef, params, rest)
 
-    return apply_fn, params.to_pure_dict()
+    def apply_fn(params, x):
+        return merge(params)(x)
+
+    return apply_fn, params.to_pure_dict(), merge
 
 
 def as_apply_fn(model: Any, params: Any = None) -> Tuple[ApplyFn, Any]:
@@ -135,7 +144,8 @@ class NNXClassifier:
     def __init__(self, cls: type, num_classes: int, seed: int = 0, kwargs: Optional[Mapping[str, Any]] = None):
         self.cls, self.num_classes, self.seed, self.kwargs = cls, int(num_classes), int(seed), dict(kwargs or {})
         module = cls(num_classes=self.num_classes, rngs=_nnx().Rngs(self.seed), **self.kwargs)
-        self.apply_fn, self.params = _split_nnx(module)
+        # merge(params) gives the module back (what the layer attacks tap, jacuap.models.features).
+        self.apply_fn, self.params, self.merge = _split_nnx_with_merge(module)
 
     def init(self, key: Any, x: jax.Array) -> Dict[str, Any]:
         del key, x  # the parameters were drawn at construction, from nnx.Rngs(seed)
@@ -144,7 +154,7 @@ class NNXClassifier:
     def apply(self, variables: Mapping[str, Any], x: jax.Array, **kwargs: Any) -> jax.Array:
         if kwargs:
             raise ModelError(f"{self.cls.__name__} is an NNX model: it has no Linen intermediates "
-                             f"({', '.join(kwargs)}); layer_max needs a Linen model")
+                             f"({', '.join(kwargs)}); read its layers with jacuap.models.layers_features_fn")
         return self.apply_fn(variables["params"], x)
 
     def __repr__(self) -> str:

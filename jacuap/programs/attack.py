@@ -22,12 +22,16 @@ from jacuap import attack_run, attacks, cli, suite
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir (its config and newest checkpoint).")
-flags.DEFINE_list("attack", ["sgd_uap", "sv_uap"], f"Comma list of {', '.join(attack_run.ATTACK_NAMES)} "
-                  "(layer_max: SGD-UAP maximising the layer --layer).")
+flags.DEFINE_list("attack", ["sgd_uap", "sv_uap"], f"Comma list of {', '.join(attack_run.attack_names())} "
+                  "(README, 'The attack zoo'), or of attacks that --attack_modules register.")
+flags.DEFINE_list("attack_modules", [], "Modules to import before the attacks are looked up: each registers its own "
+                  "attacks (jacuap.attacks.register); e.g. mypkg.my_attack.")
 flags.DEFINE_enum("suite", "", ["", *suite.SUITES], "Run a fixed ensemble (jacuap.suite.SUITES) instead of --attack, "
                   "and report the worst case per budget.")
 flags.DEFINE_bool("targeted", False, "Also the K x K targeted UAP matrix per budget (the standard suite has it).")
-flags.DEFINE_string("layer", "", "The model submodule layer_max ascends (e.g. dense0).")
+flags.DEFINE_string("layer", "", "The hidden layer(s) the layer attacks read (layer_max, fg_uap: one name; "
+                    "gd_uap: a comma list), e.g. dense0; default: the layer before the classifier (gd_uap: "
+                    "every hidden layer with parameters).")
 flags.DEFINE_string("source_workdir", "", "Craft on this workdir's model and data, evaluate on --workdir's (transfer).")
 flags.DEFINE_string("uap_file", "", "Evaluate this .npy perturbation (checked against --eps and the input shape).")
 flags.DEFINE_string("norm", "linf", f"{' or '.join(attacks.NORMS)}.")
@@ -53,6 +57,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     del argv  # cli.run refuses positional arguments
     with cli.user_errors():
+        attack_run.import_attack_modules(FLAGS.attack_modules)
         request = attack_run.AttackRequest.from_flags(FLAGS, attack_given=FLAGS["attack"].present)
         try:
             results = attack_run.run_attacks(request)
