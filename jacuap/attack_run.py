@@ -46,8 +46,8 @@ __all__ = ["AttackRequest", "craft_and_eval_sets", "craft", "run_attacks", "plot
 
 
 def attack_names() -> tuple:
-    """What ``--attack`` accepts: every registered attack (:data:`jacuap.attacks.ATTACKS`), in order."""
-    return tuple(attacks.ATTACKS)
+    """What ``--attack`` accepts: every registered attack (:data:`jacuap.attacks.ATTACKS`), universal first."""
+    return attacks.universal_names() + attacks.per_input_names()
 
 
 def import_attack_modules(names: Sequence[str]) -> None:
@@ -87,7 +87,7 @@ class AttackRequest:
     5000
     >>> AttackRequest(workdir="w", attacks=["carlini"], norm="linf", eps=[0.1], out="o")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    jacuap.errors.AttackError: unknown attack carlini; choose from sgd_uap, sga_uap, sgd_uap_restarts, ...
+    jacuap.errors.AttackError: unknown attack carlini; choose from sgd_uap, sga_uap, sgd_uap_restarts, deepfool_uap, ...
     >>> AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1, 0.1000001], out="o")
     Traceback (most recent call last):
     jacuap.errors.AttackError: eps 0.1 is given twice (budgets are compared to 6 significant digits)

@@ -53,6 +53,9 @@ def layer_features_fn(model: nn.Module, layer_name: str) -> FeaturesFn:
     (2, 5)
     """
     path = tuple(p for p in layer_name.split("/") if p)
+    if isinstance(model, NNXClassifier):
+        many = layers_features_fn(model, [layer_name])
+        return lambda params, x: many(params, x)[0]
 
     def keep(module: nn.Module, method_name: str) -> bool:
         return method_name == "__call__" and tuple(module.path) == path
@@ -116,7 +119,9 @@ def layer_names(model: Any, params: Any, x: jax.Array) -> List[str]:
     ['Normalize_0', 'dense0', 'logits']
     """
     if isinstance(model, NNXClassifier):
-        return list(jax.eval_shape(lambda p, x: _nnx_tapped_call(model, p, x, None), params, x))
+        order: List[str] = []  # filled while tracing (a dict output would come back with sorted keys)
+        jax.eval_shape(lambda p, x: order.extend(_nnx_tapped_call(model, p, x, None)), params, x)
+        return order
     _, state = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, capture_intermediates=True,
                                                        mutable=["intermediates"]), params, x)
     names: List[str] = []
