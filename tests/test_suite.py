@@ -265,3 +265,66 @@ def test_transfer_benchmark_uses_the_worst_case_or_crafts(quick, tmp_path):
     assert record["uer"][0] == [worst["uer"], worst["uer"]]  # one model twice: the same UER
     assert record["uer"][1][0] == record["uer"][1][1]
     assert (tmp_path / "tr" / "transfer.png").stat().st_size > 1000
+
+
+TOY_ATTACK = '''
+"""A user's attack, registered from outside the package: v = eps * sign(mean of the crafting inputs - 0.5)."""
+import jax.numpy as jnp
+import numpy as np
+
+from jacuap import attacks
+
+
+def toy_uap(apply_fn, params, x, y=None, *, eps, norm="linf", key=None, scale=1.0):
+    direction = jnp.mean(jnp.asarray(x), axis=0) - 0.5
+    return attacks.UAPResult(attacks.scale_to_budget(scale * direction, norm, eps), np.zeros(1))
+
+
+attacks.register(attacks.AttackSpec("toy_uap", toy_uap, needs_labels=False, settings={"scale": 1.0},
+                                    summary="eps * sign(mean(x) - 0.5)"))
+'''
+
+
+def test_attack_py_runs_a_registered_toy_attack_and_the_zoo(trained, tmp_path):
+    """One file and one register line make an attack that attack.py runs beside the zoo's new attacks."""
+    (tmp_path / "toy_attack.py").write_text(TOY_ATTACK)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "attack.py"), f"--workdir={trained}", f"--out={out}",
+                           "--attack_modules=toy_attack", "--attack=toy_uap,gd_uap,cosine_uap,fg_uap,gap_uap",
+                           "--eps=0.1", "--num_craft=64", "--num_eval=50", "--sgd_epochs=1", "--num_metrics=0",
+                           "--noprogress"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.load(open(out / "results.json"))
+    rows = {r["attack"]: r for r in results["results"]}
+    assert set(rows) == {"toy_uap", "gd_uap", "cosine_uap", "fg_uap", "gap_uap"}
+    for name, row in rows.items():
+        v = np.load(out / row["file"])
+        assert v.shape == (8, 8, 1) and np.max(np.abs(v)) <= 0.1 + 1e-6, name
+        assert 0 <= row["craft_fooling_rate"] <= 1 and 0 <= row["uer"] <= 1
+    assert np.abs(np.load(out / rows["toy_uap"]["file"])) == pytest.approx(np.full((8, 8, 1), 0.1))  # a vertex
+    assert rows["toy_uap"]["settings"] == {"scale": 1.0}
+    assert rows["gd_uap"]["layer"] == "dense0,dense1" and rows["gd_uap"]["settings"]["prior"] == "none"
+    assert rows["fg_uap"]["layer"] == "dense1"
+    assert 0 < rows["fg_uap"]["feature_dominance_clean"] <= 1 and 0 < rows["fg_uap"]["feature_dominance_perturbed"] <= 1
+    for key in ("worst_case", "worst_case_by_fooling_rate"):
+        (w,) = results[key]
+        assert w["attack"] in rows
+    by_fooling = max(rows.values(), key=lambda r: r["craft_fooling_rate"])
+    assert results["worst_case_by_fooling_rate"][0]["craft_fooling_rate"] == by_fooling["craft_fooling_rate"]
+    assert "worst case by fooling rate eps=0.1" in proc.stdout
+    # Without the module the name is unknown: one line.
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "attack.py"), f"--workdir={trained}",
+                           f"--out={tmp_path / 'o2'}", "--attack_modules=no_such_module", "--attack=toy_uap"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "cannot import 'no_such_module'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o2").exists()
+
+
+def test_strong_suite_runs_every_member(trained, tmp_path):
+    request = _request(trained, tmp_path / "strong", attacks=[], suite="strong", eps=[0.1])
+    results = attack_run.run_attacks(request, log=lambda line: None)
+    expected = {(name, s) for name, s, _ in suite.suite_tasks("strong", 0)}
+    assert {(r["attack"], r["seed"]) for r in results["results"]} == expected
+    margin = [r for r in results["results"] if r["attack"] == "sgd_uap_margin"]
+    assert margin and all(r["settings"]["loss"] == "margin" and r["attack_variant_of"] == "sgd_uap" for r in margin)
+    assert results["suite"]["name"] == "strong" and "targeted" not in results

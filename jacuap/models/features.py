@@ -108,8 +108,8 @@ def _nnx_iter_modules(module: Any):
 def layer_names(model: Any, params: Any, x: jax.Array) -> List[str]:
     """The ``/``-separated names of ``model``'s submodules, in the order their calls finish (the classifier last).
 
-    ``model`` is a Linen module or an NNXClassifier; ``x`` one example batch
-    (only its shape is used: nothing is computed).
+    ``model`` is a Linen module or an NNXClassifier; ``x`` an example batch
+    (keep it to one input: the model runs on it once).
 
     >>> import jax, jax.numpy as jnp
     >>> from jacuap.models import MLP
@@ -122,8 +122,8 @@ def layer_names(model: Any, params: Any, x: jax.Array) -> List[str]:
         order: List[str] = []  # filled while tracing (a dict output would come back with sorted keys)
         jax.eval_shape(lambda p, x: order.extend(_nnx_tapped_call(model, p, x, None)), params, x)
         return order
-    _, state = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, capture_intermediates=True,
-                                                       mutable=["intermediates"]), params, x)
+    # Applied for real on the example (not eval_shape, whose dict outputs come back with sorted keys).
+    _, state = model.apply({"params": params}, x, capture_intermediates=True, mutable=["intermediates"])
     names: List[str] = []
 
     def walk(node: Mapping[str, Any], path: Tuple[str, ...]) -> None:
