@@ -149,7 +149,7 @@ class Sweep:
         a pair whose models are not there is left out and named in the report.
         """
         from jacuap import metrics
-        from jacuap.attack_setup import restore
+        from jacuap.evaluation import restore
         from benchmarks.reproduction import evaluate
 
         eps = self.plan.selection_eps

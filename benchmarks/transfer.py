@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 
 from absl import flags  # noqa: E402
 
-from jacuap import attack_run, attack_store, cli, io  # noqa: E402
+from jacuap import cli, evaluation, io  # noqa: E402
 from jacuap.errors import AttackError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -45,13 +45,13 @@ flags.mark_flags_as_required(["workdirs", "out"])
 def existing_uap(folder: str, eps: float, norm: str) -> Optional[Tuple[str, Dict[str, Any]]]:
     """``(path, origin)`` of the worst-case UAP at ``eps`` in an attack.py folder, else of its sgd_uap UAP, else None."""
     try:
-        with open(os.path.join(folder, attack_store.RESULTS_NAME)) as f:
+        with open(os.path.join(folder, evaluation.store.RESULTS_NAME)) as f:
             results = json.load(f)
     except (OSError, ValueError):
         return None
     if not isinstance(results, dict) or results.get("config", {}).get("norm") != norm:
         return None
-    eps = attack_store.canonical_eps(eps)
+    eps = evaluation.store.canonical_eps(eps)
     for w in results.get("worst_case") or []:
         if w.get("eps") == eps and w.get("file"):
             return os.path.join(folder, w["file"]), {"kind": "worst_case", **w}
@@ -62,12 +62,12 @@ def existing_uap(folder: str, eps: float, norm: str) -> Optional[Tuple[str, Dict
     return None
 
 
-def _request(workdir: str, out: str, **kw) -> attack_run.AttackRequest:
+def _request(workdir: str, out: str, **kw) -> evaluation.AttackRequest:
     base = dict(workdir=workdir, attacks=[], norm=FLAGS.norm, eps=[FLAGS.eps], out=out, num_craft=FLAGS.num_craft,
                 num_eval=FLAGS.num_eval, num_metrics=0, sgd_epochs=FLAGS.sgd_epochs, seed=FLAGS.seed,
                 progress=FLAGS.progress)
     base.update(kw)
-    return attack_run.AttackRequest(**base)
+    return evaluation.AttackRequest(**base)
 
 
 def transfer_matrix(workdirs: List[str], out: str, log=print) -> Dict[str, Any]:
@@ -81,22 +81,22 @@ def transfer_matrix(workdirs: List[str], out: str, log=print) -> Dict[str, Any]:
         if found is None:
             folder = os.path.join(out, f"craft_{i}")
             log(f"{w}: no worst-case or sgd_uap UAP at eps={FLAGS.eps:g}; crafting sgd_uap into {folder}")
-            attack_run.run_attacks(_request(w, folder, attacks=["sgd_uap"]), log=log)
+            evaluation.run_attacks(_request(w, folder, attacks=["sgd_uap"]), log=log)
             found = existing_uap(folder, FLAGS.eps, FLAGS.norm)
         sources.append(found)
     uer = [[None] * len(workdirs) for _ in workdirs]
     fooling = [[None] * len(workdirs) for _ in workdirs]
     for i, (path, _) in enumerate(sources):
         for j, w in enumerate(workdirs):
-            results = attack_run.run_attacks(_request(w, os.path.join(out, f"eval_{i}_{j}"), uap_file=path),
+            results = evaluation.run_attacks(_request(w, os.path.join(out, f"eval_{i}_{j}"), uap_file=path),
                                              log=lambda line: None)
             uer[i][j], fooling[i][j] = results["results"][0]["uer"], results["results"][0]["fooling_rate"]
-    record = {"eps": attack_store.canonical_eps(FLAGS.eps), "norm": FLAGS.norm,
+    record = {"eps": evaluation.store.canonical_eps(FLAGS.eps), "norm": FLAGS.norm,
               "workdirs": [os.path.abspath(w) for w in workdirs],
               "sources": [{**origin, "file": os.path.abspath(p)} for p, origin in sources],
               "rows": "source model (whose UAP)", "columns": "evaluated model",
               "uer": uer, "fooling_rate": fooling}
-    io.write_json_atomic(os.path.join(out, "transfer.json"), attack_store.finite_or_null(record))
+    io.write_json_atomic(os.path.join(out, "transfer.json"), evaluation.store.finite_or_null(record))
     _plot(uer, [os.path.basename(os.path.normpath(w)) for w in workdirs], os.path.join(out, "transfer.png"))
     return record
 

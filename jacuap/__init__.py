@@ -8,9 +8,9 @@ one way::
       -> data, models                   (datasets; Flax models and their convolution)
       -> jacobian                       (the input-Jacobian kernels)
       -> metrics                        (rates, bounds, pairwise Jacobian metrics)
-      -> attacks                        (universal and per-input attacks)
+      -> attacks                        (the UAP zoo, per-input attacks, their registry)
       -> train, checkpoints             (JR training and its baselines)
-      -> attack_run, cli                (the jobs behind train.py and attack.py)
+      -> evaluation, cli                (the jobs behind attack.py and the programs)
 
 Every public name below is loaded on first use, so ``import jacuap`` stays
 cheap (no orbax, matplotlib or tensorflow-datasets until they are needed).
@@ -64,6 +64,13 @@ _PUBLIC = {
     "deepfool_uap": "jacuap.attacks",
     "fgsm": "jacuap.attacks",
     "pgd": "jacuap.attacks",
+    "cosine_uap": "jacuap.attacks",
+    "fg_uap": "jacuap.attacks",
+    "gd_uap": "jacuap.attacks",
+    "gap_uap": "jacuap.attacks",
+    # evaluation
+    "AttackRequest": "jacuap.evaluation",
+    "run_attacks": "jacuap.evaluation",
     # training
     "get_config": "jacuap.configs",
     "train_and_evaluate": "jacuap.train",
@@ -72,7 +79,6 @@ _PUBLIC = {
 }
 
 _SUBMODULES = (
-    "attack_run",
     "attacks",
     "batching",
     "checkpoints",
@@ -80,6 +86,7 @@ _SUBMODULES = (
     "configs",
     "data",
     "errors",
+    "evaluation",
     "io",
     "jacobian",
     "metrics",

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jacuap.budgets import budget_rule
 from jacuap.errors import UserError, one_line
 
 __all__ = [
@@ -320,7 +321,7 @@ def check_budget(eps: Any, norm: str, name: str = "eps") -> None:
     """
     if not concrete(eps):
         return
-    rule = f"{name} must be a finite number >= 0 (<= 1 for linf)"
+    rule = budget_rule(name)  # jacuap.budgets: the rule every caller shares
     if isinstance(eps, (bool, str)) or not (_is_float(_dtype(eps)) or _is_int(_dtype(eps))):
         raise InputTypeError(f"{rule}, got {eps!r}")
     got = np.asarray(eps, np.float64).reshape(-1)

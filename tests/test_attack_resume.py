@@ -1,4 +1,4 @@
-"""attack.py as a resumable, all-or-nothing job (jacuap.attack_run + jacuap.attack_store).
+"""attack.py as a resumable, all-or-nothing job (jacuap.evaluation.run + jacuap.evaluation.store).
 
 Each finished row (and its UAP) is on disk at once under a name unique per
 (attack, norm, eps, seed); results.json comes last; a rerun reuses finished
@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from jacuap import attack_run, attack_store, errors, io, train
+from jacuap import errors, evaluation, io, train
 from jacuap.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,12 +37,12 @@ def _request(workdir, out, **kw):
     base = dict(workdir=workdir, attacks=["sgd_uap"], norm="linf", eps=[0.05, 0.1], out=str(out),
                 num_craft=64, num_eval=50, num_metrics=0, sgd_epochs=1, progress=False)
     base.update(kw)
-    return attack_run.AttackRequest(**base)
+    return evaluation.AttackRequest(**base)
 
 
 def _run(request):
     lines = []
-    return attack_run.run_attacks(request, log=lines.append), lines
+    return evaluation.run_attacks(request, log=lines.append), lines
 
 
 def _files(out):
@@ -55,12 +55,12 @@ def _temps(out):
 
 
 class _Crafts:
-    """Wraps attack_run.craft: counts calls, raises ``exc`` on call number ``fail_at`` (1-based)."""
+    """Wraps evaluation.craft: counts calls, raises ``exc`` on call number ``fail_at`` (1-based)."""
 
     def __init__(self, monkeypatch, fail_at=None, exc=KeyboardInterrupt, check=None):
-        self.calls, self.real = 0, attack_run.craft
+        self.calls, self.real = 0, evaluation.craft
         self.fail_at, self.exc, self.check = fail_at, exc, check
-        monkeypatch.setattr(attack_run, "craft", self)
+        monkeypatch.setattr(evaluation.run, "craft", self)
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -110,14 +110,14 @@ def test_bad_requests_write_nothing(kw, message, tmp_path):
 def test_budgets_are_named_by_six_significant_digits():
     request = _request("w", "o", eps=[0.1000000001, 0.25])
     assert request.eps == [0.1, 0.25]
-    assert attack_store.stem("sgd_uap", "l2", 1e-7, 3) == "sgd_uap_l2_eps1e-07_seed3"
+    assert evaluation.store.stem("sgd_uap", "l2", 1e-7, 3) == "sgd_uap_l2_eps1e-07_seed3"
 
 
 def test_out_that_is_a_file_is_refused_in_process(tmp_path):
     (tmp_path / "f").write_text("mine")
     for out in (tmp_path / "f", tmp_path / "f" / "sub"):
         with pytest.raises(errors.AttackError, match="a file, not a folder"):
-            attack_run.run_attacks(_request(str(tmp_path / "no-workdir"), out))
+            evaluation.run_attacks(_request(str(tmp_path / "no-workdir"), out))
     assert (tmp_path / "f").read_text() == "mine" and os.listdir(tmp_path) == ["f"]
 
 
@@ -256,7 +256,7 @@ def test_failing_figure_leaves_no_temp_file_and_resumes(trained, tmp_path, monke
     with pytest.raises(OSError) as info:
         _run(_request(trained, out))
     assert _temps(out) == [] and not (out / "results.json").exists() and not (out / "uaps.png").exists()
-    message = attack_run.output_failure(info.value, str(out))
+    message = evaluation.output_failure(info.value, str(out))
     assert message == (f"No space left on device writing {out}; 2 finished rows are kept; "
                        f"free space and rerun the same command to resume")
     monkeypatch.undo()
@@ -295,12 +295,12 @@ def test_edited_config_json_is_one_config_error(trained, tmp_path, edit, message
 def test_output_failure_words_read_only_and_foreign_errors(tmp_path):
     out = str(tmp_path / "out")
     ro = OSError(errno.EROFS, os.strerror(errno.EROFS), os.path.join(out, ".request.json.tmp-x"))
-    assert attack_run.output_failure(ro, out) == (
+    assert evaluation.output_failure(ro, out) == (
         f"cannot write to {out}: Read-only file system; make it writable and rerun the same command, "
         f"or choose another --out")
     elsewhere = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "w" / "checkpoints"))
-    assert attack_run.output_failure(elsewhere, out) is None
-    assert attack_run.output_failure(FileNotFoundError(errno.ENOENT, "x"), out) is None
+    assert evaluation.output_failure(elsewhere, out) is None
+    assert evaluation.output_failure(FileNotFoundError(errno.ENOENT, "x"), out) is None
 
 
 # ---- The program: exit codes, the one line, the final message.

@@ -1,4 +1,4 @@
-"""jacuap.attack_run: attack results on a trained workdir, and bad requests.
+"""jacuap.evaluation: attack results on a trained workdir, and bad requests.
 
 ``attack.py`` itself (flags, exit codes) is tested in ``test_cli.py``.
 """
@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from jacuap import attack_run, data, errors, train
+from jacuap import data, errors, evaluation, train
 from jacuap.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,12 +35,12 @@ def _request(workdir, out, **kw):
     base = dict(workdir=workdir, attacks=["sgd_uap", "sv_uap"], norm="linf", eps=[0.0, 0.1, 0.3],
                 out=str(out), num_craft=500, num_eval=300, num_metrics=60, sgd_epochs=3, progress=False)
     base.update(kw)
-    return attack_run.AttackRequest(**base)
+    return evaluation.AttackRequest(**base)
 
 
 def test_run_attacks_writes_complete_results(trained, tmp_path):
     out = tmp_path / "attack"
-    results = attack_run.run_attacks(_request(trained, out))
+    results = evaluation.run_attacks(_request(trained, out))
     saved = json.load(open(out / "results.json"))
     assert saved == json.loads(json.dumps(results))
     rows = saved["results"]
@@ -71,7 +71,7 @@ def test_run_attacks_writes_complete_results(trained, tmp_path):
 
 
 def test_per_input_attacks_in_results(trained, tmp_path):
-    results = attack_run.run_attacks(_request(trained, tmp_path / "a", attacks=["fgsm", "pgd"],
+    results = evaluation.run_attacks(_request(trained, tmp_path / "a", attacks=["fgsm", "pgd"],
                                               eps=[0.1], num_metrics=0))
     rows = {r["attack"]: r for r in results["results"]}
     assert not rows["pgd"]["universal"] and rows["pgd"]["file"] is None
@@ -83,7 +83,7 @@ def test_per_input_attacks_in_results(trained, tmp_path):
 def test_craft_and_eval_sets_are_disjoint():
     ds = data.load_dataset("digits")
     req = _request("unused", "unused", craft_split="test", num_craft=100, num_eval=150)
-    xc, _, xe, _ = attack_run.craft_and_eval_sets(ds, req)
+    xc, _, xe, _ = evaluation.craft_and_eval_sets(ds, req)
     craft_rows = {x.tobytes() for x in xc}
     assert not craft_rows & {x.tobytes() for x in xe}
     assert len(xc) == 100 and len(xe) == 150
@@ -94,7 +94,7 @@ def test_craft_and_eval_sets_are_disjoint():
     (dict(attacks=[]), "unknown attack"),
     (dict(norm="l1"), "unknown norm"),
     (dict(eps=[]), "at least one eps"),
-    (dict(eps=[1.5]), "linf eps must be in"),
+    (dict(eps=[1.5]), r"eps must be a finite number >= 0 \(<= 1 for linf\), got 1.5"),
     (dict(eps=[-0.1], norm="l2"), ">= 0"),
     (dict(eps=[float("nan")]), "finite"),
     (dict(num_craft=0), "num_craft"),
@@ -110,7 +110,7 @@ def test_bad_requests(kw, message, tmp_path):
 
 def test_missing_workdir_is_a_checkpoint_error(tmp_path):
     with pytest.raises(errors.CheckpointError, match="does not exist"):
-        attack_run.run_attacks(_request(str(tmp_path / "nope"), tmp_path / "out"))
+        evaluation.run_attacks(_request(str(tmp_path / "nope"), tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
@@ -136,18 +136,18 @@ def test_jr_model_resists_sgd_uap_better(tmp_path):
 
 
 def test_uap_figure_titles_say_true_then_predicted_with_class_names(tmp_path, monkeypatch):
-    from jacuap import attack_store
+    from jacuap import evaluation
 
     titles = []
-    real_show = attack_store._show
-    monkeypatch.setattr(attack_store, "_show", lambda ax, image, title: (titles.append(title),
+    real_show = evaluation.outputs._show
+    monkeypatch.setattr(evaluation.outputs, "_show", lambda ax, image, title: (titles.append(title),
                                                                         real_show(ax, image, title)))
     w = np.zeros((4, 2), np.float32)
     w[:, 1] = 1.0  # logit 1 = sum of the pixels
     apply_fn = lambda p, x: x.reshape(x.shape[0], -1) @ p
     x = np.full((2, 2, 2, 1), 0.1, np.float32)  # class 1 (0.4 > 0)
     path = str(tmp_path / "uaps.png")
-    attack_store.plot_uaps({"minus": np.full((2, 2, 1), -0.1, np.float32)}, apply_fn, w, x, path,
+    evaluation.outputs.plot_uaps({"minus": np.full((2, 2, 1), -0.1, np.float32)}, apply_fn, w, x, path,
                            y=np.array([1, 0]), class_names=["cat", "dog"])
     assert titles[1:] == ["dog ->\ncat", "cat ->\ncat"]  # x + v = 0: logits tie, argmax 0
     assert os.path.getsize(path) > 0

@@ -1,4 +1,4 @@
-"""attack_setup.craft: the universal attacks of the programs, with their status lines."""
+"""evaluation.craft: the universal attacks of the programs, with their status lines."""
 
 import types
 
@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jacuap import attack_setup, attacks
+from jacuap import attacks, evaluation
 
 KEY = jax.random.PRNGKey(0)
 REQUEST = types.SimpleNamespace(norm="linf", sgd_epochs=2, deepfool_passes=1)
@@ -22,12 +22,12 @@ REQUEST = types.SimpleNamespace(norm="linf", sgd_epochs=2, deepfool_passes=1)
 def test_craft_reports_each_epoch_restart_and_pass(digits, name, settings, expected):
     d = digits
     messages = []
-    v, _, used = attack_setup.craft(name, d["apply_fn"], d["params"], d["xa"][:200], d["ya"][:200], 0.1, REQUEST,
+    v, _, used = evaluation.craft(name, d["apply_fn"], d["params"], d["xa"][:200], d["ya"][:200], 0.1, REQUEST,
                                     KEY, messages.append, settings=settings)
     assert {k: used[k] for k in settings} == settings  # a member's settings win over the request's
     assert len(messages) == len(expected)
     assert all(m.startswith(e) for m, e in zip(messages, expected)), messages
-    quiet, _, _ = attack_setup.craft(name, d["apply_fn"], d["params"], d["xa"][:200], d["ya"][:200], 0.1, REQUEST,
+    quiet, _, _ = evaluation.craft(name, d["apply_fn"], d["params"], d["xa"][:200], d["ya"][:200], 0.1, REQUEST,
                                      KEY, None, settings=settings)
     np.testing.assert_array_equal(v, quiet)
     assert float(attacks.perturbation_norm(v, "linf")) <= 0.1 * (1 + 1e-6)

@@ -16,7 +16,7 @@ import types
 
 import pytest
 
-from jacuap import attack_run, cli, configs, errors, train
+from jacuap import cli, configs, errors, evaluation, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A tiny run: sklearn digits, the MLP, one epoch.
@@ -195,12 +195,12 @@ def test_attack_request_from_flags(tmp_path):
     flags = types.SimpleNamespace(workdir=str(tmp_path), attack=["sgd_uap", " fgsm ", ""], norm="l2", eps=["0.5", "1"],
                                   out=None, num_craft=10, num_eval=20, craft_split="test", num_metrics=0,
                                   sgd_epochs=1, deepfool_passes=1, seed=3, progress=False)
-    request = attack_run.AttackRequest.from_flags(flags)
+    request = evaluation.AttackRequest.from_flags(flags)
     assert request.attacks == ["sgd_uap", "fgsm"] and request.eps == [0.5, 1.0]
     assert request.out == os.path.join(str(tmp_path), "attack") and request.seed == 3
     flags.eps = ["0.1", "abc"]
     with pytest.raises(errors.AttackError, match="eps must be a comma list of numbers, got '0.1,abc'"):
-        attack_run.AttackRequest.from_flags(flags)
+        evaluation.AttackRequest.from_flags(flags)
 
 
 @pytest.mark.parametrize("script,args,expect", [

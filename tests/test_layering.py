@@ -1,7 +1,7 @@
 """The import graph is the one README draws: every import points down the layers.
 
-    errors -> backend -> leaves (batching, checks, io, parallel) -> data, models -> configs, jacobian
-    -> metrics -> attacks -> train -> attack_store -> attack_setup, suite -> attack_run, cli
+    errors -> backend -> budgets -> leaves (batching, checks, io, parallel) -> data, models -> configs, jacobian
+    -> metrics -> attacks -> train -> evaluation, cli
 
 Every ``import`` statement in the package is checked, including the ones inside
 functions (a lazy import is still a dependency). Modules of one unit (one
@@ -21,15 +21,14 @@ PACKAGE_DIR = os.path.dirname(jacuap.__file__)
 LAYERS = [
     ("errors",),
     ("backend",),
+    ("budgets",),
     ("batching", "checks", "io", "parallel"),
     ("data", "models"),
     ("configs", "jacobian"),
     ("metrics",),
     ("attacks",),
     ("train",),
-    ("attack_store",),
-    ("attack_setup", "suite"),
-    ("attack_run", "cli"),
+    ("evaluation", "cli"),
     ("programs",),
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}

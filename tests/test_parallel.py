@@ -21,7 +21,7 @@ import pytest
 
 import jacuap
 from jacuap.configs import default
-from jacuap import attack_run, attacks, metrics, parallel, train
+from jacuap import attacks, evaluation, metrics, parallel, train
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() != 8,
@@ -75,10 +75,10 @@ def test_training_on_8_devices_matches_1_device(tmp_path):
     for key in ("loss", "ce", "penalty"):
         assert l1[key] == pytest.approx(l8[key], rel=METRIC_RTOL)
     # attack.py's path: every attack and metric batch split over the 8 devices.
-    request = attack_run.AttackRequest(workdir=str(tmp_path / "eight"), attacks=["sgd_uap", "sv_uap"], norm="linf",
+    request = evaluation.AttackRequest(workdir=str(tmp_path / "eight"), attacks=["sgd_uap", "sv_uap"], norm="linf",
                                        eps=[0.1], out=str(tmp_path / "attack"), num_craft=128, num_eval=100,
                                        num_metrics=40, sgd_epochs=1, progress=False)
-    results = attack_run.run_attacks(request)
+    results = evaluation.run_attacks(request)
     assert all(0 <= r["uer"] <= 1 for r in results["results"])
     assert 0.5 <= results["metrics"]["shared_perturbation_strength"] <= 1
 

@@ -197,7 +197,7 @@ def test_full_disk_keeps_the_last_checkpoint_and_resumes_bitwise(tmp_path, refer
 
 def test_checkpoint_and_dataset_shape_mismatch_is_a_clear_error(tmp_path, reference, monkeypatch):
     # attack.py on data whose inputs are not the checkpoint's (e.g. another --config.data_dir).
-    from jacuap import attack_run, data
+    from jacuap import data, evaluation
 
     real = data.load_dataset
 
@@ -207,10 +207,10 @@ def test_checkpoint_and_dataset_shape_mismatch_is_a_clear_error(tmp_path, refere
         return dataclasses.replace(ds, train_images=up(ds.train_images), test_images=up(ds.test_images))
 
     monkeypatch.setattr(data, "load_dataset", bigger_images)
-    request = attack_run.AttackRequest(workdir=reference, attacks=["sgd_uap"], norm="linf", eps=[0.1],
+    request = evaluation.AttackRequest(workdir=reference, attacks=["sgd_uap"], norm="linf", eps=[0.1],
                                        out=str(tmp_path / "attack"), num_craft=32, num_eval=32, progress=False)
     with pytest.raises(checkpoints.CheckpointError, match=r"expects inputs \[8, 8, 1\], the dataset gives \[16, 16, 1\]"):
-        attack_run.run_attacks(request)
+        evaluation.run_attacks(request)
     assert not (tmp_path / "attack").exists()
 
 

@@ -1,4 +1,4 @@
-"""jacuap.suite through jacuap.attack_run: the ensemble and its worst case, targeted matrices,
+"""jacuap.evaluation.suite through jacuap.evaluation: the ensemble and its worst case, targeted matrices,
 layer maximisation, transfer, and evaluating a given UAP.  One tiny trained digits MLP per module."""
 
 import json
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jacuap import attack_run, attacks, errors, suite, train
+from jacuap import attacks, errors, evaluation, train
 from jacuap.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,21 +34,21 @@ def _request(workdir, out, **kw):
     base = dict(workdir=workdir, attacks=["sgd_uap"], norm="linf", eps=EPS, out=str(out),
                 num_craft=64, num_eval=50, num_metrics=0, sgd_epochs=1, progress=False)
     base.update(kw)
-    return attack_run.AttackRequest(**base)
+    return evaluation.AttackRequest(**base)
 
 
 @pytest.fixture(scope="module")
 def quick(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("quick") / "out"
     request = _request(trained, out, attacks=[], suite="quick")
-    return request, attack_run.run_attacks(request, log=lambda line: None)
+    return request, evaluation.run_attacks(request, log=lambda line: None)
 
 
 def test_quick_suite_writes_a_worst_case_per_budget(quick):
     request, results = quick
     out = request.out
     assert json.load(open(os.path.join(out, "results.json"))) == json.loads(json.dumps(results))
-    expected = [(a, s) for a, s, _ in suite.suite_tasks("quick", 0)]
+    expected = [(a, s) for a, s, _ in evaluation.suite.suite_tasks("quick", 0)]
     assert ("sgd_uap", 1) in expected
     rows = results["results"]
     assert sorted((r["attack"], r["seed"], r["eps"]) for r in rows) == sorted(
@@ -93,10 +93,10 @@ def test_targeted_matrix_is_k_by_k_with_class_names(quick):
 def test_suite_resume_reuses_every_row(quick, monkeypatch):
     request, results = quick
     calls = []
-    monkeypatch.setattr(attack_run, "craft", lambda *a, **k: calls.append(a) or 1 / 0)
+    monkeypatch.setattr(evaluation.run, "craft", lambda *a, **k: calls.append(a) or 1 / 0)
     monkeypatch.setattr(attacks, "targeted_uap_matrix", lambda *a, **k: 1 / 0)
     lines = []
-    again = attack_run.run_attacks(request, log=lines.append)
+    again = evaluation.run_attacks(request, log=lines.append)
     assert calls == [] and again == results
     assert lines == [f"reusing {len(results['results'])} finished rows of {len(results['results'])} in {request.out}"]
 
@@ -111,16 +111,16 @@ def test_suite_and_attack_are_exclusive_and_suites_are_known(trained, tmp_path):
     flags = types.SimpleNamespace(workdir="w", attack=["sgd_uap", "sv_uap"], norm="linf", eps=["0.1"], out=None,
                                   num_craft=10, num_eval=10, craft_split="train", num_metrics=0, sgd_epochs=1,
                                   deepfool_passes=1, seed=0, progress=False, suite="quick")
-    assert attack_run.AttackRequest.from_flags(flags, attack_given=False).attacks == []
+    assert evaluation.AttackRequest.from_flags(flags, attack_given=False).attacks == []
     with pytest.raises(errors.AttackError, match="exclusive"):
-        attack_run.AttackRequest.from_flags(flags, attack_given=True)
+        evaluation.AttackRequest.from_flags(flags, attack_given=True)
 
 
 def test_uap_file_reproduces_the_crafted_row_and_checks_it(quick, tmp_path):
     request, results = quick
     row = next(r for r in results["results"] if r["attack"] == "sgd_uap" and r["eps"] == 0.1 and r["seed"] == 0)
     path = os.path.join(request.out, row["file"])
-    got = attack_run.run_attacks(_request(request.workdir, tmp_path / "given", attacks=[], uap_file=path,
+    got = evaluation.run_attacks(_request(request.workdir, tmp_path / "given", attacks=[], uap_file=path,
                                           eps=[0.1]), log=lambda line: None)
     (given,) = got["results"]
     assert given["attack"] == "uap_file" and given["uap_file"] == os.path.abspath(path)
@@ -135,12 +135,12 @@ def test_uap_file_reproduces_the_crafted_row_and_checks_it(quick, tmp_path):
                           ("junk.npy", "cannot be read as a .npy array")):
         out = tmp_path / f"out_{name}"
         with pytest.raises(errors.AttackError, match=re.escape(message)) as info:
-            attack_run.run_attacks(_request(request.workdir, out, attacks=[], uap_file=str(tmp_path / name),
+            evaluation.run_attacks(_request(request.workdir, out, attacks=[], uap_file=str(tmp_path / name),
                                             eps=[0.1]))
         assert "\n" not in str(info.value) and not out.exists()
     # Just inside the budget (1e-6 relative) is accepted.
     np.save(tmp_path / "edge.npy", np.full((8, 8, 1), 0.1 * (1 + 5e-7), np.float32))
-    assert suite.load_uap_file(str(tmp_path / "edge.npy"), (8, 8, 1), "linf", 0.1).shape == (8, 8, 1)
+    assert evaluation.load_uap_file(str(tmp_path / "edge.npy"), (8, 8, 1), "linf", 0.1).shape == (8, 8, 1)
 
 
 def test_attack_py_uap_file_over_budget_is_one_line(quick, tmp_path):
@@ -156,8 +156,8 @@ def test_attack_py_uap_file_over_budget_is_one_line(quick, tmp_path):
 
 
 def test_transfer_from_the_same_workdir_equals_the_plain_run(trained, tmp_path):
-    plain = attack_run.run_attacks(_request(trained, tmp_path / "plain", eps=[0.1]))
-    moved = attack_run.run_attacks(_request(trained, tmp_path / "moved", eps=[0.1], source_workdir=trained))
+    plain = evaluation.run_attacks(_request(trained, tmp_path / "plain", eps=[0.1]))
+    moved = evaluation.run_attacks(_request(trained, tmp_path / "moved", eps=[0.1], source_workdir=trained))
     keys = ("uer", "fooling_rate", "craft_uer", "clean_accuracy", "source_model_fingerprint", "source_workdir")
     assert [{k: r[k] for k in keys} for r in plain["results"]] == [{k: r[k] for k in keys} for r in moved["results"]]
     np.testing.assert_array_equal(np.load(tmp_path / "plain" / plain["results"][0]["file"]),
@@ -167,7 +167,7 @@ def test_transfer_from_the_same_workdir_equals_the_plain_run(trained, tmp_path):
 
 
 def test_transfer_needs_one_input_shape(trained, tmp_path, monkeypatch):
-    real = attack_run.restore
+    real = evaluation.restore
 
     def restore(workdir):
         restored, dataset, apply_fn, params = real(trained)
@@ -175,25 +175,25 @@ def test_transfer_needs_one_input_shape(trained, tmp_path, monkeypatch):
             dataset = types.SimpleNamespace(image_shape=(4, 4, 1), name="tiny")
         return restored, dataset, apply_fn, params
 
-    monkeypatch.setattr(attack_run, "restore", restore)
+    monkeypatch.setattr(evaluation.run, "restore", restore)
     with pytest.raises(errors.AttackError, match=r"--source_workdir other takes inputs \[4, 4, 1\], "
                                                  r"--workdir .* \[8, 8, 1\]; transfer needs one shape"):
-        attack_run.run_attacks(_request(trained, tmp_path / "o", source_workdir="other"))
+        evaluation.run_attacks(_request(trained, tmp_path / "o", source_workdir="other"))
     assert not (tmp_path / "o").exists()
 
 
 def test_layer_max(trained, tmp_path):
     with pytest.raises(errors.AttackError, match="no layer 'dense7' in the model; choose from .*dense0, dense1"):
-        attack_run.run_attacks(_request(trained, tmp_path / "bad", attacks=["layer_max"], layer="dense7"))
+        evaluation.run_attacks(_request(trained, tmp_path / "bad", attacks=["layer_max"], layer="dense7"))
     with pytest.raises(errors.AttackError, match="--layer is read by the attacks on hidden layers only"):
         _request(trained, tmp_path, attacks=["sgd_uap"], layer="dense0")
-    results = attack_run.run_attacks(_request(trained, tmp_path / "ok", attacks=["layer_max"], layer="dense0",
+    results = evaluation.run_attacks(_request(trained, tmp_path / "ok", attacks=["layer_max"], layer="dense0",
                                               eps=[0.1]))
     (row,) = results["results"]
     assert row["layer"] == "dense0" and row["universal"] and row["file"] == "layer_max_linf_eps0.1_seed0.npy"
     assert np.max(np.abs(np.load(tmp_path / "ok" / row["file"]))) <= 0.1 + 1e-6
     # Without --layer, the layer before the classifier.
-    (row,) = attack_run.run_attacks(_request(trained, tmp_path / "default", attacks=["layer_max"],
+    (row,) = evaluation.run_attacks(_request(trained, tmp_path / "default", attacks=["layer_max"],
                                              eps=[0.1]))["results"]
     assert row["layer"] == "dense1"
 
@@ -233,19 +233,19 @@ def test_compiled_programs_are_reused_across_budgets_and_restarts():
 
 
 def test_gradient_budget_and_suites_are_fixed():
-    assert set(suite.SUITES) == {"standard", "quick", "strong"}
-    strong = {m.name: m for m in suite.SUITES["strong"].members}
+    assert set(evaluation.suite.SUITES) == {"standard", "quick", "strong"}
+    strong = {m.name: m for m in evaluation.suite.SUITES["strong"].members}
     assert {m.attack for m in strong.values()} == set(attacks.universal_names()) - {"layer_max"}
     for name in ("sgd_uap_margin", "sga_uap_margin", "sgd_uap_restarts_margin"):
         assert dict(strong[name].settings)["loss"] == "margin"
     assert dict(strong["gd_uap"].settings)["prior"] == "none"  # the data-free member reads no data
     assert dict(strong["cosine_uap_range"].settings)["prior"] == "range"
-    standard = {m.attack: m for m in suite.SUITES["standard"].members}
+    standard = {m.attack: m for m in evaluation.suite.SUITES["standard"].members}
     assert set(standard) == {"sgd_uap", "sga_uap", "sgd_uap_restarts", "deepfool_uap", "sv_uap"}
     assert standard["sgd_uap"].seeds == (0, 1)
     assert dict(standard["deepfool_uap"].settings) == {"max_passes": 3, "batch_size": 32}
-    assert suite.gradient_evaluations("sga_uap", {"num_epochs": 5}, 100, 10) == 2000
-    assert suite.gradient_evaluations("targeted", {"num_epochs": 5}, 100, 10) == 5000
+    assert evaluation.suite.gradient_evaluations("sga_uap", {"num_epochs": 5}, 100, 10) == 2000
+    assert evaluation.suite.gradient_evaluations("targeted", {"num_epochs": 5}, 100, 10) == 5000
 
 
 def test_transfer_benchmark_uses_the_worst_case_or_crafts(quick, tmp_path):
@@ -322,8 +322,8 @@ def test_attack_py_runs_a_registered_toy_attack_and_the_zoo(trained, tmp_path):
 
 def test_strong_suite_runs_every_member(trained, tmp_path):
     request = _request(trained, tmp_path / "strong", attacks=[], suite="strong", eps=[0.1])
-    results = attack_run.run_attacks(request, log=lambda line: None)
-    expected = {(name, s) for name, s, _ in suite.suite_tasks("strong", 0)}
+    results = evaluation.run_attacks(request, log=lambda line: None)
+    expected = {(name, s) for name, s, _ in evaluation.suite.suite_tasks("strong", 0)}
     assert {(r["attack"], r["seed"]) for r in results["results"]} == expected
     margin = [r for r in results["results"] if r["attack"] == "sgd_uap_margin"]
     assert margin and all(r["settings"]["loss"] == "margin" and r["attack_variant_of"] == "sgd_uap" for r in margin)

@@ -249,3 +249,14 @@ def test_a_checkpoint_from_before_jr_mode_resumes_only_as_frobenius(tmp_path):
         loop.runtime.check_resumable(workdir, meta, loop.runtime.config_fingerprint(_tiny()))
     loop.runtime.check_resumable(workdir, meta, loop.runtime.config_fingerprint(_tiny(jr_mode="frobenius")))
     assert train.restore_model(workdir).step == checkpoints.latest_step(workdir)
+
+
+def test_defences_dispatch_through_their_registries():
+    """Every config name of a defence has exactly one entry that the step and the loss look up."""
+    from jacuap import configs
+    from jacuap.train import adversarial, loss, regularizers
+
+    assert tuple(adversarial.ADVERSARIES) == configs.ADV_TRAINING
+    assert tuple(loss.PENALTIES) == regularizers.JR_MODES
+    assert adversarial.UNIVERSAL_KINDS == ("uat", "cw_uat")
+    assert [k for k, a in adversarial.ADVERSARIES.items() if a.replaces] == ["pgd", "sat"]

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from jacuap import attack_run, data, errors, train
+from jacuap import data, errors, evaluation, train
 from jacuap.configs import default
 
 
@@ -64,30 +64,30 @@ def test_training_reports_validation_accuracy(held_out_workdir):
 
 def test_attack_on_the_validation_split(held_out_workdir, tmp_path):
     workdir, summary = held_out_workdir
-    req = attack_run.AttackRequest(workdir=workdir, attacks=["sgd_uap"], norm="linf", eps=[0.1], out=str(tmp_path),
+    req = evaluation.AttackRequest(workdir=workdir, attacks=["sgd_uap"], norm="linf", eps=[0.1], out=str(tmp_path),
                                    num_craft=300, num_eval=10**6, num_metrics=0, sgd_epochs=1, progress=False,
                                    eval_split="validation")
-    res = attack_run.run_attacks(req, log=lambda m: None)
+    res = evaluation.run_attacks(req, log=lambda m: None)
     assert res["config"]["eval_split"] == "validation" and res["config"]["num_eval"] == 200
     assert res["results"][0]["clean_accuracy"] == pytest.approx(summary["validation_accuracy"])
     # The crafting inputs come from the training inputs left, never the validation ones.
     ds = data.load_dataset("digits", num_validation=200)
-    xc, _, xe, _ = attack_run.craft_and_eval_sets(ds, req)
+    xc, _, xe, _ = evaluation.craft_and_eval_sets(ds, req)
     assert not set(_rows(xc)) & set(_rows(ds.validation_images))
     np.testing.assert_array_equal(xe, ds.validation_images)
 
 
 def test_validation_attack_on_a_model_without_the_split(tmp_path):
     ds = data.load_dataset("digits")
-    req = attack_run.AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1], out=str(tmp_path),
+    req = evaluation.AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1], out=str(tmp_path),
                                    eval_split="validation")
     with pytest.raises(errors.AttackError, match="num_validation"):
-        attack_run.craft_and_eval_sets(ds, req)
+        evaluation.craft_and_eval_sets(ds, req)
     with pytest.raises(errors.AttackError, match="eval_split"):
-        attack_run.AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1], out=str(tmp_path),
+        evaluation.AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1], out=str(tmp_path),
                                  eval_split="train")
     with pytest.raises(errors.AttackError, match="craft_split=test"):
-        attack_run.AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1], out=str(tmp_path),
+        evaluation.AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1], out=str(tmp_path),
                                  eval_split="validation", craft_split="test")
 
 

@@ -1,7 +1,7 @@
 """Trains one model of the sweep and measures everything its record holds.
 
 Every measurement goes through the programs' own library calls
-(:func:`jacuap.train.train_and_evaluate`, :func:`jacuap.attack_run.run_attacks`),
+(:func:`jacuap.train.train_and_evaluate`, :func:`jacuap.evaluation.run_attacks`),
 each resumable in its own folder under the model's workdir, so a killed
 sweep loses at most the attack row in progress:
 
@@ -55,12 +55,12 @@ def train(spec: ModelSpec, plan: Plan, workroot: str, data_dir: str = "") -> Dic
 
 
 def _request(spec: ModelSpec, plan: Plan, workdir: str, out: str, progress: bool, **kw):
-    from jacuap import attack_run
+    from jacuap import evaluation
 
     settings = dict(workdir=workdir, norm="linf", out=os.path.join(workdir, out), num_craft=plan.num_craft,
                     num_eval=plan.num_eval, num_metrics=0, progress=progress, overwrite=True)
     settings.update(kw)
-    return attack_run.run_attacks(attack_run.AttackRequest(**settings), log=lambda m: None)
+    return evaluation.run_attacks(evaluation.AttackRequest(**settings), log=lambda m: None)
 
 
 def _outcomes(apply_fn, params, x, y, clean_pred, out: str, row: Dict[str, Any]) -> Dict[str, Any]:
@@ -82,8 +82,8 @@ def evaluate(spec: ModelSpec, plan: Plan, workroot: str, data_dir: str = "", pro
     """Trains and measures ``spec``; returns its record (not yet saved)."""
     import jax
 
-    from jacuap import attack_store, metrics, suite
-    from jacuap.attack_setup import restore
+    from jacuap import evaluation, metrics
+    from jacuap.evaluation import restore
 
     workdir = workdir_of(workroot, spec)
     start = time.time()
@@ -97,7 +97,7 @@ def evaluate(spec: ModelSpec, plan: Plan, workroot: str, data_dir: str = "", pro
     wc_eps = list(plan.worst_case_eps)
     res = _request(spec, plan, workdir, "suite", progress, attacks=[], suite=plan.suite, targeted=True,
                    eps=wc_eps, num_metrics=plan.num_metrics)
-    first = suite.SUITES[plan.suite].members[0]
+    first = evaluation.suite.SUITES[plan.suite].members[0]
     assert first.attack == "sgd_uap", "the grid's SGD-UAP rows reuse the suite's first member"
     extra_eps = [e for e in plan.sgd_eps if not any(abs(e - w) < 1e-9 for w in wc_eps)]
     grid = _request(spec, plan, workdir, "sgd_grid", progress, attacks=["sgd_uap"], eps=extra_eps,
@@ -126,7 +126,7 @@ def evaluate(spec: ModelSpec, plan: Plan, workroot: str, data_dir: str = "", pro
         "id": spec.id, "dataset": spec.dataset, "arch": spec.arch.name, "method": spec.method,
         "strength": float(spec.strength), "seed": int(spec.seed),
         "config": spec.config_overrides(plan),
-        "params_fingerprint": attack_store.model_fingerprint(params),
+        "params_fingerprint": evaluation.store.model_fingerprint(params),
         "train": {"test_accuracy": summary["test_accuracy"], "validation_accuracy": summary["validation_accuracy"],
                   "num_epochs": summary["num_epochs"], "steps": summary["steps"],
                   "seconds": summary.get("train_seconds")},

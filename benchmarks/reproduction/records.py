@@ -17,7 +17,7 @@ Schema ``jacuap.reproduction.model/1`` (every number a float or int, ``None`` wh
     strength      float
     seed          int
     config        the train.py overrides the model was trained with ({field: value})
-    params_fingerprint  jacuap.attack_store.model_fingerprint of the trained parameters ("sha256:<16 hex>")
+    params_fingerprint  jacuap.evaluation.store.model_fingerprint of the trained parameters ("sha256:<16 hex>")
     train         {"test_accuracy", "validation_accuracy", "num_epochs", "steps", "seconds"}
     validation    {"eps": 0.1, "accuracy", "sgd_uap_uer", "sgd_uap_fooling_rate", "num_inputs"}
                   (SGD-UAP crafted on training inputs, evaluated on the held-out validation split:

@@ -49,7 +49,6 @@ compiled program (as long as the caller passes the same ``apply_fn`` object).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
 
 from jacuap.attacks.balls import (
     NORMS,

@@ -18,6 +18,7 @@ import numpy as np
 
 from jacuap import jacobian, metrics
 from jacuap.attacks.balls import TINY, check_norm, project
+from jacuap.attacks.epochs import run_epochs
 from jacuap.attacks.per_input import fgsm_delta, pgd_delta
 from jacuap.attacks.result import UAPResult
 from jacuap.attacks.registry import AttackSpec, Crafting, register
@@ -321,32 +322,17 @@ def deepfool_uap(
     clean = jnp.asarray(metrics.predict(apply_fn, params, x, batch_size=max(batch, 256)), jnp.int32)
     scalar = lambda value: jnp.asarray(value, x.dtype)
     v = jnp.zeros(x.shape[1:], x.dtype)
-    history = []
-    for index, pass_key in enumerate(jax.random.split(key, max_passes)):
-        v, rate = deepfool_uap_pass(
-            apply_fn,
-            params,
-            v,
-            x,
-            clean,
-            pass_key,
-            scalar(eps),
-            scalar(overshoot),
-            scalar(eps if inner_eps is None else inner_eps),
-            norm=norm,
-            inner=inner,
-            aggregate=aggregate,
-            batch_size=batch,
-            deepfool_max_iter=int(deepfool_max_iter),
-            inner_steps=int(inner_steps),
-            num_classes=num_classes,
-        )
-        history.append(float(rate))
-        if progress is not None:
-            progress(index, history[-1])
-        if history[-1] >= target_fooling_rate:
-            break
-    return UAPResult(v, np.asarray(history))
+
+    def one_pass(v, pass_key, decay):
+        del decay  # DeepFool's steps are its own
+        return deepfool_uap_pass(apply_fn, params, v, x, clean, pass_key, scalar(eps), scalar(overshoot),
+                                 scalar(eps if inner_eps is None else inner_eps), norm=norm, inner=inner,
+                                 aggregate=aggregate, batch_size=batch, deepfool_max_iter=int(deepfool_max_iter),
+                                 inner_steps=int(inner_steps), num_classes=num_classes)
+
+    v, history = run_epochs(one_pass, v, key, max_passes, 1.0, progress,
+                            until=lambda rate: rate >= target_fooling_rate)
+    return UAPResult(v, history.astype(np.float64))
 
 
 def _craft(c: Crafting) -> UAPResult:

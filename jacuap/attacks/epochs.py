@@ -35,13 +35,16 @@ def run_epochs(
     num_epochs: int,
     step_decay: float,
     progress: Optional[Callable[[int, float], None]] = None,
+    until: Optional[Callable[[float], bool]] = None,
 ) -> Tuple[jax.Array, np.ndarray]:
     """``(v, history)`` after ``num_epochs`` calls ``epoch(v, key_e, step_decay**e)``.
 
-    ``history`` concatenates every epoch's per-step objectives (host NumPy);
-    ``progress(e, mean objective of epoch e)``, when given, is called after
-    each epoch (it waits for the epoch; without it the epochs are queued
-    asynchronously and only the end waits).
+    ``history`` concatenates every epoch's per-step objectives (host NumPy;
+    an epoch may return one value, as DeepFool-UAP's pass does its fooling
+    rate); ``progress(e, mean objective of epoch e)``, when given, is called
+    after each epoch (it waits for the epoch; without it the epochs are queued
+    asynchronously and only the end waits); ``until(mean objective)``, when
+    given, ends the loop after the first epoch it holds for.
 
     >>> import jax, jax.numpy as jnp
     >>> epoch = lambda v, key, decay: (v + decay, jnp.stack([jnp.asarray(decay)]))
@@ -53,7 +56,11 @@ def run_epochs(
     for e, epoch_key in enumerate(jax.random.split(key, num_epochs)):
         v, epoch_losses = epoch(v, epoch_key, step_decay**e)
         losses.append(epoch_losses)
-        if progress is not None:
-            progress(e, float(jnp.mean(epoch_losses)))
-    history = np.concatenate([np.asarray(l) for l in losses]) if losses else np.zeros((0,))
+        if progress is not None or until is not None:
+            mean = float(jnp.mean(epoch_losses))
+            if progress is not None:
+                progress(e, mean)
+            if until is not None and until(mean):
+                break
+    history = np.concatenate([np.atleast_1d(np.asarray(l)) for l in losses]) if losses else np.zeros((0,))
     return v, history

@@ -12,7 +12,6 @@ from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jacuap.attacks.balls import ascent_direction, check_norm, project
 from jacuap.attacks.epochs import run_epochs

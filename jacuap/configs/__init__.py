@@ -29,6 +29,7 @@ from typing import Any, Optional
 import ml_collections
 import numpy as np
 
+from jacuap.budgets import budget_problem
 from jacuap.configs import cifar10, default, digits, fashion_mnist, mnist
 from jacuap.errors import ConfigError
 
@@ -213,8 +214,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     one_of("optimizer", OPTIMIZERS)
     one_of("lr_schedule", LR_SCHEDULES)
     one_of("adv_training", ADV_TRAINING)
-    need(_is_finite(config.adv_eps) and 0 <= config.adv_eps <= 1,
-         f"adv_eps must be in [0, 1] (pixel units), got {config.adv_eps!r}")
+    problem = budget_problem(config.adv_eps, "linf", "adv_eps")  # the rule every budget shares
+    need(problem is None, f"{problem} (pixel units)")
     need(_is_int(config.adv_steps) and config.adv_steps >= 1,
          f"adv_steps must be a positive integer, got {config.adv_steps!r}")
     need(_is_finite(config.adv_step_size) and config.adv_step_size >= 0,

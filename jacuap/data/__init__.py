@@ -177,6 +177,31 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None, seed: int = 0, 
     return hold_out_validation(_load(name, data_dir, seed), num_validation)
 
 
+def _read_idx(name: str, directory: str):
+    files, why = find_idx_files(directory)
+    if files is None:
+        return None, f"IDX files in {directory} ({why})"
+    return read_idx_splits(name, files), f"IDX files in {directory}"
+
+
+def _read_cifar10(name: str, directory: str):
+    found, why = find_cifar10_dir(directory)
+    if found is None:
+        return None, f"CIFAR-10 binary files in {directory} ({why})"
+    return read_cifar10_binary(found), f"CIFAR-10 binary files in {found}"
+
+
+def _digits(seed: int) -> Dataset:
+    return Dataset("digits", *load_digits(seed), num_classes=DATASETS["digits"].num_classes,
+                   source=f"sklearn digits (split seed {seed})")
+
+
+#: ``DatasetInfo.local_format -> (name, folder) -> (Splits or None, where it was read / why not)``.
+LOCAL_READERS = {"idx": _read_idx, "cifar10_binary": _read_cifar10}
+#: The datasets that ship with a package: ``name -> (seed) -> Dataset``.
+BUILTIN_LOADERS = {"digits": _digits}
+
+
 def _load(name: str, data_dir: Optional[PathLike], seed: int) -> Dataset:
     key = str(name).strip().lower().replace("-", "_")
     if key not in DATASETS:
@@ -187,30 +212,19 @@ def _load(name: str, data_dir: Optional[PathLike], seed: int) -> Dataset:
             raise DataError(f"data_dir {data_dir!r} is not an existing directory")
         if not os.access(data_dir, os.R_OK | os.X_OK):
             raise DataError(f"data_dir {data_dir!r} is not readable")
-    if key == "digits":
-        return Dataset(
-            "digits",
-            *load_digits(seed),
-            num_classes=DATASETS[key].num_classes,
-            source=f"sklearn digits (split seed {seed})",
-        )
+    info = DATASETS[key]
+    if info.local_format == "builtin":
+        return BUILTIN_LOADERS[key](seed)
 
+    read = LOCAL_READERS[info.local_format]
     tried = [] if data_dir is not None else ["local files (no data_dir given)"]
     for directory in _local_candidates(key, data_dir):
         # Errors reading files that are present propagate: silently falling
         # back to another copy would hide a corrupt download.
-        if key == "cifar10":
-            found, why = find_cifar10_dir(directory)
-            if found is not None:
-                splits = read_cifar10_binary(found)
-                return _validated(key, splits, f"CIFAR-10 binary files in {found}")
-            tried.append(f"CIFAR-10 binary files in {directory} ({why})")
-        else:
-            files, why = find_idx_files(directory)
-            if files is not None:
-                splits = read_idx_splits(key, files)
-                return _validated(key, splits, f"IDX files in {directory}")
-            tried.append(f"IDX files in {directory} ({why})")
+        splits, where = read(key, directory)
+        if splits is not None:
+            return _validated(key, splits, where)
+        tried.append(where)
 
     try:
         splits = load_tfds(key, data_dir)

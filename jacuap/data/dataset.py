@@ -39,12 +39,16 @@ class DatasetInfo:
       class_names: the name of each label ``0 .. K-1``.
       subdirs: sub-folders of a ``data_dir`` searched for local files besides
         ``data_dir`` itself (the names archives and other tools unpack to).
+      local_format: how a local copy is read, a key of
+        :data:`jacuap.data.LOCAL_READERS` (``"idx"``, ``"cifar10_binary"``),
+        or ``"builtin"`` for a dataset that ships with a package (digits).
     """
 
     name: str
     image_shape: Tuple[int, int, int]
     class_names: Tuple[str, ...]
     subdirs: Tuple[str, ...] = ()
+    local_format: str = "idx"
 
     @property
     def num_classes(self) -> int:
@@ -60,7 +64,7 @@ DATASETS: Mapping[str, DatasetInfo] = types.MappingProxyType(
     {
         info.name: info
         for info in (
-            DatasetInfo("digits", (8, 8, 1), _DIGIT_NAMES),
+            DatasetInfo("digits", (8, 8, 1), _DIGIT_NAMES, local_format="builtin"),
             DatasetInfo("mnist", (28, 28, 1), _DIGIT_NAMES, ("mnist",)),
             DatasetInfo(
                 "fashion_mnist",
@@ -75,6 +79,7 @@ DATASETS: Mapping[str, DatasetInfo] = types.MappingProxyType(
                 ("airplane", "automobile", "bird", "cat", "deer",
                  "dog", "frog", "horse", "ship", "truck"),
                 ("cifar-10-batches-bin", "cifar10"),
+                local_format="cifar10_binary",
             ),
         )
     }

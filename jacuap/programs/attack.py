@@ -18,15 +18,15 @@ request in the same ``--out`` needs ``--overwrite``.  Exit codes: 0 done,
 
 from absl import flags
 
-from jacuap import attack_run, attacks, cli, suite
+from jacuap import attacks, cli, evaluation
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir (its config and newest checkpoint).")
-flags.DEFINE_list("attack", ["sgd_uap", "sv_uap"], f"Comma list of {', '.join(attack_run.attack_names())} "
+flags.DEFINE_list("attack", ["sgd_uap", "sv_uap"], f"Comma list of {', '.join(evaluation.attack_names())} "
                   "(README, 'The attack zoo'), or of attacks that --attack_modules register.")
 flags.DEFINE_list("attack_modules", [], "Modules to import before the attacks are looked up: each registers its own "
                   "attacks (jacuap.attacks.register); e.g. mypkg.my_attack.")
-flags.DEFINE_enum("suite", "", ["", *suite.SUITES], "Run a fixed ensemble (jacuap.suite.SUITES) instead of --attack, "
+flags.DEFINE_enum("suite", "", ["", *evaluation.SUITES], "Run a fixed ensemble (jacuap.evaluation.SUITES) instead of --attack, "
                   "and report the worst case per budget.")
 flags.DEFINE_bool("targeted", False, "Also the K x K targeted UAP matrix per budget (the standard suite has it).")
 flags.DEFINE_string("layer", "", "The hidden layer(s) the layer attacks read (layer_max, fg_uap: one name; "
@@ -57,18 +57,18 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     del argv  # cli.run refuses positional arguments
     with cli.user_errors():
-        attack_run.import_attack_modules(FLAGS.attack_modules)
-        request = attack_run.AttackRequest.from_flags(FLAGS, attack_given=FLAGS["attack"].present)
+        evaluation.import_attack_modules(FLAGS.attack_modules)
+        request = evaluation.AttackRequest.from_flags(FLAGS, attack_given=FLAGS["attack"].present)
         try:
-            results = attack_run.run_attacks(request)
+            results = evaluation.run_attacks(request)
         except OSError as exc:
-            message = attack_run.output_failure(exc, request.out)
+            message = evaluation.output_failure(exc, request.out)
             if message is None:
                 raise
             cli.fail(message, code=cli.EXIT_FAILED)
-    attack_run.print_results(results)
-    suite.print_extras(results)
-    files = attack_run.output_files(results) + [f for t in results.get("targeted") or [] for f in (t["figure"], t["file"])]
+    evaluation.print_results(results)
+    evaluation.print_extras(results)
+    files = evaluation.output_files(results) + [f for t in results.get("targeted") or [] for f in (t["figure"], t["file"])]
     print(f"outputs in {request.out}: {', '.join(files)}")
 
 

@@ -44,11 +44,9 @@ import optax
 
 from jacuap import attacks
 
-__all__ = ["UNIVERSAL_KINDS", "Adversary", "make_adversary", "pgd_examples", "trades_examples", "shared_examples",
-           "uat_inputs", "uat_update"]
+__all__ = ["UNIVERSAL_KINDS", "ADVERSARIES", "AdversaryKind", "Adversary", "make_adversary", "pgd_examples",
+           "trades_examples", "shared_examples", "uat_inputs", "uat_update"]
 
-#: The kinds whose perturbations live in the train state's ``uap`` and ascend with the model's step.
-UNIVERSAL_KINDS = ("uat", "cw_uat")
 
 
 class Adversary(NamedTuple):
@@ -85,7 +83,7 @@ def make_adversary(config: ml_collections.ConfigDict) -> Adversary:
     eps = float(config.adv_eps)
     step = float(config.adv_step_size)
     if not step:
-        step = 2.5 * eps / config.adv_steps if config.adv_training in ("pgd", "trades", "sat") else eps / 4
+        step = ADVERSARIES[config.adv_training].default_step(eps, int(config.adv_steps))
     heap = int(config.adv_heap_size) if config.adv_training == "sat" else 0
     return Adversary(config.adv_training, eps, int(config.adv_steps), step, heap)
 
@@ -173,3 +171,38 @@ def uat_update(uap: jax.Array, uap_grad: jax.Array, adversary: Adversary) -> jax
     Elementwise, so it serves UAT's one ``delta`` and class-wise UAT's ``(K, *S)`` stack alike.
     """
     return attacks.project(uap + adversary.step_size * jnp.sign(uap_grad), "linf", adversary.eps)
+
+
+class AdversaryKind(NamedTuple):
+    """How one adversarial training changes a step (what :func:`jacuap.train.step.train_step` dispatches on).
+
+    ``examples(apply_fn, params, images, labels, adversary, key)`` makes the
+    batch's adversarial inputs, which REPLACE the clean ones
+    (``replaces=True``: PGD-AT, shared AT) or join the loss beside them
+    (TRADES' KL term); ``universal``: the perturbation lives in the train
+    state's ``uap`` and ascends with the model (UAT), one per class when
+    ``class_wise`` (class-wise UAT).  A step-size rule
+    (``default_step(eps, steps)``) fills ``adv_step_size = 0``.
+    """
+
+    examples: Optional[Callable] = None
+    replaces: bool = False
+    universal: bool = False
+    class_wise: bool = False
+    default_step: Callable[[float, int], float] = lambda eps, steps: eps / 4
+
+
+_PGD_STEP = lambda eps, steps: 2.5 * eps / steps  # noqa: E731  (Madry et al.)
+
+#: Every ``adv_training`` kind, by name: one entry each (``configs.ADV_TRAINING`` lists the same names).
+ADVERSARIES = {
+    "none": AdversaryKind(),
+    "pgd": AdversaryKind(pgd_examples, replaces=True, default_step=_PGD_STEP),
+    "uat": AdversaryKind(universal=True),
+    "trades": AdversaryKind(lambda f, p, x, y, adversary, key: trades_examples(f, p, x, adversary, key),
+                            default_step=_PGD_STEP),
+    "sat": AdversaryKind(shared_examples, replaces=True, default_step=_PGD_STEP),
+    "cw_uat": AdversaryKind(universal=True, class_wise=True),
+}
+#: The kinds whose perturbations live in the train state's ``uap`` and ascend with the model's step.
+UNIVERSAL_KINDS = tuple(name for name, kind in ADVERSARIES.items() if kind.universal)

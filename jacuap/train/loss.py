@@ -33,7 +33,7 @@ import optax
 from jacuap import jacobian
 from jacuap.train import regularizers
 
-__all__ = ["loss_fn", "trades_kl"]
+__all__ = ["PENALTIES", "loss_fn", "trades_kl"]
 
 
 def trades_kl(logits: jax.Array, adv_logits: jax.Array) -> jax.Array:
@@ -44,6 +44,21 @@ def trades_kl(logits: jax.Array, adv_logits: jax.Array) -> jax.Array:
     """
     logp, logq = jax.nn.log_softmax(logits), jax.nn.log_softmax(adv_logits)
     return jnp.mean(jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1))
+
+
+def _stacked_spectral(apply_fn, params, x, key, num_proj, jr_vec):
+    if jr_vec is None:
+        raise ValueError("loss_fn: jr_mode='stacked_spectral' needs jr_vec (the train state's jr_vec)")
+    return regularizers.logits_and_stacked_spectral_penalty(apply_fn, params, x, jr_vec)
+
+
+#: ``jr_mode -> (apply_fn, params, x, key, jr_num_proj, jr_vec) -> (logits, penalty)``: the penalty
+#: ``jr_lambda`` weighs, one entry per mode (:data:`jacuap.train.regularizers.JR_MODES` lists the same).
+PENALTIES = {
+    "frobenius": lambda f, p, x, key, num_proj, jr_vec: jacobian.logits_and_jacobian_penalty(f, p, x, key, num_proj),
+    "stacked_spectral": _stacked_spectral,
+    "alignment": lambda f, p, x, key, num_proj, jr_vec: regularizers.logits_and_alignment_penalty(f, p, x),
+}
 
 
 def loss_fn(
@@ -99,16 +114,9 @@ def loss_fn(
         penalty = jnp.zeros((), logits.dtype)
     else:
         jr_apply, jr_inputs = regularizers.jr_view(apply_fn, images, input_std)
-        if jr_mode == "frobenius":
-            logits, penalty = jacobian.logits_and_jacobian_penalty(jr_apply, params, jr_inputs, key, jr_num_proj)
-        elif jr_mode == "stacked_spectral":
-            if jr_vec is None:
-                raise ValueError("loss_fn: jr_mode='stacked_spectral' needs jr_vec (the train state's jr_vec)")
-            logits, penalty = regularizers.logits_and_stacked_spectral_penalty(jr_apply, params, jr_inputs, jr_vec)
-        elif jr_mode == "alignment":
-            logits, penalty = regularizers.logits_and_alignment_penalty(jr_apply, params, jr_inputs)
-        else:
-            raise ValueError(f"loss_fn: unknown jr_mode {jr_mode!r}; use one of {regularizers.JR_MODES}")
+        if jr_mode not in PENALTIES:
+            raise ValueError(f"loss_fn: unknown jr_mode {jr_mode!r}; use one of {tuple(PENALTIES)}")
+        logits, penalty = PENALTIES[jr_mode](jr_apply, params, jr_inputs, key, jr_num_proj, jr_vec)
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     loss = ce + jr_lambda * penalty
     if adv_images is not None:

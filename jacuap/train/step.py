@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jacuap.train import regularizers
-from jacuap.train.adversarial import (UNIVERSAL_KINDS, Adversary, pgd_examples, shared_examples, trades_examples,
-                                     uat_inputs, uat_update)
+from jacuap.train.adversarial import ADVERSARIES, Adversary, uat_inputs, uat_update
 from jacuap.train.loss import loss_fn
 from jacuap.train.state import TrainState
 
@@ -71,15 +70,14 @@ def train_step(
       values before the update).
     """
     jr_key, adv_key = jax.random.split(key)
-    if adversary.kind == "pgd":
-        images = pgd_examples(state.apply_fn, state.params, images, labels, adversary, adv_key)
-    if adversary.kind == "sat":
-        images = shared_examples(state.apply_fn, state.params, images, labels, adversary, adv_key)
+    kind = ADVERSARIES[adversary.kind]
     adv_images = None
-    if adversary.kind == "trades":
-        adv_images = trades_examples(state.apply_fn, state.params, images, adversary, adv_key)
-    universal = adversary.kind in UNIVERSAL_KINDS
-    class_of = labels if adversary.kind == "cw_uat" else None  # class-wise: input b uses delta_{y_b}
+    if kind.examples is not None:
+        adv_images = kind.examples(state.apply_fn, state.params, images, labels, adversary, adv_key)
+        if kind.replaces:
+            images, adv_images = adv_images, None
+    universal = kind.universal
+    class_of = labels if kind.class_wise else None  # class-wise: input b uses delta_{y_b}
     jr_vec = getattr(state, "jr_vec", None)  # a SpectralTrainState's
     if jr_mode == "stacked_spectral" and jr_lambda != 0:
         inputs = uat_inputs(images, state.uap, class_of) if universal else images

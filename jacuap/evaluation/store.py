@@ -25,7 +25,6 @@ beside it: it is removed before any row is (re)computed.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
@@ -36,35 +35,39 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from jacuap import attacks, io, metrics, parallel
+from jacuap import attacks, io, parallel
 from jacuap.errors import AttackError
 
-__all__ = [
-    "REQUEST_NAME", "RESULTS_NAME", "FIGURE_NAME", "ROWS_DIR", "METRICS_NAME",
-    "canonical_eps", "stem", "model_fingerprint", "check_out_path", "request_record", "claim",
-    "jacuap_files", "load_row", "save_row", "load_metrics", "save_metrics", "remove_results",
-    "write_results", "finite_or_null", "output_files", "output_failure", "plot_uaps", "print_results",
-]
+__all__ = ['REQUEST_NAME', 'RESULTS_NAME', 'FIGURE_NAME', 'ROWS_DIR', 'METRICS_NAME', 'EPS_DIGITS', 'canonical_eps', 'stem', 'model_fingerprint', 'check_out_path', 'request_record', 'claim', 'jacuap_files', 'load_row', 'save_row', 'load_metrics', 'save_metrics', 'remove_results', 'write_results', 'finite_or_null']
 
 REQUEST_NAME = "request.json"
+
 RESULTS_NAME = "results.json"
+
 FIGURE_NAME = "uaps.png"
+
 ROWS_DIR = "rows"
+
 METRICS_NAME = "metrics.json"
+
 #: Budgets equal to this many significant digits are the same budget (and the same file name).
 EPS_DIGITS = 6
+
 _FORMAT = 1
 
 #: Row names beside the attack registry: layer maximisation, a given perturbation, a targeted matrix.
 # Row names are the registered attacks (any module may register one), a suite member's label, "uap_file" and
 # "targeted": lower-case words joined by "_", as AttackSpec requires.
 _NAME = r"[a-z0-9]+(?:_[a-z0-9]+)*"
+
 _STEM = re.compile(r"^%s_(?:%s)_eps[0-9.e+-]+_seed[0-9]+$" % (_NAME, "|".join(map(re.escape, attacks.NORMS))))
+
 _TARGETED_FIGURE = re.compile(r"^targeted_eps[0-9.e+-]+\.png$")
+
 # Names of the previous layout (before the seed was in the name): "<attack>_<norm>_eps<eps>.npy".
 _OLD_STEM = re.compile(r"^%s_(?:%s)_eps[0-9.e+-]+$" % (_NAME, "|".join(map(re.escape, attacks.NORMS))))
-_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_]+$")  # io.atomic_write's temporary files
 
+_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_]+$")  # io.atomic_write's temporary files
 
 def canonical_eps(eps: float) -> float:
     """``eps`` rounded to 6 significant digits: the budget a run records and names files by.
@@ -74,7 +77,6 @@ def canonical_eps(eps: float) -> float:
     """
     return float(f"{float(eps):.{EPS_DIGITS}g}")
 
-
 def stem(attack: str, norm: str, eps: float, seed: int) -> str:
     """The file stem of one row.
 
@@ -82,7 +84,6 @@ def stem(attack: str, norm: str, eps: float, seed: int) -> str:
     'sgd_uap_linf_eps0.1_seed0'
     """
     return f"{attack}_{norm}_eps{canonical_eps(eps):.{EPS_DIGITS}g}_seed{seed}"
-
 
 def model_fingerprint(params: Any) -> str:
     """``sha256:<16 hex>`` of a parameter tree (paths, dtypes, shapes and bytes)."""
@@ -93,14 +94,12 @@ def model_fingerprint(params: Any) -> str:
         h.update(a.tobytes())
     return "sha256:" + h.hexdigest()[:16]
 
-
 def check_out_path(out: str) -> None:
     """AttackError (one line) when ``out`` is, or lies under, something that is not a folder."""
     path = io.existing_ancestor(out)
     if os.path.exists(path) and not os.path.isdir(path):
         where = "is" if path == os.path.abspath(out) else f"lies under {path}, which is"
         raise AttackError(f"--out {out} {where} a file, not a folder; choose a folder")
-
 
 def request_record(request: Any, checkpoint_step: int, fingerprint: str, dataset: str) -> Dict[str, Any]:
     """What ``request.json`` holds: everything that decides the rows (``workdir`` only informs)."""
@@ -122,11 +121,9 @@ def request_record(request: Any, checkpoint_step: int, fingerprint: str, dataset
         "workdir": os.path.abspath(request.workdir),
     }
 
-
 def _same_request(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     strip = lambda r: {k: v for k, v in r.items() if k != "workdir"}
     return strip(a) == strip(b)
-
 
 def _read_json(path: str) -> Optional[Any]:
     try:
@@ -134,7 +131,6 @@ def _read_json(path: str) -> Optional[Any]:
             return json.load(f)
     except (OSError, ValueError):
         return None
-
 
 def jacuap_files(out: str) -> List[str]:
     """Paths in ``out`` that jacuap wrote (any run, any request, this layout or the previous one).
@@ -168,14 +164,12 @@ def jacuap_files(out: str) -> List[str]:
                 found.append(path)
     return found
 
-
 def _remove(paths: Sequence[str]) -> None:
     for path in paths:
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
-
 
 def claim(out: str, record: Dict[str, Any], overwrite: bool) -> None:
     """Makes ``out`` hold ``record``'s run: keeps a matching one, refuses or (``overwrite``) clears another.
@@ -209,7 +203,6 @@ def claim(out: str, record: Dict[str, Any], overwrite: bool) -> None:
     if parallel.any_process(refusal is not None):
         raise AttackError(refusal or f"--out {out} holds the outputs of another request (see process 0)")
 
-
 def load_row(out: str, name: str, expected: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     """The finished row ``name`` if it is whole and matches ``expected`` (its UAP too), else None."""
     row = _read_json(os.path.join(out, ROWS_DIR, name + ".json"))
@@ -222,7 +215,6 @@ def load_row(out: str, name: str, expected: Mapping[str, Any]) -> Optional[Dict[
             return None
     return row
 
-
 def save_row(out: str, name: str, row: Dict[str, Any], v: Optional[np.ndarray] = None) -> None:
     """Saves a finished row (and its UAP first): both atomically, so a kill leaves the row whole or absent."""
     if v is not None:
@@ -230,11 +222,9 @@ def save_row(out: str, name: str, row: Dict[str, Any], v: Optional[np.ndarray] =
     os.makedirs(os.path.join(out, ROWS_DIR), exist_ok=True)
     io.write_json_atomic(os.path.join(out, ROWS_DIR, name + ".json"), finite_or_null(row))
 
-
 def load_metrics(out: str) -> Optional[Dict[str, Any]]:
     value = _read_json(os.path.join(out, ROWS_DIR, METRICS_NAME))
     return value if isinstance(value, dict) else None
-
 
 def save_metrics(out: str, values: Dict[str, Any]) -> Dict[str, Any]:
     values = finite_or_null(values)
@@ -242,12 +232,10 @@ def save_metrics(out: str, values: Dict[str, Any]) -> Dict[str, Any]:
     io.write_json_atomic(os.path.join(out, ROWS_DIR, METRICS_NAME), values)
     return values
 
-
 def remove_results(out: str) -> None:
     """Removes ``results.json``: the folder is about to hold rows it does not describe."""
     if io.is_primary():
         _remove([os.path.join(out, RESULTS_NAME)])
-
 
 def write_results(out: str, results: Dict[str, Any]) -> bool:
     """Writes ``results.json`` (last); False when the file already holds exactly this."""
@@ -262,7 +250,6 @@ def write_results(out: str, results: Dict[str, Any]) -> bool:
     io.write_text_atomic(path, text)
     return True
 
-
 _NOTES = {
     "uer": "undefined: no evaluation input",
     "fooling_rate": "undefined: no evaluation input",
@@ -272,7 +259,6 @@ _NOTES = {
     "jacobian_cosine": "undefined: fewer than 2 metric inputs (raise --num_eval/--num_metrics)",
     "gram_cosine": "undefined: fewer than 2 metric inputs (raise --num_eval/--num_metrics)",
 }
-
 
 def finite_or_null(obj: Any) -> Any:
     """``obj`` with every NaN/infinity as None; a dict key ``k`` so nulled gets ``k_note`` (why).
@@ -296,92 +282,3 @@ def finite_or_null(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
-
-
-def output_files(results: Mapping[str, Any]) -> List[str]:
-    """The files of a finished run that a user reads: results.json, uaps.png when written, each UAP."""
-    npys = [r["file"] for r in results.get("results", []) if r.get("file")]
-    return [RESULTS_NAME] + ([FIGURE_NAME] if npys else []) + npys
-
-
-_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
-_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-def output_failure(exc: BaseException, out: str) -> Optional[str]:
-    """The one line for a failed write into ``out`` (a full disk, a read-only folder), else None."""
-    if not isinstance(exc, OSError) or exc.errno not in _READ_ONLY + _FULL:
-        return None
-    out_abs = os.path.abspath(out)
-    names = [os.path.abspath(n) for n in (exc.filename, exc.filename2) if n]
-    if names and not any(os.path.commonpath([n, out_abs]) in (n, out_abs) for n in names):
-        return None  # not about the output folder (e.g. an unreadable checkpoint)
-    rows_dir = os.path.join(out, ROWS_DIR)
-    kept = sum(1 for n in os.listdir(rows_dir) if n != METRICS_NAME and n.endswith(".json")) \
-        if os.path.isdir(rows_dir) else 0
-    resume = f"{kept} finished rows are kept; " if kept else ""
-    if exc.errno in _FULL:
-        return f"{exc.strerror} writing {out}; {resume}free space and rerun the same command to resume"
-    return (f"cannot write to {out}: {exc.strerror}; {resume}make it writable and rerun the same command, "
-            f"or choose another --out")
-
-
-def plot_uaps(uaps: Dict[str, np.ndarray], apply_fn, params, x: np.ndarray, path: str,
-              y: Optional[np.ndarray] = None, class_names: Optional[Sequence[Any]] = None) -> None:
-    """Saves a figure with one row per UAP: the UAP (amplified to the full grey range), then ``x + v``.
-
-    Each perturbed input is titled ``true -> predicted`` (class names where
-    given; without ``y``, the clean prediction stands for the true class).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows, cols = len(uaps), 1 + len(x)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.7 * rows), squeeze=False)
-    try:
-        truth = np.asarray(y) if y is not None else metrics.predict(apply_fn, params, x)
-        name = (lambda k: str(class_names[int(k)])) if class_names else (lambda k: str(int(k)))
-        for r, (label, v) in enumerate(uaps.items()):
-            scale = max(float(np.max(np.abs(v))), 1e-12)
-            _show(axes[r, 0], 0.5 + 0.5 * v / scale, f"{label}\n(amplified)")
-            perturbed = np.clip(x + v, 0.0, 1.0)
-            pred = metrics.predict(apply_fn, params, perturbed)
-            for c in range(len(x)):
-                _show(axes[r, c + 1], perturbed[c], f"{name(truth[c])} ->\n{name(pred[c])}")
-        fig.tight_layout()
-        io.save_figure_atomic(fig, path, dpi=80)
-    finally:
-        plt.close(fig)
-
-
-def _show(ax, image: np.ndarray, title: str) -> None:
-    image = np.clip(image, 0.0, 1.0)
-    if image.shape[-1] == 1:
-        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
-    else:
-        ax.imshow(image)
-    ax.set_title(title, fontsize=7)
-    ax.axis("off")
-
-
-def print_results(results: Dict[str, Any]) -> None:
-    """Prints the result table of :func:`run_attacks`: one row per (attack, eps), then the metrics.
-
-    >>> print_results({"results": [dict(attack="sgd_uap", norm="linf", eps=0.1, uer=0.25,
-    ...     fooling_rate=0.2, clean_accuracy=0.9, seconds=1.5, seed=0)], "metrics": {"universality_ratio": 0.5}})
-    attack            seed  norm      eps     UER  fooling  clean acc  seconds
-    sgd_uap              0  linf    0.100   0.250    0.200      0.900      1.5
-      universality_ratio: 0.5
-    """
-    num = lambda v, spec: "n/a" if v is None else format(v, spec)
-    print(f"{'attack':<18}{'seed':>4}  {'norm':<6}{'eps':>7}{'UER':>8}{'fooling':>9}{'clean acc':>11}{'seconds':>9}")
-    for row in results["results"]:
-        print(f"{row['attack']:<18}{row.get('seed', ''):>4}  {row['norm']:<6}{row['eps']:>7.3f}{num(row['uer'], '.3f'):>8}"
-              f"{num(row['fooling_rate'], '.3f'):>9}{num(row['clean_accuracy'], '.3f'):>11}{row['seconds']:>9.1f}")
-    m = results.get("metrics") or {}
-    for key in ("mean_frobenius_sq", "stacked_spectral_norm", "universality_ratio",
-                "shared_perturbation_strength", "jacobian_cosine", "gram_cosine"):
-        if key in m and not isinstance(m[key], (list, dict)):
-            print(f"  {key}: {num(m[key], '.4g')}")

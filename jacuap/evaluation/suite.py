@@ -1,6 +1,6 @@
 """Universal-robustness evaluation: a fixed attack ensemble, its worst case, targeted matrices, brought UAPs.
 
-``attack.py --suite=standard`` (:func:`jacuap.attack_run.run_attacks` with
+``attack.py --suite=standard`` (:func:`jacuap.evaluation.run_attacks` with
 ``AttackRequest(suite="standard")``) runs every member of :data:`SUITES`
 ``["standard"]`` at every budget: each (attack, seed) crafts one UAP on the
 crafting split, is evaluated on the held-out split, and records its UER on
@@ -36,21 +36,11 @@ the targeted matrix ``K E N``.
 from __future__ import annotations
 
 import dataclasses
-import os
-import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-import jax
-import numpy as np
+from jacuap import attacks
 
-from jacuap import attack_store, attacks, io, metrics, models
-from jacuap.errors import AttackError
-
-__all__ = ["Member", "Suite", "SUITES", "WORST_CASE_BY", "suite_tasks", "gradient_evaluations", "suite_record",
-           "worst_case",
-           "targeted_row", "targeted_rows", "plot_targeted", "targeted_figure_name", "load_uap_file", "layer_names",
-           "check_layer", "print_extras"]
-
+__all__ = ['Member', 'Suite', 'SUITES', 'WORST_CASE_BY', 'suite_tasks', 'gradient_evaluations', 'suite_record', 'worst_case']
 
 @dataclasses.dataclass(frozen=True)
 class Member:
@@ -70,7 +60,6 @@ class Member:
     def name(self) -> str:
         return self.label or self.attack
 
-
 @dataclasses.dataclass(frozen=True)
 class Suite:
     """A fixed ensemble: its members, and the epochs of its targeted matrix (0 = no matrix)."""
@@ -78,7 +67,6 @@ class Suite:
     name: str
     members: Tuple[Member, ...]
     targeted_epochs: int = 0
-
 
 SUITES: Dict[str, Suite] = {
     "standard": Suite("standard", (
@@ -114,7 +102,6 @@ SUITES: Dict[str, Suite] = {
     ), targeted_epochs=0),
 }
 
-
 def suite_tasks(name: str, seed: int) -> List[Tuple[str, int, Dict[str, Any]]]:
     """``(row name, row seed, settings)`` of every member of suite ``name``, member-major.
 
@@ -127,7 +114,6 @@ def suite_tasks(name: str, seed: int) -> List[Tuple[str, int, Dict[str, Any]]]:
     """
     return [(m.name, seed + s, {**dict(m.settings), **({"attack": m.attack} if m.label else {})})
             for m in SUITES[name].members for s in m.seeds]
-
 
 def gradient_evaluations(attack: str, settings: Mapping[str, Any], num_craft: int, num_classes: int) -> int:
     """Upper bound on the per-input backward passes of one budget of ``attack`` (its spec's count).
@@ -142,7 +128,6 @@ def gradient_evaluations(attack: str, settings: Mapping[str, Any], num_craft: in
         return k * int(settings.get("num_epochs", 5)) * n
     spec = attacks.ATTACKS[attack]
     return int(spec.gradient_evaluations(spec.resolve({k_: v for k_, v in settings.items() if k_ != "attack"}), n, k))
-
 
 def suite_record(name: str, num_craft: int, num_classes: int) -> Dict[str, Any]:
     """What ``results.json["suite"]`` holds: the members, their settings and gradient budgets."""
@@ -159,10 +144,8 @@ def suite_record(name: str, num_craft: int, num_classes: int) -> Dict[str, Any]:
     return {"name": name, "members": members,
             "gradient_evaluations_per_budget": sum(m["gradient_evaluations_per_budget"] for m in members)}
 
-
 #: The metrics a budget's worst case can be chosen by (on the crafting split): results.json keys.
 WORST_CASE_BY = {"uer": "worst_case", "fooling_rate": "worst_case_by_fooling_rate"}
-
 
 def worst_case(rows: Sequence[Mapping[str, Any]], eps: Sequence[float], by: str = "uer") -> List[Dict[str, Any]]:
     """Per budget, the universal row with the highest crafting-split ``by`` (the first on a tie), or nothing.
@@ -195,139 +178,3 @@ def worst_case(rows: Sequence[Mapping[str, Any]], eps: Sequence[float], by: str 
                 "attack", "seed", "uer", "fooling_rate", "craft_uer", "craft_fooling_rate", "file",
                 "source_workdir")}})
     return out
-
-
-def targeted_figure_name(eps: float) -> str:
-    """The heat map of one budget's targeted matrix.
-
-    >>> targeted_figure_name(0.1)
-    'targeted_eps0.1.png'
-    """
-    return f"targeted_eps{attack_store.canonical_eps(eps):.{attack_store.EPS_DIGITS}g}.png"
-
-
-def targeted_row(matrix: np.ndarray, success: np.ndarray, clean: np.ndarray, class_names: Sequence[str],
-                 **fields: Any) -> Dict[str, Any]:
-    """The row of one targeted matrix: ``matrix[s][t]`` (source s, target t; diagonal null), by class name."""
-    return {**fields, "class_names": list(class_names), "matrix": np.asarray(matrix).tolist(),
-            "success": {str(c): float(r) for c, r in zip(class_names, success)},
-            "clean": np.asarray(clean).tolist(), "figure": targeted_figure_name(fields["eps"])}
-
-
-def targeted_rows(request: Any, model: Tuple[Any, Any], crafter: Tuple[Any, Any], sets: Sequence[Any],
-                  class_names: Sequence[Any], epochs: int, source: Mapping[str, Any]) -> List[Dict[str, Any]]:
-    """One targeted matrix per budget of ``request`` (:func:`jacuap.attacks.targeted_uap_matrix`), resumable.
-
-    The ``K`` targeted SGD-UAPs (``epochs`` epochs) are crafted with
-    ``crafter`` on the crafting set and evaluated with ``model`` on the
-    evaluation set; row ``targeted_<norm>_eps<eps>_seed<seed>`` (its ``.npy``
-    holds the ``(K, *S)`` UAPs), figure ``targeted_eps<eps>.png``.  Budget
-    ``b`` is keyed by ``fold_in(PRNGKey(seed), 2**20 + b)``.
-    """
-    apply_fn, params = model
-    x_craft, y_craft, x_eval, y_eval = sets
-    k = len(class_names)
-    names = [str(c) for c in class_names]
-    out: List[Dict[str, Any]] = []
-    clean_pred = None
-    for b, eps in enumerate(request.eps):
-        stem = attack_store.stem("targeted", request.norm, eps, request.seed)
-        figure = os.path.join(request.out, targeted_figure_name(eps))
-        row = attack_store.load_row(request.out, stem, {"attack": "targeted", "norm": request.norm, "eps": eps,
-                                                        "seed": request.seed})
-        if row is None:
-            attack_store.remove_results(request.out)
-            start = time.time()
-            key = jax.random.fold_in(jax.random.PRNGKey(request.seed), 2**20 + b)
-            r = attacks.targeted_uap_matrix(crafter[0], crafter[1], x_craft, y_craft, x_craft[:1], y_craft[:1],
-                                            eps=eps, key=key, norm=request.norm, num_epochs=epochs)
-            uaps = np.asarray(r.uaps)[:k]
-            if clean_pred is None:
-                clean_pred = metrics.predict(apply_fn, params, x_eval)
-            preds = np.stack([metrics.predict(apply_fn, params, np.clip(x_eval + u, 0.0, 1.0)) for u in uaps])
-            matrix = attacks.class_transfer_matrix(y_eval, preds, k)
-            np.fill_diagonal(matrix, np.nan)
-            success = [float(np.mean(preds[t][y_eval != t] == t)) if np.any(y_eval != t) else float("nan")
-                       for t in range(len(uaps))]
-            row = targeted_row(matrix, success, attacks.class_transfer_matrix(y_eval, clean_pred, k), names,
-                               attack="targeted", norm=request.norm, eps=eps, seed=request.seed, universal=False,
-                               file=f"{stem}.npy", num_epochs=int(epochs), num_craft=len(x_craft),
-                               craft_split=request.craft_split, seconds=time.time() - start, **source)
-            attack_store.save_row(request.out, stem, row, uaps)
-            row = attack_store.finite_or_null(row)
-            if os.path.exists(figure):
-                os.unlink(figure)
-        if not os.path.exists(figure):
-            plot_targeted(np.array(row["matrix"], dtype=float), names,
-                          f"targeted UAP success, {request.norm} eps={eps:g} (row: source, column: target)", figure)
-        out.append(row)
-    return out
-
-
-def plot_targeted(matrix: np.ndarray, class_names: Sequence[str], title: str, path: str) -> None:
-    """A heat map of a targeted matrix (rows: source class, columns: target class; the diagonal blank)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * k, 0.8 + 0.45 * k))
-    try:
-        image = ax.imshow(np.ma.masked_invalid(np.asarray(matrix, float)), vmin=0, vmax=1, cmap="viridis")
-        ax.set_xticks(range(k), [str(c) for c in class_names], rotation=90, fontsize=7)
-        ax.set_yticks(range(k), [str(c) for c in class_names], fontsize=7)
-        ax.set_xlabel("target class")
-        ax.set_ylabel("source class")
-        ax.set_title(title, fontsize=8)
-        fig.colorbar(image, ax=ax, fraction=0.046)
-        fig.tight_layout()
-        io.save_figure_atomic(fig, path, dpi=80)
-    finally:
-        plt.close(fig)
-
-
-def load_uap_file(path: str, shape: Sequence[int], norm: str, eps: float) -> np.ndarray:
-    """The perturbation in ``path`` (``.npy``), checked: one input's ``shape``, finite, ``||v|| <= eps`` (1e-6 rel.)."""
-    try:
-        v = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise AttackError(f"--uap_file {path} cannot be read as a .npy array ({type(exc).__name__})") from None
-    if tuple(v.shape) != tuple(shape):
-        raise AttackError(f"--uap_file {path} has shape {tuple(v.shape)}; the model's inputs have shape {tuple(shape)}")
-    if not np.issubdtype(v.dtype, np.floating) or not np.all(np.isfinite(v)):
-        raise AttackError(f"--uap_file {path} must hold finite floating-point numbers, got {v.dtype}")
-    size = float(np.max(np.abs(v))) if norm == "linf" else float(np.linalg.norm(v))
-    if size > eps * (1 + 1e-6):
-        raise AttackError(f"--uap_file {path} has {norm} norm {size:.6g} > eps {eps:g}; "
-                          f"give a budget at least its norm (--eps)")
-    return v.astype(np.float32)
-
-
-def layer_names(model: Any, params: Any, x: Any) -> List[str]:
-    """The ``/``-separated names of ``model``'s submodules (what ``--layer`` accepts), in call order."""
-    return models.layer_names(model, params, x)
-
-
-def check_layer(model: Any, params: Any, x: Any, layer: str) -> None:
-    """AttackError (one line, listing the valid names) unless ``layer`` names a submodule of ``model``."""
-    names = layer_names(model, params, x)
-    if layer.strip("/") not in names:
-        raise AttackError(f"no layer {layer!r} in the model; choose from {', '.join(names)}")
-
-
-def _name(class_names: Optional[Sequence[str]], k: Any) -> str:
-    return str(class_names[k]) if class_names and isinstance(k, int) and 0 <= k < len(class_names) else str(k)
-
-
-def print_extras(results: Mapping[str, Any]) -> None:
-    """Prints the worst case of each budget and each targeted matrix's success per target class (by name)."""
-    for by, key in WORST_CASE_BY.items():
-        for w in results.get(key) or []:
-            chosen = w.get("craft_uer" if by == "uer" else "craft_fooling_rate")
-            print(f"worst case by {'UER' if by == 'uer' else 'fooling rate'} eps={w['eps']:g}: {w['attack']} seed "
-                  f"{w['seed']}  UER {w['uer']:.3f}  fooling {w['fooling_rate']:.3f}  (chosen on the crafting "
-                  f"split: {'n/a' if chosen is None else format(chosen, '.3f')})  {w['file']}")
-    for t in results.get("targeted") or []:
-        shown = ", ".join(f"{c}: {'n/a' if r is None else format(r, '.2f')}" for c, r in t["success"].items())
-        print(f"targeted eps={t['eps']:g} success per target class: {shown}")

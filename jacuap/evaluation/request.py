@@ -1,0 +1,166 @@
+"""What ``attack.py`` is asked: an :class:`AttackRequest`, validated on construction, and the attacks
+it may name (the registry, and the modules that ``--attack_modules`` import to register more)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from jacuap import attacks
+from jacuap.budgets import budget_problem
+from jacuap.errors import AttackError
+from jacuap.evaluation import store, suite
+
+__all__ = ['AttackRequest', 'attack_names', 'import_attack_modules']
+
+def attack_names() -> tuple:
+    """What ``--attack`` accepts: every registered attack (:data:`jacuap.attacks.ATTACKS`), universal first."""
+    return attacks.universal_names() + attacks.per_input_names()
+
+def import_attack_modules(names: Sequence[str]) -> None:
+    """Imports each module of ``names`` (``pkg.mod``), whose ``register(AttackSpec(...))`` lines add attacks.
+
+    AttackError (one line) when a module cannot be imported; the folder a
+    run starts in is searched first, as ``python -m`` does.
+    """
+    import importlib
+
+    if names and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in (n.strip() for n in names if n.strip()):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # ImportError, or the module's own error (a bad AttackSpec) while importing
+            raise AttackError(f"--attack_modules: cannot import {name!r} ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+def _reads_layers(request) -> bool:
+    names = [a for a, _, _ in suite.suite_tasks(request.suite, 0)] if request.suite else request.attacks
+    return any(attacks.ATTACKS[a].layers for a in names if a in attacks.ATTACKS)
+
+@dataclasses.dataclass(frozen=True)
+class AttackRequest:
+    """Everything one attack run needs; validated on construction (``AttackError``, one line).
+
+    ``attacks`` are names of ``jacuap.attacks.ATTACKS``, ``norm`` one of
+    ``jacuap.attacks.NORMS``, ``eps`` the budgets in pixel units (l_inf
+    ``eps`` in ``[0, 1]``), rounded to 6 significant digits (two budgets equal
+    then are refused); ``out`` is the output folder; ``overwrite`` lets a run
+    replace the outputs of another request there.
+
+    >>> AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1], out="o").num_craft
+    5000
+    >>> AttackRequest(workdir="w", attacks=["carlini"], norm="linf", eps=[0.1], out="o")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    jacuap.errors.AttackError: unknown attack carlini; choose from sgd_uap, sga_uap, sgd_uap_restarts, deepfool_uap, ...
+    >>> AttackRequest(workdir="w", attacks=["sgd_uap"], norm="linf", eps=[0.1, 0.1000001], out="o")
+    Traceback (most recent call last):
+    jacuap.errors.AttackError: eps 0.1 is given twice (budgets are compared to 6 significant digits)
+    """
+
+    workdir: str
+    attacks: Sequence[str]
+    norm: str
+    eps: Sequence[float]
+    out: str
+    num_craft: int = 5000
+    num_eval: int = 10000
+    craft_split: str = "train"
+    eval_split: str = "test"  # "validation": the held-out training inputs of a model trained with num_validation
+    num_metrics: int = 500
+    sgd_epochs: int = 5
+    deepfool_passes: int = 5
+    seed: int = 0
+    progress: bool = True
+    overwrite: bool = False
+    suite: str = ""  # a name of jacuap.evaluation.suite.SUITES: its members replace `attacks` (which must be empty)
+    targeted: bool = False  # also the K x K targeted matrix per budget (on with a suite that has one)
+    layer: str = ""  # the submodule layer_max ascends
+    source_workdir: str = ""  # craft on this workdir's model and crafting split (transfer); "" = workdir
+    uap_file: str = ""  # evaluate this .npy perturbation (no attack)
+
+    def __post_init__(self):
+        unknown = [a for a in self.attacks if a not in attacks.ATTACKS]
+        if unknown or not (self.attacks or self.suite or self.uap_file):
+            raise AttackError(f"unknown attack {', '.join(unknown) or '(none)'}; "
+                              f"choose from {', '.join(attack_names())}")
+        if self.suite and self.suite not in suite.SUITES:
+            raise AttackError(f"unknown suite {self.suite!r}; choose from {', '.join(suite.SUITES)}")
+        if self.suite and self.attacks:
+            raise AttackError("--suite and --attack are exclusive (a suite fixes its attacks); drop one")
+        if self.uap_file and (self.attacks or self.suite or self.targeted):
+            raise AttackError("--uap_file evaluates the given perturbation only; drop --attack/--suite/--targeted")
+        if self.uap_file and len(self.eps) != 1:
+            raise AttackError("--uap_file takes one --eps, the budget the perturbation is checked against")
+        if self.layer and not _reads_layers(self):
+            layered = [n for n, a in attacks.ATTACKS.items() if a.layers]
+            raise AttackError(f"--layer is read by the attacks on hidden layers only ({', '.join(layered)}); "
+                              f"drop it or add one of them")
+        if self.norm not in attacks.NORMS:
+            raise AttackError(f"unknown norm {self.norm!r}; choose {' or '.join(attacks.NORMS)}")
+        for name in self.attacks:
+            if self.norm not in attacks.ATTACKS[name].norms:
+                raise AttackError(f"{name} supports {', '.join(attacks.ATTACKS[name].norms)}, not --norm={self.norm}")
+        if not self.eps:
+            raise AttackError("give at least one eps")
+        for e in self.eps:
+            problem = budget_problem(e, self.norm)  # the rule every budget shares (jacuap.budgets)
+            if problem:
+                raise AttackError(f"{problem} (pixel units)")
+        eps = [store.canonical_eps(e) for e in self.eps]
+        for twice in (e for i, e in enumerate(eps) if e in eps[:i]):
+            raise AttackError(f"eps {twice:g} is given twice (budgets are compared to 6 significant digits)")
+        for twice in (a for i, a in enumerate(self.attacks) if a in self.attacks[:i]):
+            raise AttackError(f"attack {twice} is given twice")
+        object.__setattr__(self, "eps", eps)
+        object.__setattr__(self, "attacks", list(self.attacks))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
+            raise AttackError(f"seed must be an integer >= 0, got {self.seed}")
+        for name in ("num_craft", "num_eval", "sgd_epochs", "deepfool_passes"):
+            if getattr(self, name) <= 0:
+                raise AttackError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_metrics < 0:
+            raise AttackError(f"num_metrics must be >= 0, got {self.num_metrics}")
+        if self.craft_split not in ("train", "test"):
+            raise AttackError(f"craft_split must be train or test, got {self.craft_split!r}")
+        if self.eval_split not in ("test", "validation"):
+            raise AttackError(f"eval_split must be test or validation, got {self.eval_split!r}")
+        if self.eval_split == "validation" and self.craft_split != "train":
+            raise AttackError("eval_split=validation crafts on the training split; drop craft_split=test")
+
+    @classmethod
+    def from_flags(cls, flags, attack_given: bool = True) -> "AttackRequest":
+        """The request of ``attack.py``'s flags (``--eps`` a comma list of numbers).
+
+        ``attack_given`` says ``--attack`` was on the command line: without it,
+        ``--suite`` and ``--uap_file`` replace the default attacks.
+        """
+        extra = {k: getattr(flags, k, d) or d for k, d in (("suite", ""), ("targeted", False), ("layer", ""),
+                                                            ("source_workdir", ""), ("uap_file", ""))}
+        try:
+            eps = [float(e) for e in flags.eps]
+        except ValueError:
+            raise AttackError(f"eps must be a comma list of numbers, got {','.join(flags.eps)!r}") from None
+        return cls(
+            workdir=flags.workdir,
+            attacks=[a.strip() for a in flags.attack if a.strip()]
+            if attack_given or not (extra["suite"] or extra["uap_file"]) else [],
+            norm=flags.norm,
+            eps=eps,
+            out=flags.out or os.path.join(flags.workdir, "attack"),
+            num_craft=flags.num_craft,
+            num_eval=flags.num_eval,
+            craft_split=flags.craft_split,
+            eval_split=getattr(flags, "eval_split", "test") or "test",
+            num_metrics=flags.num_metrics,
+            sgd_epochs=flags.sgd_epochs,
+            deepfool_passes=flags.deepfool_passes,
+            seed=flags.seed,
+            progress=flags.progress,
+            overwrite=bool(getattr(flags, "overwrite", False)),
+            **extra,
+        )
