@@ -98,7 +98,7 @@ def test_help(program, flag):
 @pytest.mark.parametrize("args,message", [
     (["--attack=carlini"], "unknown attack carlini; choose from sgd_uap, sga_uap, sgd_uap_restarts, deepfool_uap, sv_uap, layer_max, "
      "cosine_uap, fg_uap, gd_uap, gap_uap, pgd, fgsm"),
-    pytest.param(["--eps=2"], "linf eps", marks=pytest.mark.slow),
+    pytest.param(["--eps=2"], "eps must be a finite number >= 0 (<= 1 for linf), got 2.0", marks=pytest.mark.slow),
     pytest.param(["--eps=abc"], "eps", marks=pytest.mark.slow),
     pytest.param(["--norm=l7"], "unknown norm", marks=pytest.mark.slow),
 ])

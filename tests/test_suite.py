@@ -170,10 +170,10 @@ def test_transfer_needs_one_input_shape(trained, tmp_path, monkeypatch):
     real = evaluation.restore
 
     def restore(workdir):
-        restored, dataset, apply_fn, params = real(trained)
+        model = real(trained)
         if workdir == "other":
-            dataset = types.SimpleNamespace(image_shape=(4, 4, 1), name="tiny")
-        return restored, dataset, apply_fn, params
+            model = model._replace(dataset=types.SimpleNamespace(image_shape=(4, 4, 1), name="tiny"))
+        return model
 
     monkeypatch.setattr(evaluation.run, "restore", restore)
     with pytest.raises(errors.AttackError, match=r"--source_workdir other takes inputs \[4, 4, 1\], "
@@ -233,7 +233,10 @@ def test_compiled_programs_are_reused_across_budgets_and_restarts():
 
 
 def test_gradient_budget_and_suites_are_fixed():
-    assert set(evaluation.suite.SUITES) == {"standard", "quick", "strong"}
+    assert set(evaluation.suite.SUITES) == {"standard", "quick", "strong", "zoo"}
+    zoo = evaluation.suite.SUITES["zoo"].members
+    assert {m.attack for m in zoo} == set(attacks.universal_names())  # the benchmark ranks every attack
+    assert all(m.seeds == (0,) for m in zoo) and len({m.name for m in zoo}) == len(zoo)
     strong = {m.name: m for m in evaluation.suite.SUITES["strong"].members}
     assert {m.attack for m in strong.values()} == set(attacks.universal_names()) - {"layer_max"}
     for name in ("sgd_uap_margin", "sga_uap_margin", "sgd_uap_restarts_margin"):
@@ -328,3 +331,21 @@ def test_strong_suite_runs_every_member(trained, tmp_path):
     margin = [r for r in results["results"] if r["attack"] == "sgd_uap_margin"]
     assert margin and all(r["settings"]["loss"] == "margin" and r["attack_variant_of"] == "sgd_uap" for r in margin)
     assert results["suite"]["name"] == "strong" and "targeted" not in results
+
+
+def test_attack_zoo_benchmark_ranks_every_attack(trained, tmp_path):
+    """benchmarks/attack_zoo.py: the zoo suite per seed, one table line per attack, worst-case counts."""
+    from benchmarks import attack_zoo
+
+    state = attack_zoo.main([f"--workdirs={trained}", "--seeds=0", "--norms=l2", "--quick", "--no_art",
+                             "--num_craft=64", "--num_eval=50", f"--workroot={tmp_path / 'runs'}",
+                             f"--out={tmp_path / 'zoo'}"])
+    lines = state["table"]
+    assert {line["attack"] for line in lines} == {m.name for m in evaluation.suite.SUITES["zoo"].members}
+    assert sum(line["worst_by_uer"] for line in lines) == 1 == sum(line["worst_by_fooling_rate"] for line in lines)
+    assert all(0 <= line["uer"] <= 1 and line["seeds"] == 1 for line in lines)
+    assert "| sgd_uap_margin |" in (tmp_path / "zoo.md").read_text()
+    again = attack_zoo.main([f"--workdirs={trained}", "--seeds=0", "--norms=l2", "--quick", "--no_art",
+                             "--num_craft=64", "--num_eval=50", f"--workroot={tmp_path / 'runs'}",
+                             f"--out={tmp_path / 'zoo'}"])  # resumes: nothing is recomputed
+    assert again["runs"] == json.loads(json.dumps(state["runs"]))

@@ -101,6 +101,27 @@ SUITES: Dict[str, Suite] = {
         Member("gap_uap", (0,), (("num_epochs", 10), ("batch_size", 32))),
     ), targeted_epochs=0),
 }
+# Every attack and variant of the zoo once, with one seed (the request's): what benchmarks/attack_zoo.py runs
+# under several seeds to rank the attacks.
+SUITES["zoo"] = Suite("zoo", (
+    Member("sgd_uap", (0,), (("num_epochs", 5),)),
+    Member("sgd_uap", (0,), (("num_epochs", 5), ("loss", "margin")), label="sgd_uap_margin"),
+    Member("sga_uap", (0,), (("num_epochs", 5),)),
+    Member("sga_uap", (0,), (("num_epochs", 5), ("loss", "margin")), label="sga_uap_margin"),
+    Member("sgd_uap_restarts", (0,), (("num_epochs", 5), ("restarts", 4))),
+    Member("sgd_uap_restarts", (0,), (("num_epochs", 5), ("restarts", 4), ("loss", "margin")),
+           label="sgd_uap_restarts_margin"),
+    Member("deepfool_uap", (0,), (("max_passes", 3), ("batch_size", 32))),
+    Member("sv_uap", (0,)),
+    Member("layer_max", (0,), (("num_epochs", 5),)),
+    Member("cosine_uap", (0,), (("num_epochs", 5),)),
+    Member("cosine_uap", (0,), (("num_epochs", 5), ("prior", "range")), label="cosine_uap_range"),
+    Member("fg_uap", (0,), (("num_epochs", 5),)),
+    Member("gd_uap", (0,), (("num_epochs", 5), ("prior", "none"))),
+    Member("gd_uap", (0,), (("num_epochs", 5), ("prior", "range")), label="gd_uap_range"),
+    Member("gd_uap", (0,), (("num_epochs", 5), ("prior", "data")), label="gd_uap_data"),
+    Member("gap_uap", (0,), (("num_epochs", 10), ("batch_size", 32))),
+))
 
 def suite_tasks(name: str, seed: int) -> List[Tuple[str, int, Dict[str, Any]]]:
     """``(row name, row seed, settings)`` of every member of suite ``name``, member-major.
