@@ -94,7 +94,7 @@ def _art_rows(workdir: str, eps_list: List[float], seeds: List[int], num_craft: 
                     continue
                 random.seed(seed)
                 np.random.seed(seed)
-                params = {"eps": eps / 4} if attacker == "fgsm" else {"eps": eps, "eps_step": eps / 4, "max_iter": 10}
+                params = {"eps": eps / 4} if attacker == "fgsm" else {"eps": eps, "eps_step": eps / 4, "max_iter": 10, "verbose": False}
                 attack = UniversalPerturbation(classifier, attacker=attacker, attacker_params=params, eps=eps,
                                                norm=np.inf, max_iter=5, delta=0.2, batch_size=500, verbose=False)
                 start = time.perf_counter()
