@@ -45,18 +45,22 @@ def _grid_best(params, x, y, eps):
     return float(np.max(np.mean(np.argmax(logits, -1) != y[None], axis=1)))
 
 
-@pytest.mark.parametrize("prior", ["data", "range"])
+@pytest.mark.parametrize("attack", ["cosine_uap", "cosine_uap_range", "fg_uap"])
 @pytest.mark.parametrize("eps", [0.05, 0.1])
-def test_cosine_uap_reaches_the_best_shared_shift_of_a_linear_model(prior, eps):
+def test_cosine_attacks_reach_the_best_shared_shift_of_a_linear_model(attack, eps):
+    """Cosine-UAP on data and on the range prior; FG-UAP with the logits as its layer (the same objective)."""
     params, x, y = _linear_problem()
     assert len(set(y.tolist())) == 4  # a multi-class problem: the cosine has a gradient
     best = _grid_best(params, x, y, eps)
-    data = x if prior == "data" else None
-    v, _ = attacks.cosine_uap(_linear_apply, params, data, eps=eps, key=KEY, prior=prior, input_shape=(2,),
-                              num_inputs=len(x), batch_size=50)
+    if attack == "fg_uap":
+        v, _ = attacks.fg_uap(_linear_apply, params, x, eps=eps, key=KEY, features_fn=_linear_apply, batch_size=50)
+    else:
+        prior = "range" if attack == "cosine_uap_range" else "data"
+        v, _ = attacks.cosine_uap(_linear_apply, params, x if prior == "data" else None, eps=eps, key=KEY,
+                                  prior=prior, input_shape=(2,), num_inputs=len(x), batch_size=50)
     assert float(jnp.max(jnp.abs(v))) <= eps * (1 + 1e-6)
     uer = metrics.universal_evasion_rate(_linear_apply, params, x, y, v)
-    assert best - 0.02 <= uer <= best + 0.01, (prior, eps, uer, best)
+    assert best - 0.02 <= uer <= best + 0.01, (attack, eps, uer, best)
 
 
 class _Untouchable:
