@@ -244,7 +244,9 @@ def test_ctrl_c_at_any_moment_is_one_line(tmp_path, program):
     # While absl, JAX and flax load, while the data loads, while it runs: never a traceback.
     # (A trained run stops at a checkpoint and exits 0; anything before that exits 130.)
     workdir = tmp_path / "w"
-    args = ["--config=configs/digits.py", "--config.num_epochs=50"] if program == "train.py" \
+    # No progress bars: a run that gets to train before the signal (a warm compilation cache) prints none.
+    args = ["--config=configs/digits.py", "--config.num_epochs=50", "--config.progress=False"] \
+        if program == "train.py" \
         else ["--attack=sgd_uap", "--num_craft=100", "--num_eval=100", "--noprogress"]
     for delay in (0.8, 2.0, 4.0):  # from 0.8 s: Python's own start-up (site) is over
         code, err = _interrupt_after([sys.executable, os.path.join(ROOT, program), f"--workdir={workdir}", *args],
