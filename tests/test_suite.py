@@ -349,3 +349,15 @@ def test_attack_zoo_benchmark_ranks_every_attack(trained, tmp_path):
                              "--num_craft=64", "--num_eval=50", f"--workroot={tmp_path / 'runs'}",
                              f"--out={tmp_path / 'zoo'}"])  # resumes: nothing is recomputed
     assert again["runs"] == json.loads(json.dumps(state["runs"]))
+
+
+def test_loss_flag_reaches_the_label_attacks(trained, tmp_path):
+    results = evaluation.run_attacks(_request(trained, tmp_path / "m", attacks=["sgd_uap", "sv_uap"], loss="margin",
+                                              eps=[0.1]), log=lambda line: None)
+    rows = {r["attack"]: r for r in results["results"]}
+    assert rows["sgd_uap"]["settings"]["loss"] == "margin" and "loss" not in rows["sv_uap"]["settings"]
+    assert json.load(open(tmp_path / "m" / "request.json"))["loss"] == "margin"  # a ce run is another request
+    with pytest.raises(errors.AttackError, match="--loss is read by sgd_uap, sga_uap and sgd_uap_restarts only"):
+        _request(trained, tmp_path, attacks=["sv_uap"], loss="margin")
+    with pytest.raises(errors.AttackError, match="unknown loss 'hinge'; choose ce or margin"):
+        _request(trained, tmp_path, loss="hinge")

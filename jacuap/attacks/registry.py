@@ -237,7 +237,7 @@ class AttackSpec:
         if request is not None:
             for setting, field in self.request_settings.items():
                 value = getattr(request, field, None)
-                if value is not None:
+                if value is not None and value != "":  # "" is a flag left at its default
                     out[setting] = value
         out.update(overrides)
         return out

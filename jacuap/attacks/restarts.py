@@ -205,6 +205,6 @@ def _craft(c: Crafting) -> UAPResult:
 register(AttackSpec(
     "sgd_uap_restarts", sgd_uap_restarts, targeted=True,
     settings={"num_epochs": 5, "batch_size": 128, "restarts": 4, "loss": "ce"},
-    request_settings={"num_epochs": "sgd_epochs"}, craft=_craft,
+    request_settings={"num_epochs": "sgd_epochs", "loss": "loss"}, craft=_craft,
     gradient_evaluations=lambda s, n, k: s["restarts"] * s["num_epochs"] * n,
     summary="the best of R SGD-UAP runs from random starts in the ball, by crafting-set UER"))

@@ -278,7 +278,7 @@ def sga_uap(
 register(AttackSpec(
     "sga_uap", sga_uap, targeted=True,
     settings={"num_epochs": 5, "batch_size": 128, "inner_batch_size": 10, "inner_passes": 4, "loss": "ce"},
-    request_settings={"num_epochs": "sgd_epochs"},
+    request_settings={"num_epochs": "sgd_epochs", "loss": "loss"},
     craft=lambda c: sga_uap(c.apply_fn, c.params, c.x, c.y, eps=c.eps, norm=c.norm, key=c.key,
                             progress=epochs_progress(c), **c.settings),
     gradient_evaluations=lambda s, n, k: s["inner_passes"] * s["num_epochs"] * n,

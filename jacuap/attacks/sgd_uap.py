@@ -232,7 +232,7 @@ def sgd_uap(
 
 register(AttackSpec(
     "sgd_uap", sgd_uap, targeted=True,
-    settings={"num_epochs": 5, "batch_size": 128, "loss": "ce"}, request_settings={"num_epochs": "sgd_epochs"},
+    settings={"num_epochs": 5, "batch_size": 128, "loss": "ce"}, request_settings={"num_epochs": "sgd_epochs", "loss": "loss"},
     craft=lambda c: sgd_uap(c.apply_fn, c.params, c.x, c.y, eps=c.eps, norm=c.norm, key=c.key,
                             progress=epochs_progress(c), **c.settings),
     gradient_evaluations=lambda s, n, k: s["num_epochs"] * n,

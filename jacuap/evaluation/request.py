@@ -79,7 +79,8 @@ class AttackRequest:
     overwrite: bool = False
     suite: str = ""  # a name of jacuap.evaluation.suite.SUITES: its members replace `attacks` (which must be empty)
     targeted: bool = False  # also the K x K targeted matrix per budget (on with a suite that has one)
-    layer: str = ""  # the submodule layer_max ascends
+    layer: str = ""  # the hidden layer(s) the layer attacks read (layer_max, fg_uap, gd_uap); "" = their default
+    loss: str = ""  # the label attacks' loss (sgd_uap, sga_uap, sgd_uap_restarts): ce or margin; "" = ce
     source_workdir: str = ""  # craft on this workdir's model and crafting split (transfer); "" = workdir
     uap_file: str = ""  # evaluate this .npy perturbation (no attack)
 
@@ -96,6 +97,13 @@ class AttackRequest:
             raise AttackError("--uap_file evaluates the given perturbation only; drop --attack/--suite/--targeted")
         if self.uap_file and len(self.eps) != 1:
             raise AttackError("--uap_file takes one --eps, the budget the perturbation is checked against")
+        if self.loss:
+            if self.loss not in attacks.LABEL_LOSSES:
+                raise AttackError(f"unknown loss {self.loss!r}; choose {' or '.join(attacks.LABEL_LOSSES)}")
+            if self.suite or not any("loss" in attacks.ATTACKS[a].settings for a in self.attacks
+                                     if a in attacks.ATTACKS):
+                raise AttackError("--loss is read by sgd_uap, sga_uap and sgd_uap_restarts only (a suite fixes its "
+                                  "members' losses); drop it or add one of them")
         if self.layer and not _reads_layers(self):
             layered = [n for n, a in attacks.ATTACKS.items() if a.layers]
             raise AttackError(f"--layer is read by the attacks on hidden layers only ({', '.join(layered)}); "
@@ -139,7 +147,7 @@ class AttackRequest:
         ``attack_given`` says ``--attack`` was on the command line: without it,
         ``--suite`` and ``--uap_file`` replace the default attacks.
         """
-        extra = {k: getattr(flags, k, d) or d for k, d in (("suite", ""), ("targeted", False), ("layer", ""),
+        extra = {k: getattr(flags, k, d) or d for k, d in (("suite", ""), ("targeted", False), ("layer", ""), ("loss", ""),
                                                             ("source_workdir", ""), ("uap_file", ""))}
         try:
             eps = [float(e) for e in flags.eps]

@@ -97,6 +97,7 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
     if given is not None:
         record["uap_file_sha256"] = hashlib.sha256(given.tobytes()).hexdigest()[:16]
     record.update({k: v for k, v in (("suite", request.suite), ("targeted", request.targeted), ("layer", request.layer),
+                                     ("loss", request.loss),
                                      ("eval_split", request.eval_split != "test" and request.eval_split),
                                      ("source_model_fingerprint", request.source_workdir and
                                       source["source_model_fingerprint"])) if v})

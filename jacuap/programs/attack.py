@@ -32,6 +32,8 @@ flags.DEFINE_bool("targeted", False, "Also the K x K targeted UAP matrix per bud
 flags.DEFINE_string("layer", "", "The hidden layer(s) the layer attacks read (layer_max, fg_uap: one name; "
                     "gd_uap: a comma list), e.g. dense0; default: the layer before the classifier (gd_uap: "
                     "every hidden layer with parameters).")
+flags.DEFINE_enum("loss", "", ["", "ce", "margin"], "The loss of sgd_uap, sga_uap and sgd_uap_restarts: ce "
+                  "(clipped cross-entropy, the default) or margin (the Carlini-Wagner logit margin).")
 flags.DEFINE_string("source_workdir", "", "Craft on this workdir's model and data, evaluate on --workdir's (transfer).")
 flags.DEFINE_string("uap_file", "", "Evaluate this .npy perturbation (checked against --eps and the input shape).")
 flags.DEFINE_string("norm", "linf", f"{' or '.join(attacks.NORMS)}.")
