@@ -117,3 +117,18 @@ def test_targeted_reaches_the_exact_optimum(attack, norm, loss):
     share = float(np.mean(metrics.predict(linear_apply, params, jnp.clip(x + v, 0, 1)) == 0))
     assert best - TOL <= share <= best + 1e-9, (attack, norm, loss, share, best)
     print(f"{attack} {norm} {loss} targeted: share {share:.3f}, optimum {best:.3f}")
+
+
+@pytest.mark.parametrize("norm,tol", [("l2", TOL), ("linf", 0.03)])
+def test_targeted_gap_reaches_the_exact_optimum(norm, tol):
+    """GAP's generator finds the best targeted shift too: exactly in l2 (its output is scaled onto the sphere's
+    direction), within 0.03 in l_inf, where ``min(1, eps / ||G(z)||_inf) G(z)`` reaches the optimal vertex
+    ``-eps sign(w)`` only as every pixel of G(z) grows to the same magnitude."""
+    params, x, y, margins = _problem(0.75, seed=1)
+    w = np.asarray(params[0])
+    eps, reach = _budget(margins, norm, w, rank=int(0.5 * np.sum(margins > 0)))
+    best = np.mean(margins - reach <= 0)
+    v, _ = attacks.gap_uap(linear_apply, params, x, eps=eps, norm=norm, key=KEY, targeted=0, num_epochs=30,
+                           batch_size=32)
+    share = float(np.mean(metrics.predict(linear_apply, params, jnp.clip(x + v, 0, 1)) == 0))
+    assert best - tol <= share <= best + 1e-9, (norm, share, best)
