@@ -12,10 +12,11 @@ import numpy as np
 from jacuap import attacks, metrics
 from jacuap.errors import AttackError
 
-__all__ = ['craft', 'per_input_predictions', 'load_uap_file']
+__all__ = ["craft", "per_input_predictions", "load_uap_file"]
 
 # Per-input attacks run on the evaluation set in batches of this many inputs.
 _PER_INPUT_BATCH = 500
+
 
 def craft(name: str, apply_fn, params, x, y, eps: float, request: Any, key,
           progress: Optional[Callable[[str], None]] = None,
@@ -46,6 +47,7 @@ def craft(name: str, apply_fn, params, x, y, eps: float, request: Any, key,
                                                                  else "hidden")))
     return v, report, resolved
 
+
 def per_input_predictions(name, apply_fn, params, x, y, eps, norm, key) -> np.ndarray:
     """Predictions on per-input adversarial examples, batch by batch (pgd's key folded with the offset)."""
     preds = []
@@ -58,6 +60,7 @@ def per_input_predictions(name, apply_fn, params, x, y, eps, norm, key) -> np.nd
             x_adv = attacks.fgsm(apply_fn, params, xb, yb, eps=eps, norm=norm)
         preds.append(metrics.predict(apply_fn, params, x_adv))
     return np.concatenate(preds)
+
 
 def load_uap_file(path: str, shape: Sequence[int], norm: str, eps: float) -> np.ndarray:
     """The perturbation in ``path`` (``.npy``), checked: one input's ``shape``, finite, ``||v|| <= eps`` (1e-6 rel.)."""

@@ -13,16 +13,18 @@ from jacuap import io, metrics
 from jacuap.evaluation.store import FIGURE_NAME, METRICS_NAME, RESULTS_NAME, ROWS_DIR
 from jacuap.evaluation.suite import WORST_CASE_BY
 
-__all__ = ['output_files', 'output_failure', 'plot_uaps', 'print_results', 'print_extras']
+__all__ = ["output_files", "output_failure", "plot_uaps", "print_results", "print_extras"]
+
 
 def output_files(results: Mapping[str, Any]) -> List[str]:
     """The files of a finished run that a user reads: results.json, uaps.png when written, each UAP."""
     npys = [r["file"] for r in results.get("results", []) if r.get("file")]
     return [RESULTS_NAME] + ([FIGURE_NAME] if npys else []) + npys
 
-_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
 
 def output_failure(exc: BaseException, out: str) -> Optional[str]:
     """The one line for a failed write into ``out`` (a full disk, a read-only folder), else None."""
@@ -40,6 +42,7 @@ def output_failure(exc: BaseException, out: str) -> Optional[str]:
         return f"{exc.strerror} writing {out}; {resume}free space and rerun the same command to resume"
     return (f"cannot write to {out}: {exc.strerror}; {resume}make it writable and rerun the same command, "
             f"or choose another --out")
+
 
 def plot_uaps(uaps: Dict[str, np.ndarray], apply_fn, params, x: np.ndarray, path: str,
               y: Optional[np.ndarray] = None, class_names: Optional[Sequence[Any]] = None) -> None:
@@ -70,6 +73,7 @@ def plot_uaps(uaps: Dict[str, np.ndarray], apply_fn, params, x: np.ndarray, path
     finally:
         plt.close(fig)
 
+
 def _show(ax, image: np.ndarray, title: str) -> None:
     image = np.clip(image, 0.0, 1.0)
     if image.shape[-1] == 1:
@@ -78,6 +82,7 @@ def _show(ax, image: np.ndarray, title: str) -> None:
         ax.imshow(image)
     ax.set_title(title, fontsize=7)
     ax.axis("off")
+
 
 def print_results(results: Dict[str, Any]) -> None:
     """Prints the result table of :func:`run_attacks`: one row per (attack, eps), then the metrics.
@@ -99,8 +104,10 @@ def print_results(results: Dict[str, Any]) -> None:
         if key in m and not isinstance(m[key], (list, dict)):
             print(f"  {key}: {num(m[key], '.4g')}")
 
+
 def _name(class_names: Optional[Sequence[str]], k: Any) -> str:
     return str(class_names[k]) if class_names and isinstance(k, int) and 0 <= k < len(class_names) else str(k)
+
 
 def print_extras(results: Mapping[str, Any]) -> None:
     """Prints the worst case of each budget and each targeted matrix's success per target class (by name)."""

@@ -15,11 +15,13 @@ from jacuap.budgets import budget_problem
 from jacuap.errors import AttackError
 from jacuap.evaluation import store, suite
 
-__all__ = ['AttackRequest', 'attack_names', 'import_attack_modules']
+__all__ = ["AttackRequest", "attack_names", "import_attack_modules"]
+
 
 def attack_names() -> tuple:
     """What ``--attack`` accepts: every registered attack (:data:`jacuap.attacks.ATTACKS`), universal first."""
     return attacks.universal_names() + attacks.per_input_names()
+
 
 def import_attack_modules(names: Sequence[str]) -> None:
     """Imports each module of ``names`` (``pkg.mod``), whose ``register(AttackSpec(...))`` lines add attacks.
@@ -38,9 +40,11 @@ def import_attack_modules(names: Sequence[str]) -> None:
             raise AttackError(f"--attack_modules: cannot import {name!r} ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
+
 def _reads_layers(request) -> bool:
     names = [a for a, _, _ in suite.suite_tasks(request.suite, 0)] if request.suite else request.attacks
     return any(attacks.ATTACKS[a].layers for a in names if a in attacks.ATTACKS)
+
 
 @dataclasses.dataclass(frozen=True)
 class AttackRequest:

@@ -61,6 +61,7 @@ def restore(workdir: str) -> AttackedModel:
     apply_fn = parallel.batch_sharded_apply(restored.apply_fn, mesh)
     return AttackedModel(restored, dataset, apply_fn, parallel.replicate(restored.params, mesh))
 
+
 def _check_config(workdir: str) -> None:
     """ConfigError unless ``workdir/config.json`` holds the settings its newest checkpoint was trained with."""
     path = os.path.join(workdir, "config.json")

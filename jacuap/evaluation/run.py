@@ -42,7 +42,8 @@ from jacuap.evaluation.request import AttackRequest
 from jacuap.evaluation.restore import AttackedModel, restore
 from jacuap.evaluation.sets import Sets, craft_and_eval_sets
 
-__all__ = ['run_attacks']
+__all__ = ["run_attacks"]
+
 
 def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Runs every (attack, eps) of ``request``, resuming a killed run; writes ``request.out``; returns the results.
@@ -166,8 +167,10 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
         store.write_results(request.out, results)
     return results
 
+
 def _stderr_line(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
 
 def _tasks(request) -> List[tuple]:
     """``(attack, eps, row seed, settings)`` of every row, attack-major (a suite's members, or ``attacks``)."""
@@ -176,6 +179,7 @@ def _tasks(request) -> List[tuple]:
     if request.suite:
         return [(a, e, s, st) for a, s, st in suite.suite_tasks(request.suite, request.seed) for e in request.eps]
     return [(a, e, request.seed, {}) for a in request.attacks for e in request.eps]
+
 
 def _attack_rows(request: AttackRequest, model: AttackedModel, crafter: AttackedModel, sets: Sets,
                  source: Dict[str, Any], layers: attacks.Layers, given: Optional[np.ndarray], log):

@@ -38,36 +38,30 @@ import numpy as np
 from jacuap import attacks, io, parallel
 from jacuap.errors import AttackError
 
-__all__ = ['REQUEST_NAME', 'RESULTS_NAME', 'FIGURE_NAME', 'ROWS_DIR', 'METRICS_NAME', 'EPS_DIGITS', 'canonical_eps', 'stem', 'model_fingerprint', 'check_out_path', 'request_record', 'claim', 'jacuap_files', 'load_row', 'save_row', 'load_metrics', 'save_metrics', 'remove_results', 'write_results', 'finite_or_null']
+__all__ = [
+    "REQUEST_NAME", "RESULTS_NAME", "FIGURE_NAME", "ROWS_DIR", "METRICS_NAME", "EPS_DIGITS", "canonical_eps",
+    "stem", "model_fingerprint", "check_out_path", "request_record", "claim", "jacuap_files", "load_row",
+    "save_row", "load_metrics", "save_metrics", "remove_results", "write_results", "finite_or_null"
+]
 
 REQUEST_NAME = "request.json"
-
 RESULTS_NAME = "results.json"
-
 FIGURE_NAME = "uaps.png"
-
 ROWS_DIR = "rows"
-
 METRICS_NAME = "metrics.json"
-
 #: Budgets equal to this many significant digits are the same budget (and the same file name).
 EPS_DIGITS = 6
-
 _FORMAT = 1
 
-#: Row names beside the attack registry: layer maximisation, a given perturbation, a targeted matrix.
 # Row names are the registered attacks (any module may register one), a suite member's label, "uap_file" and
 # "targeted": lower-case words joined by "_", as AttackSpec requires.
 _NAME = r"[a-z0-9]+(?:_[a-z0-9]+)*"
-
 _STEM = re.compile(r"^%s_(?:%s)_eps[0-9.e+-]+_seed[0-9]+$" % (_NAME, "|".join(map(re.escape, attacks.NORMS))))
-
 _TARGETED_FIGURE = re.compile(r"^targeted_eps[0-9.e+-]+\.png$")
-
 # Names of the previous layout (before the seed was in the name): "<attack>_<norm>_eps<eps>.npy".
 _OLD_STEM = re.compile(r"^%s_(?:%s)_eps[0-9.e+-]+$" % (_NAME, "|".join(map(re.escape, attacks.NORMS))))
-
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_]+$")  # io.atomic_write's temporary files
+
 
 def canonical_eps(eps: float) -> float:
     """``eps`` rounded to 6 significant digits: the budget a run records and names files by.
@@ -77,6 +71,7 @@ def canonical_eps(eps: float) -> float:
     """
     return float(f"{float(eps):.{EPS_DIGITS}g}")
 
+
 def stem(attack: str, norm: str, eps: float, seed: int) -> str:
     """The file stem of one row.
 
@@ -84,6 +79,7 @@ def stem(attack: str, norm: str, eps: float, seed: int) -> str:
     'sgd_uap_linf_eps0.1_seed0'
     """
     return f"{attack}_{norm}_eps{canonical_eps(eps):.{EPS_DIGITS}g}_seed{seed}"
+
 
 def model_fingerprint(params: Any) -> str:
     """``sha256:<16 hex>`` of a parameter tree (paths, dtypes, shapes and bytes)."""
@@ -94,12 +90,14 @@ def model_fingerprint(params: Any) -> str:
         h.update(a.tobytes())
     return "sha256:" + h.hexdigest()[:16]
 
+
 def check_out_path(out: str) -> None:
     """AttackError (one line) when ``out`` is, or lies under, something that is not a folder."""
     path = io.existing_ancestor(out)
     if os.path.exists(path) and not os.path.isdir(path):
         where = "is" if path == os.path.abspath(out) else f"lies under {path}, which is"
         raise AttackError(f"--out {out} {where} a file, not a folder; choose a folder")
+
 
 def request_record(request: Any, checkpoint_step: int, fingerprint: str, dataset: str) -> Dict[str, Any]:
     """What ``request.json`` holds: everything that decides the rows (``workdir`` only informs)."""
@@ -121,9 +119,11 @@ def request_record(request: Any, checkpoint_step: int, fingerprint: str, dataset
         "workdir": os.path.abspath(request.workdir),
     }
 
+
 def _same_request(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     strip = lambda r: {k: v for k, v in r.items() if k != "workdir"}
     return strip(a) == strip(b)
+
 
 def _read_json(path: str) -> Optional[Any]:
     try:
@@ -131,6 +131,7 @@ def _read_json(path: str) -> Optional[Any]:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
 
 def jacuap_files(out: str) -> List[str]:
     """Paths in ``out`` that jacuap wrote (any run, any request, this layout or the previous one).
@@ -164,12 +165,14 @@ def jacuap_files(out: str) -> List[str]:
                 found.append(path)
     return found
 
+
 def _remove(paths: Sequence[str]) -> None:
     for path in paths:
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
 
 def claim(out: str, record: Dict[str, Any], overwrite: bool) -> None:
     """Makes ``out`` hold ``record``'s run: keeps a matching one, refuses or (``overwrite``) clears another.
@@ -203,6 +206,7 @@ def claim(out: str, record: Dict[str, Any], overwrite: bool) -> None:
     if parallel.any_process(refusal is not None):
         raise AttackError(refusal or f"--out {out} holds the outputs of another request (see process 0)")
 
+
 def load_row(out: str, name: str, expected: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     """The finished row ``name`` if it is whole and matches ``expected`` (its UAP too), else None."""
     row = _read_json(os.path.join(out, ROWS_DIR, name + ".json"))
@@ -215,6 +219,7 @@ def load_row(out: str, name: str, expected: Mapping[str, Any]) -> Optional[Dict[
             return None
     return row
 
+
 def save_row(out: str, name: str, row: Dict[str, Any], v: Optional[np.ndarray] = None) -> None:
     """Saves a finished row (and its UAP first): both atomically, so a kill leaves the row whole or absent."""
     if v is not None:
@@ -222,9 +227,11 @@ def save_row(out: str, name: str, row: Dict[str, Any], v: Optional[np.ndarray] =
     os.makedirs(os.path.join(out, ROWS_DIR), exist_ok=True)
     io.write_json_atomic(os.path.join(out, ROWS_DIR, name + ".json"), finite_or_null(row))
 
+
 def load_metrics(out: str) -> Optional[Dict[str, Any]]:
     value = _read_json(os.path.join(out, ROWS_DIR, METRICS_NAME))
     return value if isinstance(value, dict) else None
+
 
 def save_metrics(out: str, values: Dict[str, Any]) -> Dict[str, Any]:
     values = finite_or_null(values)
@@ -232,10 +239,12 @@ def save_metrics(out: str, values: Dict[str, Any]) -> Dict[str, Any]:
     io.write_json_atomic(os.path.join(out, ROWS_DIR, METRICS_NAME), values)
     return values
 
+
 def remove_results(out: str) -> None:
     """Removes ``results.json``: the folder is about to hold rows it does not describe."""
     if io.is_primary():
         _remove([os.path.join(out, RESULTS_NAME)])
+
 
 def write_results(out: str, results: Dict[str, Any]) -> bool:
     """Writes ``results.json`` (last); False when the file already holds exactly this."""
@@ -259,6 +268,7 @@ _NOTES = {
     "jacobian_cosine": "undefined: fewer than 2 metric inputs (raise --num_eval/--num_metrics)",
     "gram_cosine": "undefined: fewer than 2 metric inputs (raise --num_eval/--num_metrics)",
 }
+
 
 def finite_or_null(obj: Any) -> Any:
     """``obj`` with every NaN/infinity as None; a dict key ``k`` so nulled gets ``k_note`` (why).

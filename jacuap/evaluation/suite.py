@@ -40,7 +40,11 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from jacuap import attacks
 
-__all__ = ['Member', 'Suite', 'SUITES', 'WORST_CASE_BY', 'suite_tasks', 'gradient_evaluations', 'suite_record', 'worst_case']
+__all__ = [
+    "Member", "Suite", "SUITES", "WORST_CASE_BY", "suite_tasks", "gradient_evaluations", "suite_record",
+    "worst_case"
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class Member:
@@ -59,6 +63,7 @@ class Member:
     @property
     def name(self) -> str:
         return self.label or self.attack
+
 
 @dataclasses.dataclass(frozen=True)
 class Suite:
@@ -101,6 +106,7 @@ SUITES: Dict[str, Suite] = {
         Member("gap_uap", (0,), (("num_epochs", 10), ("batch_size", 32))),
     ), targeted_epochs=0),
 }
+
 # Every attack and variant of the zoo once, with one seed (the request's): what benchmarks/attack_zoo.py runs
 # under several seeds to rank the attacks.
 SUITES["zoo"] = Suite("zoo", (
@@ -123,6 +129,7 @@ SUITES["zoo"] = Suite("zoo", (
     Member("gap_uap", (0,), (("num_epochs", 10), ("batch_size", 32))),
 ))
 
+
 def suite_tasks(name: str, seed: int) -> List[Tuple[str, int, Dict[str, Any]]]:
     """``(row name, row seed, settings)`` of every member of suite ``name``, member-major.
 
@@ -135,6 +142,7 @@ def suite_tasks(name: str, seed: int) -> List[Tuple[str, int, Dict[str, Any]]]:
     """
     return [(m.name, seed + s, {**dict(m.settings), **({"attack": m.attack} if m.label else {})})
             for m in SUITES[name].members for s in m.seeds]
+
 
 def gradient_evaluations(attack: str, settings: Mapping[str, Any], num_craft: int, num_classes: int) -> int:
     """Upper bound on the per-input backward passes of one budget of ``attack`` (its spec's count).
@@ -149,6 +157,7 @@ def gradient_evaluations(attack: str, settings: Mapping[str, Any], num_craft: in
         return k * int(settings.get("num_epochs", 5)) * n
     spec = attacks.ATTACKS[attack]
     return int(spec.gradient_evaluations(spec.resolve({k_: v for k_, v in settings.items() if k_ != "attack"}), n, k))
+
 
 def suite_record(name: str, num_craft: int, num_classes: int) -> Dict[str, Any]:
     """What ``results.json["suite"]`` holds: the members, their settings and gradient budgets."""
@@ -165,8 +174,10 @@ def suite_record(name: str, num_craft: int, num_classes: int) -> Dict[str, Any]:
     return {"name": name, "members": members,
             "gradient_evaluations_per_budget": sum(m["gradient_evaluations_per_budget"] for m in members)}
 
+
 #: The metrics a budget's worst case can be chosen by (on the crafting split): results.json keys.
 WORST_CASE_BY = {"uer": "worst_case", "fooling_rate": "worst_case_by_fooling_rate"}
+
 
 def worst_case(rows: Sequence[Mapping[str, Any]], eps: Sequence[float], by: str = "uer") -> List[Dict[str, Any]]:
     """Per budget, the universal row with the highest crafting-split ``by`` (the first on a tie), or nothing.

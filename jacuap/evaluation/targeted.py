@@ -13,7 +13,8 @@ import numpy as np
 from jacuap import attacks, io, metrics
 from jacuap.evaluation import store
 
-__all__ = ['targeted_figure_name', 'targeted_row', 'targeted_rows', 'plot_targeted']
+__all__ = ["targeted_figure_name", "targeted_row", "targeted_rows", "plot_targeted"]
+
 
 def targeted_figure_name(eps: float) -> str:
     """The heat map of one budget's targeted matrix.
@@ -23,12 +24,14 @@ def targeted_figure_name(eps: float) -> str:
     """
     return f"targeted_eps{store.canonical_eps(eps):.{store.EPS_DIGITS}g}.png"
 
+
 def targeted_row(matrix: np.ndarray, success: np.ndarray, clean: np.ndarray, class_names: Sequence[str],
                  **fields: Any) -> Dict[str, Any]:
     """The row of one targeted matrix: ``matrix[s][t]`` (source s, target t; diagonal null), by class name."""
     return {**fields, "class_names": list(class_names), "matrix": np.asarray(matrix).tolist(),
             "success": {str(c): float(r) for c, r in zip(class_names, success)},
             "clean": np.asarray(clean).tolist(), "figure": targeted_figure_name(fields["eps"])}
+
 
 def targeted_rows(request: Any, model: Any, crafter: Any, sets: Sequence[Any],
                   class_names: Sequence[Any], epochs: int, source: Mapping[str, Any]) -> List[Dict[str, Any]]:
@@ -79,6 +82,7 @@ def targeted_rows(request: Any, model: Any, crafter: Any, sets: Sequence[Any],
                           f"targeted UAP success, {request.norm} eps={eps:g} (row: source, column: target)", figure)
         out.append(row)
     return out
+
 
 def plot_targeted(matrix: np.ndarray, class_names: Sequence[str], title: str, path: str) -> None:
     """A heat map of a targeted matrix (rows: source class, columns: target class; the diagonal blank)."""
