@@ -91,7 +91,7 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
     if capped:
         log(f"note: {'; '.join(capped)}, what the {dataset.name} splits hold (craft_split={request.craft_split})")
     fingerprint = store.model_fingerprint(restored.params)
-    spec, trained = restored.meta["model_spec"], restored.meta.get("fingerprint") or {}
+    spec = restored.meta["model_spec"]
     record = store.request_record(request, restored.step, fingerprint, dataset.name)
     source = {"source_workdir": os.path.abspath(request.source_workdir or request.workdir),
               "source_model_fingerprint": store.model_fingerprint(crafter.restored.params)}
@@ -113,20 +113,11 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
         if request.targeted or targeted_epochs:
             matrices = targeted.targeted_rows(request, model, crafter, sets, class_names,
                                               targeted_epochs or request.sgd_epochs, source)
-        metric_values = store.load_metrics(request.out)
-        if parallel.any_process(metric_values is None):
-            metric_values = {}
-            if request.num_metrics:
-                n = min(request.num_metrics, len(x_eval))
-                metric_values = metrics.jacobian_metrics(model.apply_fn, model.params, x_eval[:n], y_eval[:n], key,
-                                                         num_pairs_inputs=min(200, n))
-                metric_values["num_inputs"] = n
-            metric_values = store.save_metrics(request.out, metric_values)
+        metric_values = _metrics(request, model, sets, key)
         figure = os.path.join(request.out, store.FIGURE_NAME)
         if uaps and parallel.any_process(computed or not os.path.exists(figure)):
             outputs.plot_uaps(uaps, model.apply_fn, model.params, x_eval[:4], figure, y=y_eval[:4],
                               class_names=class_names)
-        config = restored.config
         extra = {}
         if request.suite:
             extra["suite"] = suite.suite_record(request.suite, len(x_craft), len(class_names))
@@ -134,31 +125,7 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
             extra["targeted"] = matrices
         results = store.finite_or_null({
             "complete": True,
-            "config": {
-                "workdir": os.path.abspath(request.workdir),
-                "dataset": trained.get("dataset", dataset.name),
-                "model": spec["name"],
-                "jr_lambda": float(trained.get("jr_lambda", config.get("jr_lambda", 0.0))),
-                "checkpoint_step": restored.step,
-                "model_fingerprint": fingerprint,
-                "attacks": list(request.attacks),
-                "norm": request.norm,
-                "eps": list(request.eps),
-                "num_craft": len(x_craft),
-                "num_eval": len(x_eval),
-                "num_craft_requested": request.num_craft,
-                "num_eval_requested": request.num_eval,
-                "craft_split": request.craft_split,
-                "eval_split": request.eval_split,
-                "sgd_epochs": request.sgd_epochs,
-                "deepfool_passes": request.deepfool_passes,
-                "seed": request.seed,
-                "suite": request.suite or None,
-                "layer": request.layer or None,
-                "uap_file": os.path.abspath(request.uap_file) if request.uap_file else None,
-                **source,
-                "class_names": [str(c) for c in class_names],
-            },
+            "config": _config(request, model, sets, fingerprint, source, class_names),
             "results": rows,
             **{key: suite.worst_case(rows, request.eps, by) for by, key in suite.WORST_CASE_BY.items()},
             **extra,
@@ -166,6 +133,52 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
         })
         store.write_results(request.out, results)
     return results
+
+
+def _metrics(request: AttackRequest, model: AttackedModel, sets: Sets, key: jax.Array) -> Dict[str, Any]:
+    """The Jacobian metrics on the first ``num_metrics`` evaluation inputs: computed once, then read back."""
+    values = store.load_metrics(request.out)
+    if parallel.any_process(values is None):
+        values = {}
+        if request.num_metrics:
+            n = min(request.num_metrics, len(sets.x_eval))
+            values = metrics.jacobian_metrics(model.apply_fn, model.params, sets.x_eval[:n], sets.y_eval[:n], key,
+                                              num_pairs_inputs=min(200, n))
+            values["num_inputs"] = n
+        values = store.save_metrics(request.out, values)
+    return values
+
+
+def _config(request: AttackRequest, model: AttackedModel, sets: Sets, fingerprint: str, source: Dict[str, Any],
+            class_names: List[Any]) -> Dict[str, Any]:
+    """``results.json["config"]``: what was run, the model as its checkpoint describes it, the set sizes used."""
+    restored, trained = model.restored, model.restored.meta.get("fingerprint") or {}
+    return {
+        "workdir": os.path.abspath(request.workdir),
+        "dataset": trained.get("dataset", model.dataset.name),
+        "model": restored.meta["model_spec"]["name"],
+        "jr_lambda": float(trained.get("jr_lambda", restored.config.get("jr_lambda", 0.0))),
+        "checkpoint_step": restored.step,
+        "model_fingerprint": fingerprint,
+        "attacks": list(request.attacks),
+        "norm": request.norm,
+        "eps": list(request.eps),
+        "num_craft": len(sets.x_craft),
+        "num_eval": len(sets.x_eval),
+        "num_craft_requested": request.num_craft,
+        "num_eval_requested": request.num_eval,
+        "craft_split": request.craft_split,
+        "eval_split": request.eval_split,
+        "sgd_epochs": request.sgd_epochs,
+        "deepfool_passes": request.deepfool_passes,
+        "seed": request.seed,
+        "suite": request.suite or None,
+        "layer": request.layer or None,
+        "loss": request.loss or None,
+        "uap_file": os.path.abspath(request.uap_file) if request.uap_file else None,
+        **source,
+        "class_names": [str(c) for c in class_names],
+    }
 
 
 def _stderr_line(line: str) -> None:
