@@ -3,7 +3,7 @@
     python benchmarks/reproduce.py                       # the sweep (Fashion-MNIST; MNIST, CIFAR-10 if present)
     python benchmarks/reproduce.py --max_models=4        # at most 4 new models this run, then stop (rerun continues)
     python benchmarks/reproduce.py --plan                # what the sweep trains, and what is done, then exit
-    python benchmarks/reproduce.py --quick --datasets=digits --out=/tmp/q   # the whole pipeline at toy sizes
+    python benchmarks/reproduce.py --quick --datasets=digits   # the whole pipeline at toy sizes, under runs/
 
 Per dataset and architecture the sweep runs in stages (benchmarks/reproduction/plan.py):
 the schedule (lambda 0 at E and 2E epochs until the validation accuracy
@@ -45,8 +45,12 @@ flags.DEFINE_list("datasets", ["fashion_mnist", "mnist", "cifar10"],
                   "Datasets to run; one whose files are absent is skipped with a note.")
 flags.DEFINE_bool("quick", False, "The whole pipeline at toy sizes (an MLP, two methods, two seeds).")
 DEFAULT_OUT = os.path.join(ROOT, "results")
-flags.DEFINE_string("out", DEFAULT_OUT, "Records, tables, JSON and plots (commit them).")
-flags.DEFINE_string("workroot", os.path.join(ROOT, "runs", "reproduce"), "Where the models are trained.")
+# --quick's toy-sized records never go where the sweep's are: their own git-ignored folder.
+QUICK_ROOT = os.path.join(ROOT, "runs", "reproduce_quick")
+flags.DEFINE_string("out", None, "Records, tables, JSON and plots (default: results/, to commit; with --quick "
+                    "runs/reproduce_quick/results).")
+flags.DEFINE_string("workroot", None, "Where the models are trained (default: runs/reproduce; with --quick "
+                    "runs/reproduce_quick/work).")
 flags.DEFINE_string("data_dir", "", "Folder with the datasets' files (see README, 'Data').")
 flags.DEFINE_list("archs", None, "Only these architectures (default: the plan's).")
 flags.DEFINE_list("methods", None, "Only these methods (default: the plan's; jr is always kept).")
@@ -281,6 +285,12 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     with cli.user_errors():
+        if FLAGS.quick and FLAGS.out is not None and os.path.abspath(FLAGS.out) == DEFAULT_OUT:
+            cli.fail(f"--quick writes toy-sized records; give an --out other than {DEFAULT_OUT} (the sweep's)")
+        if FLAGS.out is None:
+            FLAGS.out = os.path.join(QUICK_ROOT, "results") if FLAGS.quick else DEFAULT_OUT
+        if FLAGS.workroot is None:
+            FLAGS.workroot = os.path.join(QUICK_ROOT, "work") if FLAGS.quick else os.path.join(ROOT, "runs", "reproduce")
         unknown = [d for d in FLAGS.datasets if d not in data.DATASETS]
         if unknown:
             cli.fail(f"unknown dataset {', '.join(unknown)}; choose from {', '.join(data.DATASETS)}")
