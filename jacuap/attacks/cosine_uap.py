@@ -21,11 +21,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 
-from jacuap.attacks.priors import prior_inputs
+from jacuap.attacks.priors import split_prior_key
 from jacuap.attacks.registry import AttackSpec, Crafting, epochs_progress, register
 from jacuap.attacks.result import UAPResult
 from jacuap.attacks.sgd_uap import sgd_uap
-from jacuap.checks import check_key
 from jacuap.jacobian import ApplyFn
 
 __all__ = ["cosine_uap"]
@@ -78,9 +77,7 @@ def cosine_uap(
     >>> v.shape, bool(jnp.max(jnp.abs(v)) <= 0.1)
     ((2,), True)
     """
-    check_key(key, why="by cosine_uap (the prior's images and the minibatch order)")
-    prior_key, attack_key = jax.random.split(key)
-    inputs = prior_inputs(prior, x, prior_key, shape=input_shape, num_inputs=num_inputs)
+    inputs, attack_key = split_prior_key(prior, x, key, "cosine_uap", shape=input_shape, num_inputs=num_inputs)
     return sgd_uap(apply_fn, params, inputs, None, eps=eps, norm=norm, key=attack_key, num_epochs=num_epochs,
                    batch_size=batch_size, step_size=step_size, step_decay=step_decay, init=init, progress=progress,
                    loss="cosine")

@@ -22,11 +22,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 
-from jacuap.attacks.priors import prior_inputs
+from jacuap.attacks.priors import split_prior_key
 from jacuap.attacks.registry import AttackSpec, Crafting, epochs_progress, register
 from jacuap.attacks.result import UAPResult
 from jacuap.attacks.sgd_uap import sgd_uap
-from jacuap.checks import check_key
 from jacuap.jacobian import ApplyFn
 
 __all__ = ["gd_uap"]
@@ -80,9 +79,7 @@ def gd_uap(
     """
     if features_fn is None or not callable(features_fn):
         raise ValueError("gd_uap: features_fn (the layers whose log norms are ascended) is required")
-    check_key(key, why="by gd_uap (the prior's images and the minibatch order)")
-    prior_key, attack_key = jax.random.split(key)
-    inputs = prior_inputs(prior, x, prior_key, shape=input_shape, num_inputs=num_inputs)
+    inputs, attack_key = split_prior_key(prior, x, key, "gd_uap", shape=input_shape, num_inputs=num_inputs)
     return sgd_uap(apply_fn, params, inputs, None, eps=eps, norm=norm, key=attack_key, num_epochs=num_epochs,
                    batch_size=batch_size, step_size=step_size, step_decay=step_decay, init=init, progress=progress,
                    features_fn=features_fn, loss="log_norms")

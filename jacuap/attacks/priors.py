@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from jacuap.checks import check_key, check_positive_int
 
-__all__ = ["PRIORS", "DATA_FREE_PRIORS", "prior_inputs"]
+__all__ = ["PRIORS", "DATA_FREE_PRIORS", "prior_inputs", "split_prior_key"]
 
 PRIORS = ("data", "range", "none")
 #: The priors that read no data.
@@ -69,3 +69,11 @@ def prior_inputs(
         return jnp.full(full, _CENTRE, dtype)
     check_key(key, why="by the range prior (its random images)")
     return jnp.clip(_CENTRE + _RANGE_STD * jax.random.normal(key, full, dtype), 0.0, 1.0)
+
+
+def split_prior_key(prior: str, x: Optional[Any], key: Optional[jax.Array], attack: str, *,
+                    shape: Optional[Sequence[int]], num_inputs: Optional[int]):
+    """``(inputs, attack_key)``: an attack's crafting inputs under ``prior`` and the key left for the attack."""
+    check_key(key, why=f"by {attack} (the prior's images and the minibatch order)")
+    prior_key, attack_key = jax.random.split(key)
+    return prior_inputs(prior, x, prior_key, shape=shape, num_inputs=num_inputs), attack_key
