@@ -138,3 +138,17 @@ def test_craft_dispatches_through_the_registry_with_layers(digits):
             attacks.register(attacks.AttackSpec("toy_registry_uap", lambda *a, **k: None))
     finally:
         del attacks.ATTACKS["toy_registry_uap"]
+
+
+def test_a_model_without_hidden_layers_is_a_layer_error():
+    """GD-UAP's default (the hidden layers with parameters) on a linear model: a LayerError, which the
+    evaluation job words as a one-line user error before any work."""
+    params = {"logits": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
+    layers = attacks.Layers(lambda: ["Normalize_0", "logits"], lambda names: None)
+    crafting = attacks.Crafting(lambda p, x: x.reshape(len(x), -1) @ p["logits"]["kernel"], params,
+                                jnp.zeros((1, 2, 2, 1)), None, 0.1, "linf", KEY, {}, layers=layers)
+    with pytest.raises(attacks.LayerError, match="no hidden layer to attack"):
+        crafting.layer_names("gd_uap", "hidden")
+    assert crafting.layer_names("fg_uap", "penultimate") == ["Normalize_0"]
+    with pytest.raises(attacks.LayerError, match="no layer 'dense9'"):
+        layers.features(["dense9"])

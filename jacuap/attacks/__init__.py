@@ -59,7 +59,8 @@ from jacuap.attacks.balls import (
     random_in_ball,
     scale_to_budget,
 )
-from jacuap.attacks.registry import ATTACKS, AttackSpec, Crafting, Layers, craft, per_input_names, register, universal_names
+from jacuap.attacks.registry import (ATTACKS, AttackSpec, Crafting, LayerError, Layers, craft, per_input_names, register,
+                                     universal_names)
 from jacuap.attacks.result import UAPResult
 
 # The zoo: importing a module registers its attack (registration order is the listing order).
@@ -86,6 +87,7 @@ __all__ = [
     "AttackSpec",
     "Crafting",
     "Layers",
+    "LayerError",
     "register",
     "craft",
     "universal_names",

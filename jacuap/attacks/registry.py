@@ -41,10 +41,14 @@ import jax
 from jacuap.attacks.balls import NORMS
 from jacuap.attacks.result import UAPResult
 
-__all__ = ["AttackSpec", "Crafting", "Layers", "ATTACKS", "register", "get", "craft", "universal_names",
+__all__ = ["AttackSpec", "Crafting", "Layers", "LayerError", "ATTACKS", "register", "get", "craft", "universal_names",
            "per_input_names", "epochs_progress"]
 
 GradientCount = Callable[[Mapping[str, Any], int, int], int]
+
+
+class LayerError(ValueError):
+    """A layer attack's layers cannot be found: an unknown name, or a model with no hidden layer."""
 
 
 class Layers:
@@ -70,12 +74,12 @@ class Layers:
     def features(self, names: Sequence[str]) -> Callable:
         key = tuple(str(n).strip("/") for n in names)
         if not key:
-            raise ValueError("give at least one layer")
+            raise LayerError("give at least one layer")
         if key not in self._cache:
             known = self.names()
             unknown = [n for n in key if n not in known]
             if unknown:
-                raise ValueError(f"no layer {unknown[0]!r} in the model; choose from {', '.join(known)}")
+                raise LayerError(f"no layer {unknown[0]!r} in the model; choose from {', '.join(known)}")
             self._cache[key] = self._capture(key)
         return self._cache[key]
 
@@ -121,7 +125,7 @@ class Crafting:
 
     def require_layers(self, attack: str) -> Layers:
         if self.layers is None:
-            raise ValueError(f"{attack} attacks hidden layers: it needs a model with named submodules "
+            raise LayerError(f"{attack} attacks hidden layers: it needs a model with named submodules "
                              f"(a Linen or NNX module), not a bare apply_fn")
         return self.layers
 
@@ -139,7 +143,7 @@ class Crafting:
             return [n.strip().strip("/") for n in (given.split(",") if isinstance(given, str) else given) if n.strip()]
         hidden = names[:-1] if default == "penultimate" else [n for n in names[:-1] if _has_params(self.params, n)]
         if not hidden:
-            raise ValueError(f"{attack}: the model has no hidden layer to attack (submodules: {', '.join(names)})")
+            raise LayerError(f"{attack}: the model has no hidden layer to attack (submodules: {', '.join(names)})")
         return [hidden[-1]] if default == "penultimate" else hidden
 
 

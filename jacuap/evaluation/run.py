@@ -79,11 +79,7 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
     x_craft, y_craft, x_eval, y_eval = sets
     given = None
     layers = crafter.layers(x_craft[:1])
-    if request.layer:
-        known = layers.names()
-        for name in (n.strip().strip("/") for n in request.layer.split(",") if n.strip()):
-            if name not in known:
-                raise AttackError(f"no layer {name!r} in the model; choose from {', '.join(known)}")
+    _check_layers(request, crafter, sets, layers)
     if request.uap_file:
         given = load_uap_file(request.uap_file, dataset.image_shape, request.norm, request.eps[0])
     capped = [f"{name} {asked} capped at {got}" for name, asked, got in (
@@ -179,6 +175,22 @@ def _config(request: AttackRequest, model: AttackedModel, sets: Sets, fingerprin
         **source,
         "class_names": [str(c) for c in class_names],
     }
+
+
+def _check_layers(request: AttackRequest, crafter: AttackedModel, sets: Sets, layers: attacks.Layers) -> None:
+    """AttackError (one line), before any work, unless every layer attack of the request finds its layers."""
+    for name, _, _, settings in _tasks(request):
+        attack = settings.get("attack", name)
+        spec = attacks.ATTACKS.get(attack)
+        if spec is None or not spec.layers:
+            continue
+        member = {k: v for k, v in settings.items() if k != "attack"}
+        probe = attacks.Crafting(crafter.apply_fn, crafter.params, sets.x_craft[:1], None, request.eps[0],
+                                 request.norm, jax.random.PRNGKey(0), spec.resolve(member, request), layers=layers)
+        try:
+            layers.features(probe.layer_names(attack, "penultimate" if spec.layers == "one" else "hidden"))
+        except attacks.LayerError as exc:
+            raise AttackError(str(exc)) from None
 
 
 def _stderr_line(line: str) -> None:
