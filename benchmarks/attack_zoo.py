@@ -223,6 +223,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         io.write_text_atomic(args.out + ".md", markdown(state["table"], info) + "\n")
 
     if not args.table:
+        # Resuming on a retrained model (a new machine has no runs/) is safe only if it is the same model.
+        for name, workdir in models.items():
+            recorded = {r["results"]["config"]["model_fingerprint"] for r in state["runs"].values()
+                        if r["model"] == name}
+            if recorded:
+                now = evaluation.store.model_fingerprint(checkpoints.restore_model(workdir).params)
+                if recorded != {now}:
+                    sys.exit(f"attack_zoo.py: error: {name} in {workdir} ({now}) is not the model of the recorded "
+                             f"runs ({', '.join(sorted(recorded))}); move {path} away to start afresh")
         for name, workdir in models.items():
             for norm in norms:
                 for seed in seeds:
