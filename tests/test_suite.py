@@ -361,3 +361,13 @@ def test_loss_flag_reaches_the_label_attacks(trained, tmp_path):
         _request(trained, tmp_path, attacks=["sv_uap"], loss="margin")
     with pytest.raises(errors.AttackError, match="unknown loss 'hinge'; choose ce or margin"):
         _request(trained, tmp_path, loss="hinge")
+
+
+def test_prior_flag_reaches_the_data_free_attacks(trained, tmp_path):
+    (row,) = evaluation.run_attacks(_request(trained, tmp_path / "p", attacks=["cosine_uap"], prior="range",
+                                             eps=[0.1]), log=lambda line: None)["results"]
+    assert row["settings"]["prior"] == "range"
+    with pytest.raises(errors.AttackError, match="--prior is read by cosine_uap and gd_uap only"):
+        _request(trained, tmp_path, attacks=["sgd_uap"], prior="range")
+    with pytest.raises(errors.AttackError, match="unknown prior 'noise'"):
+        _request(trained, tmp_path, attacks=["gd_uap"], prior="noise")

@@ -94,6 +94,7 @@ def _craft(c: Crafting) -> UAPResult:
 
 register(AttackSpec(
     "cosine_uap", cosine_uap, needs_labels=False,
-    settings={"prior": "data", "num_epochs": 5, "batch_size": 128}, request_settings={"num_epochs": "sgd_epochs"},
+    settings={"prior": "data", "num_epochs": 5, "batch_size": 128},
+    request_settings={"num_epochs": "sgd_epochs", "prior": "prior"},
     craft=_craft, gradient_evaluations=lambda s, n, k: s["num_epochs"] * n,
     summary="min_v mean_x cos(f(x + v), f(x)) on the logits, real or proxy data (Zhang et al., ICCV 2021)"))

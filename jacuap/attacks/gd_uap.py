@@ -97,7 +97,7 @@ def _craft(c: Crafting) -> UAPResult:
 register(AttackSpec(
     "gd_uap", gd_uap, needs_data=False, needs_labels=False, layers="many",
     settings={"prior": "none", "layer": None, "num_epochs": 5, "batch_size": 128},
-    request_settings={"num_epochs": "sgd_epochs", "layer": "layer"}, craft=_craft,
+    request_settings={"num_epochs": "sgd_epochs", "layer": "layer", "prior": "prior"}, craft=_craft,
     gradient_evaluations=lambda s, n, k: s["num_epochs"] * n,
     summary="max_v mean_x sum_l log ||f_l(x + v)||, x from no data, a range prior or data (Mopuri et al., "
             "TPAMI 2018)"))

@@ -85,6 +85,7 @@ class AttackRequest:
     targeted: bool = False  # also the K x K targeted matrix per budget (on with a suite that has one)
     layer: str = ""  # the hidden layer(s) the layer attacks read (layer_max, fg_uap, gd_uap); "" = their default
     loss: str = ""  # the label attacks' loss (sgd_uap, sga_uap, sgd_uap_restarts): ce or margin; "" = ce
+    prior: str = ""  # what cosine_uap and gd_uap craft on: data, range or none; "" = each one's default
     source_workdir: str = ""  # craft on this workdir's model and crafting split (transfer); "" = workdir
     uap_file: str = ""  # evaluate this .npy perturbation (no attack)
 
@@ -108,6 +109,13 @@ class AttackRequest:
                                      if a in attacks.ATTACKS):
                 raise AttackError("--loss is read by sgd_uap, sga_uap and sgd_uap_restarts only (a suite fixes its "
                                   "members' losses); drop it or add one of them")
+        if self.prior:
+            if self.prior not in attacks.PRIORS:
+                raise AttackError(f"unknown prior {self.prior!r}; choose from {', '.join(attacks.PRIORS)}")
+            if self.suite or not any("prior" in attacks.ATTACKS[a].settings for a in self.attacks
+                                     if a in attacks.ATTACKS):
+                raise AttackError("--prior is read by cosine_uap and gd_uap only (a suite fixes its members' "
+                                  "priors); drop it or add one of them")
         if self.layer and not _reads_layers(self):
             layered = [n for n, a in attacks.ATTACKS.items() if a.layers]
             raise AttackError(f"--layer is read by the attacks on hidden layers only ({', '.join(layered)}); "
@@ -151,7 +159,7 @@ class AttackRequest:
         ``attack_given`` says ``--attack`` was on the command line: without it,
         ``--suite`` and ``--uap_file`` replace the default attacks.
         """
-        extra = {k: getattr(flags, k, d) or d for k, d in (("suite", ""), ("targeted", False), ("layer", ""), ("loss", ""),
+        extra = {k: getattr(flags, k, d) or d for k, d in (("suite", ""), ("targeted", False), ("layer", ""), ("loss", ""), ("prior", ""),
                                                             ("source_workdir", ""), ("uap_file", ""))}
         try:
             eps = [float(e) for e in flags.eps]

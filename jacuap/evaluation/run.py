@@ -94,7 +94,7 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
     if given is not None:
         record["uap_file_sha256"] = hashlib.sha256(given.tobytes()).hexdigest()[:16]
     record.update({k: v for k, v in (("suite", request.suite), ("targeted", request.targeted), ("layer", request.layer),
-                                     ("loss", request.loss),
+                                     ("loss", request.loss), ("prior", request.prior),
                                      ("eval_split", request.eval_split != "test" and request.eval_split),
                                      ("source_model_fingerprint", request.source_workdir and
                                       source["source_model_fingerprint"])) if v})
@@ -171,6 +171,7 @@ def _config(request: AttackRequest, model: AttackedModel, sets: Sets, fingerprin
         "suite": request.suite or None,
         "layer": request.layer or None,
         "loss": request.loss or None,
+        "prior": request.prior or None,
         "uap_file": os.path.abspath(request.uap_file) if request.uap_file else None,
         **source,
         "class_names": [str(c) for c in class_names],

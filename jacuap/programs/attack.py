@@ -34,6 +34,9 @@ flags.DEFINE_string("layer", "", "The hidden layer(s) the layer attacks read (la
                     "every hidden layer with parameters).")
 flags.DEFINE_enum("loss", "", ["", "ce", "margin"], "The loss of sgd_uap, sga_uap and sgd_uap_restarts: ce "
                   "(clipped cross-entropy, the default) or margin (the Carlini-Wagner logit margin).")
+flags.DEFINE_enum("prior", "", ["", "data", "range", "none"], "What cosine_uap and gd_uap craft on: data (the "
+                  "crafting set), or data-free range (random images in the pixel range) or none (the grey image); "
+                  "default: cosine_uap data, gd_uap none.")
 flags.DEFINE_string("source_workdir", "", "Craft on this workdir's model and data, evaluate on --workdir's (transfer).")
 flags.DEFINE_string("uap_file", "", "Evaluate this .npy perturbation (checked against --eps and the input shape).")
 flags.DEFINE_string("norm", "linf", f"{' or '.join(attacks.NORMS)}.")
