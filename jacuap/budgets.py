@@ -17,7 +17,12 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-__all__ = ["budget_problem", "budget_rule"]
+__all__ = ["NORMS", "EPS_DIGITS", "budget_problem", "budget_rule", "canonical_eps"]
+
+#: The budgets' norms: ``linf`` (``max_i |v_i| <= eps``) and ``l2`` (``sqrt(sum_i v_i^2) <= eps``).
+NORMS = ("linf", "l2")
+#: Budgets are compared, recorded and name files to this many significant digits.
+EPS_DIGITS = 6
 
 
 def budget_rule(name: str = "eps") -> str:
@@ -30,3 +35,12 @@ def budget_problem(eps: float, norm: str, name: str = "eps") -> Optional[str]:
         return f"{budget_rule(name)}, got {eps!r}"
     ok = math.isfinite(eps) and eps >= 0.0 and (norm != "linf" or eps <= 1.0)
     return None if ok else f"{budget_rule(name)}, got {eps!r}"
+
+
+def canonical_eps(eps: float) -> float:
+    """``eps`` rounded to :data:`EPS_DIGITS` significant digits: the budget a run records and names files by.
+
+    >>> canonical_eps(0.1000001), canonical_eps(0.05)
+    (0.1, 0.05)
+    """
+    return float(f"{float(eps):.{EPS_DIGITS}g}")

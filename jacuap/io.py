@@ -24,7 +24,7 @@ import os
 import tempfile
 from typing import Any, Callable, IO, Iterator, Optional
 
-from jacuap.errors import BusyError
+from jacuap.errors import BusyError, CheckpointError
 
 __all__ = [
     "is_primary",
@@ -37,6 +37,7 @@ __all__ = [
     "to_json",
     "exclusive_lock",
     "existing_ancestor",
+    "read_workdir_config",
     "LOCK_NAME",
 ]
 
@@ -168,3 +169,24 @@ def existing_ancestor(path: str) -> str:
     while not os.path.lexists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
     return path
+
+
+def read_workdir_config(workdir: str) -> dict:
+    """The ``config.json`` of a train.py ``workdir`` as a dict (no JAX: the programs check it first).
+
+    CheckpointError (one line) when the folder does not exist or holds no
+    readable JSON object in ``config.json``.
+    """
+    if not os.path.isdir(workdir):
+        raise CheckpointError(f"workdir {workdir!r} does not exist")
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is missing or unreadable ({type(exc).__name__}); is {workdir!r} a train.py workdir?"
+        ) from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a config (a JSON object); restore it from the run")
+    return config

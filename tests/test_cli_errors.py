@@ -146,6 +146,20 @@ CASES = [
          program="attack.py", setup=_empty_workdir),
     Case("attack-unknown-flag", ["--workdir={d}", "--bogus=1"], ("Unknown command line flag 'bogus'",),
          program="attack.py"),
+    Case("attack-unknown-attack", ["--workdir={d}", "--attack=sgd_uapp"],
+         ("unknown attack sgd_uapp; choose from sgd_uap, sga_uap",), program="attack.py"),
+    Case("attack-missing-workdir", ["--workdir={d}/nope", "--attack=sgd_uap"], ("workdir", "nope' does not exist"),
+         program="attack.py"),
+]
+
+# attack.py's flag mistakes and --help answer before JAX and the attacks load (README: under a second).
+ATTACK_BEFORE_JAX = [
+    ["--help"],
+    ["--workdir={d}", "--attack=sgd_uapp"],
+    ["--workdir={d}", "--attack=sgd_uap", "--eps=2"],
+    ["--workdir={d}", "--attack=sv_uap", "--loss=margin"],
+    ["--workdir={d}", "--suite=quick", "--attack=sgd_uap"],
+    ["--workdir={d}/nope", "--attack=gd_uap", "--prior=range", "--norm=l2", "--eps=1"],
 ]
 
 
@@ -228,6 +242,23 @@ def test_config_mistake_is_reported_before_the_training_stack_loads(tmp_path):
     heavy = [m for m in imported if m.split(".")[0] in ("orbax", "optax", "scipy") or m.startswith("jacuap.train")]
     assert heavy == []
     assert proc.stderr.strip().splitlines()[-1] == "train.py: error: jr_lambda must be a finite number >= 0, got -1.0"
+
+
+@pytest.mark.parametrize("args", ATTACK_BEFORE_JAX, ids=lambda a: " ".join(a))
+def test_attack_py_answers_before_jax_loads(tmp_path, args):
+    # A jax that cannot be imported: the answer must not need it (nor the attacks, train or scipy, which import it).
+    for name in ("jax", "scipy"):
+        (tmp_path / "blocked" / name).mkdir(parents=True)
+        (tmp_path / "blocked" / name / "__init__.py").write_text(f"raise ImportError('{name} imported')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "blocked"), ROOT]))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "attack.py")] + [a.format(d=tmp_path) for a in args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    if args == ["--help"]:
+        assert proc.returncode == 0, proc.stderr
+        assert "sgd_uap, sga_uap" in proc.stdout and "standard" in proc.stdout
+    else:
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("attack.py: error: ")
 
 
 def test_cli_and_train_py_import_no_jax():

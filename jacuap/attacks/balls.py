@@ -19,6 +19,7 @@ from typing import Any, Tuple
 import jax
 import jax.numpy as jnp
 
+from jacuap.budgets import NORMS
 from jacuap.checks import check_budget, check_key
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "random_in_ball",
 ]
 
-NORMS = ("linf", "l2")
 
 # Division guard for gradient / weight normalisations (float32-safe).
 TINY = 1e-12

@@ -13,20 +13,41 @@ One module per idea:
 * :mod:`.store`: the output folder's layout, rows written as they finish,
   the resume rule; :mod:`.outputs`: what the user reads (table, figure);
 * :mod:`.run`: :func:`run_attacks`, the job itself.
+
+Every name below loads on first use, so that :mod:`.request` (and
+:mod:`.catalog`, :mod:`.suite`) can be read without JAX: ``attack.py``
+checks its flags before the attacks load.
 """
 
-from jacuap.evaluation import outputs, store, suite, targeted
-from jacuap.evaluation.craft import craft, load_uap_file, per_input_predictions
-from jacuap.evaluation.outputs import output_failure, output_files, plot_uaps, print_extras, print_results
-from jacuap.evaluation.request import AttackRequest, attack_names, import_attack_modules
-from jacuap.evaluation.restore import restore
-from jacuap.evaluation.run import run_attacks
-from jacuap.evaluation.sets import craft_and_eval_sets
-from jacuap.evaluation.suite import SUITES, WORST_CASE_BY, Member, Suite, suite_record, suite_tasks, worst_case
+from __future__ import annotations
 
-__all__ = [
-    "AttackRequest", "attack_names", "import_attack_modules", "run_attacks", "restore", "craft_and_eval_sets",
-    "craft", "per_input_predictions", "load_uap_file", "SUITES", "WORST_CASE_BY", "Member", "Suite", "suite_tasks",
-    "suite_record", "worst_case", "output_failure", "output_files", "plot_uaps", "print_results", "print_extras",
-    "outputs", "store", "suite", "targeted",
-]
+import importlib as _importlib
+
+# name -> the module that defines it.
+_NAMES = {
+    "AttackRequest": "request", "attack_names": "request", "import_attack_modules": "request",
+    "run_attacks": "run", "restore": "restore", "craft_and_eval_sets": "sets",
+    "craft": "craft", "per_input_predictions": "craft", "load_uap_file": "craft",
+    "SUITES": "suite", "WORST_CASE_BY": "suite", "Member": "suite", "Suite": "suite", "suite_tasks": "suite",
+    "suite_record": "suite", "worst_case": "suite",
+    "output_failure": "outputs", "output_files": "outputs", "plot_uaps": "outputs", "print_results": "outputs",
+    "print_extras": "outputs",
+}
+_SUBMODULES = ("catalog", "craft", "outputs", "request", "restore", "run", "sets", "store", "suite", "targeted")
+
+__all__ = sorted(_NAMES) + ["outputs", "store", "suite", "targeted"]
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(_importlib.import_module(f"jacuap.evaluation.{_NAMES[name]}"), name)
+    elif name in _SUBMODULES:
+        value = _importlib.import_module(f"jacuap.evaluation.{name}")
+    else:
+        raise AttributeError(f"module 'jacuap.evaluation' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(__all__) | set(_SUBMODULES))

@@ -4,23 +4,24 @@ it may name (the registry, and the modules that ``--attack_modules`` import to r
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import sys
 from typing import Sequence
 
-import numpy as np
-
-from jacuap import attacks
-from jacuap.budgets import budget_problem
+from jacuap.budgets import NORMS, budget_problem, canonical_eps
 from jacuap.errors import AttackError
-from jacuap.evaluation import store, suite
+from jacuap.evaluation import catalog, suite
 
 __all__ = ["AttackRequest", "attack_names", "import_attack_modules"]
 
 
 def attack_names() -> tuple:
-    """What ``--attack`` accepts: every registered attack (:data:`jacuap.attacks.ATTACKS`), universal first."""
-    return attacks.universal_names() + attacks.per_input_names()
+    """What ``--attack`` accepts: every registered attack (:data:`jacuap.attacks.ATTACKS`), universal first.
+
+    Read from :func:`jacuap.evaluation.catalog.facts`: no JAX until the attacks run.
+    """
+    return tuple(catalog.facts())
 
 
 def import_attack_modules(names: Sequence[str]) -> None:
@@ -41,9 +42,9 @@ def import_attack_modules(names: Sequence[str]) -> None:
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
-def _reads_layers(request) -> bool:
+def _reads_layers(request, known) -> bool:
     names = [a for a, _, _ in suite.suite_tasks(request.suite, 0)] if request.suite else request.attacks
-    return any(attacks.ATTACKS[a].layers for a in names if a in attacks.ATTACKS)
+    return any(known[a].layers for a in names if a in known)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +91,8 @@ class AttackRequest:
     uap_file: str = ""  # evaluate this .npy perturbation (no attack)
 
     def __post_init__(self):
-        unknown = [a for a in self.attacks if a not in attacks.ATTACKS]
+        known = catalog.facts()  # the registry's facts: checked before JAX loads
+        unknown = [a for a in self.attacks if a not in known]
         if unknown or not (self.attacks or self.suite or self.uap_file):
             raise AttackError(f"unknown attack {', '.join(unknown) or '(none)'}; "
                               f"choose from {', '.join(attack_names())}")
@@ -103,42 +105,40 @@ class AttackRequest:
         if self.uap_file and len(self.eps) != 1:
             raise AttackError("--uap_file takes one --eps, the budget the perturbation is checked against")
         if self.loss:
-            if self.loss not in attacks.LABEL_LOSSES:
-                raise AttackError(f"unknown loss {self.loss!r}; choose {' or '.join(attacks.LABEL_LOSSES)}")
-            if self.suite or not any("loss" in attacks.ATTACKS[a].settings for a in self.attacks
-                                     if a in attacks.ATTACKS):
+            if self.loss not in catalog.label_losses():
+                raise AttackError(f"unknown loss {self.loss!r}; choose {' or '.join(catalog.label_losses())}")
+            if self.suite or not any("loss" in known[a].settings for a in self.attacks):
                 raise AttackError("--loss is read by sgd_uap, sga_uap and sgd_uap_restarts only (a suite fixes its "
                                   "members' losses); drop it or add one of them")
         if self.prior:
-            if self.prior not in attacks.PRIORS:
-                raise AttackError(f"unknown prior {self.prior!r}; choose from {', '.join(attacks.PRIORS)}")
-            if self.suite or not any("prior" in attacks.ATTACKS[a].settings for a in self.attacks
-                                     if a in attacks.ATTACKS):
+            if self.prior not in catalog.priors():
+                raise AttackError(f"unknown prior {self.prior!r}; choose from {', '.join(catalog.priors())}")
+            if self.suite or not any("prior" in known[a].settings for a in self.attacks):
                 raise AttackError("--prior is read by cosine_uap and gd_uap only (a suite fixes its members' "
                                   "priors); drop it or add one of them")
-        if self.layer and not _reads_layers(self):
-            layered = [n for n, a in attacks.ATTACKS.items() if a.layers]
+        if self.layer and not _reads_layers(self, known):
+            layered = [n for n, a in known.items() if a.layers]
             raise AttackError(f"--layer is read by the attacks on hidden layers only ({', '.join(layered)}); "
                               f"drop it or add one of them")
-        if self.norm not in attacks.NORMS:
-            raise AttackError(f"unknown norm {self.norm!r}; choose {' or '.join(attacks.NORMS)}")
+        if self.norm not in NORMS:
+            raise AttackError(f"unknown norm {self.norm!r}; choose {' or '.join(NORMS)}")
         for name in self.attacks:
-            if self.norm not in attacks.ATTACKS[name].norms:
-                raise AttackError(f"{name} supports {', '.join(attacks.ATTACKS[name].norms)}, not --norm={self.norm}")
+            if self.norm not in known[name].norms:
+                raise AttackError(f"{name} supports {', '.join(known[name].norms)}, not --norm={self.norm}")
         if not self.eps:
             raise AttackError("give at least one eps")
         for e in self.eps:
             problem = budget_problem(e, self.norm)  # the rule every budget shares (jacuap.budgets)
             if problem:
                 raise AttackError(f"{problem} (pixel units)")
-        eps = [store.canonical_eps(e) for e in self.eps]
+        eps = [canonical_eps(e) for e in self.eps]
         for twice in (e for i, e in enumerate(eps) if e in eps[:i]):
             raise AttackError(f"eps {twice:g} is given twice (budgets are compared to 6 significant digits)")
         for twice in (a for i, a in enumerate(self.attacks) if a in self.attacks[:i]):
             raise AttackError(f"attack {twice} is given twice")
         object.__setattr__(self, "eps", eps)
         object.__setattr__(self, "attacks", list(self.attacks))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**63:
             raise AttackError(f"seed must be an integer >= 0, got {self.seed}")
         for name in ("num_craft", "num_eval", "sgd_epochs", "deepfool_passes"):
             if getattr(self, name) <= 0:

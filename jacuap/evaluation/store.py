@@ -36,6 +36,7 @@ import jax
 import numpy as np
 
 from jacuap import attacks, io, parallel
+from jacuap.budgets import EPS_DIGITS, canonical_eps
 from jacuap.errors import AttackError
 
 __all__ = [
@@ -49,8 +50,6 @@ RESULTS_NAME = "results.json"
 FIGURE_NAME = "uaps.png"
 ROWS_DIR = "rows"
 METRICS_NAME = "metrics.json"
-#: Budgets equal to this many significant digits are the same budget (and the same file name).
-EPS_DIGITS = 6
 _FORMAT = 1
 
 # Row names are the registered attacks (any module may register one), a suite member's label, "uap_file" and
@@ -62,14 +61,6 @@ _TARGETED_FIGURE = re.compile(r"^targeted_eps[0-9.e+-]+\.png$")
 _OLD_STEM = re.compile(r"^%s_(?:%s)_eps[0-9.e+-]+$" % (_NAME, "|".join(map(re.escape, attacks.NORMS))))
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_]+$")  # io.atomic_write's temporary files
 
-
-def canonical_eps(eps: float) -> float:
-    """``eps`` rounded to 6 significant digits: the budget a run records and names files by.
-
-    >>> canonical_eps(0.1000001), canonical_eps(0.05)
-    (0.1, 0.05)
-    """
-    return float(f"{float(eps):.{EPS_DIGITS}g}")
 
 
 def stem(attack: str, norm: str, eps: float, seed: int) -> str:

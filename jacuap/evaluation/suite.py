@@ -38,8 +38,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-from jacuap import attacks
-
 __all__ = [
     "Member", "Suite", "SUITES", "WORST_CASE_BY", "suite_tasks", "gradient_evaluations", "suite_record",
     "worst_case"
@@ -152,6 +150,8 @@ def gradient_evaluations(attack: str, settings: Mapping[str, Any], num_craft: in
     >>> gradient_evaluations("sgd_uap_restarts", {"num_epochs": 5, "restarts": 4}, 1000, 10)
     20000
     """
+    from jacuap import attacks  # JAX: the suites' names and members are read before it loads (attack.py --help)
+
     n, k = int(num_craft), int(num_classes)
     if attack == "targeted":
         return k * int(settings.get("num_epochs", 5)) * n

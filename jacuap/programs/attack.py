@@ -18,15 +18,16 @@ request in the same ``--out`` needs ``--overwrite``.  Exit codes: 0 done,
 
 from absl import flags
 
-from jacuap import attacks, cli, evaluation
+from jacuap import budgets, cli, io, programs
+from jacuap.evaluation import request as requests, suite  # JAX-free: flags are checked before the attacks load
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir (its config and newest checkpoint).")
-flags.DEFINE_list("attack", ["sgd_uap", "sv_uap"], f"Comma list of {', '.join(evaluation.attack_names())} "
+flags.DEFINE_list("attack", ["sgd_uap", "sv_uap"], f"Comma list of {', '.join(requests.attack_names())} "
                   "(README, 'The attack zoo'), or of attacks that --attack_modules register.")
 flags.DEFINE_list("attack_modules", [], "Modules to import before the attacks are looked up: each registers its own "
                   "attacks (jacuap.attacks.register); e.g. mypkg.my_attack.")
-flags.DEFINE_enum("suite", "", ["", *evaluation.SUITES], "Run a fixed ensemble (jacuap.evaluation.SUITES) instead of --attack, "
+flags.DEFINE_enum("suite", "", ["", *suite.SUITES], "Run a fixed ensemble (jacuap.evaluation.SUITES) instead of --attack, "
                   "and report the worst case per budget.")
 flags.DEFINE_bool("targeted", False, "Also the K x K targeted UAP matrix per budget (the standard suite has it).")
 flags.DEFINE_string("layer", "", "The hidden layer(s) the layer attacks read (layer_max, fg_uap: one name; "
@@ -39,7 +40,7 @@ flags.DEFINE_enum("prior", "", ["", "data", "range", "none"], "What cosine_uap a
                   "default: cosine_uap data, gd_uap none.")
 flags.DEFINE_string("source_workdir", "", "Craft on this workdir's model and data, evaluate on --workdir's (transfer).")
 flags.DEFINE_string("uap_file", "", "Evaluate this .npy perturbation (checked against --eps and the input shape).")
-flags.DEFINE_string("norm", "linf", f"{' or '.join(attacks.NORMS)}.")
+flags.DEFINE_string("norm", "linf", f"{' or '.join(budgets.NORMS)}.")
 flags.DEFINE_list("eps", ["0.1"], "Comma list of budgets in pixel units.")
 flags.DEFINE_integer("num_craft", 5000, "Inputs the UAPs are crafted on.")
 flags.DEFINE_integer("num_eval", 10000, "Test inputs the attacks are evaluated on.")
@@ -62,8 +63,13 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     del argv  # cli.run refuses positional arguments
     with cli.user_errors():
-        evaluation.import_attack_modules(FLAGS.attack_modules)
-        request = evaluation.AttackRequest.from_flags(FLAGS, attack_given=FLAGS["attack"].present)
+        requests.import_attack_modules(FLAGS.attack_modules)
+        request = requests.AttackRequest.from_flags(FLAGS, attack_given=FLAGS["attack"].present)
+        for workdir in filter(None, (request.workdir, request.source_workdir)):
+            io.read_workdir_config(workdir)  # a wrong --workdir answers before JAX loads
+        with programs.interrupt_exits():
+            from jacuap import evaluation  # JAX, the attacks, orbax: seconds
+
         try:
             results = evaluation.run_attacks(request)
         except OSError as exc:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import json
 import logging
 import os
 import shutil
@@ -39,7 +38,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from jacuap import models, parallel
+from jacuap import io, models, parallel
 from jacuap.errors import CheckpointError, one_line
 from jacuap.train.state import create_train_state, make_optimizer
 
@@ -315,16 +314,7 @@ def restore_model(workdir: str) -> RestoredModel:
     Raises:
       CheckpointError: the workdir has no (readable) checkpoint.
     """
-    if not os.path.isdir(workdir):
-        raise CheckpointError(f"workdir {workdir!r} does not exist")
-    config_path = os.path.join(workdir, "config.json")
-    try:
-        with open(config_path) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{config_path} is missing or unreadable ({type(exc).__name__}); is {workdir!r} a train.py workdir?"
-        ) from None
+    config = ml_collections.ConfigDict(io.read_workdir_config(workdir))
     _, meta = restore_meta(workdir)
     spec = meta["model_spec"]
     model = models.create_model(spec["name"], spec["num_classes"], spec["mean"], spec["std"], spec.get("kwargs"),
