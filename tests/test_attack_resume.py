@@ -191,7 +191,8 @@ def test_another_request_is_refused_then_replaced_with_overwrite(trained, tmp_pa
     (out / "notes.txt").write_text("mine")
     (out / "other.npy").write_bytes(b"not jacuap's")
     listing = _files(out)
-    with pytest.raises(errors.AttackError, match=r"holds the outputs of another request \(eps .*--overwrite"):
+    with pytest.raises(errors.AttackError, match=r"holds the outputs of another request \(eps: 0.05,0.1, not 0.2\); "
+                                                 r".*--overwrite to replace them \(only that request's files\)"):
         _run(_request(trained, out, eps=[0.2]))
     assert _files(out) == listing
     results, _ = _run(_request(trained, out, eps=[0.2], overwrite=True))
@@ -347,3 +348,26 @@ def test_attack_py_per_input_only_names_the_files_it_wrote(trained, tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == f"outputs in {out}: results.json"
     assert not [f for f in _files(out) if f.endswith((".npy", ".png"))]
     assert json.load(open(out / "results.json"))["results"][0]["file"] is None
+
+    # Another request into the same --out: its own sub-folder, named by the request; the first one's stay.
+    first = {f: (out / f).read_bytes() for f in _files(out) if f != ".lock"}
+    args = [f"--workdir={trained}", f"--out={out}", "--progress=false", "--attack=sgd_uap", "--eps=0.1",
+            "--num_craft=32", "--num_eval=32", "--num_metrics=0", "--sgd_epochs=1"]
+    proc = _attack_py(args)
+    assert proc.returncode == 0, proc.stderr
+    name = evaluation.AttackRequest(workdir=trained, attacks=["sgd_uap"], norm="linf", eps=[0.1], out=str(out),
+                                    num_craft=32, num_eval=32, num_metrics=0, sgd_epochs=1).folder_name()
+    assert name.startswith("sgd_uap_linf_eps0.1_")
+    assert proc.stdout.strip().splitlines()[-1].startswith(f"outputs in {out / name}: results.json")
+    assert json.load(open(out / name / "results.json"))["results"][0]["attack"] == "sgd_uap"
+    assert {f: (out / f).read_bytes() for f in _files(out) if f != ".lock" and not f.startswith(name)} == first
+
+
+def test_request_folder_keeps_the_folder_of_the_same_request(tmp_path):
+    request = _request("w", tmp_path, eps=[0.1])
+    assert evaluation.request.request_folder(str(tmp_path), request) == str(tmp_path)  # fresh
+    (tmp_path / "request.json").write_text(json.dumps({**request.fields(), "checkpoint_step": 3, "format": 1}))
+    assert evaluation.request.request_folder(str(tmp_path), request) == str(tmp_path)  # this request: resumes
+    other = _request("w", tmp_path, eps=[0.1], loss="margin")
+    assert evaluation.request.request_folder(str(tmp_path), other) == str(tmp_path / other.folder_name())
+    assert other.folder_name() != request.folder_name() != _request("w", tmp_path, eps=[0.1], num_craft=65).folder_name()

@@ -4,6 +4,8 @@ it may name (the registry, and the modules that ``--attack_modules`` import to r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import numbers
 import os
 import sys
@@ -13,7 +15,7 @@ from jacuap.budgets import NORMS, budget_problem, canonical_eps
 from jacuap.errors import AttackError
 from jacuap.evaluation import catalog, suite
 
-__all__ = ["AttackRequest", "attack_names", "import_attack_modules"]
+__all__ = ["AttackRequest", "attack_names", "import_attack_modules", "request_folder", "REQUEST_KEYS"]
 
 
 def attack_names() -> tuple:
@@ -40,6 +42,36 @@ def import_attack_modules(names: Sequence[str]) -> None:
         except Exception as exc:  # ImportError, or the module's own error (a bad AttackSpec) while importing
             raise AttackError(f"--attack_modules: cannot import {name!r} ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def request_folder(out: str, request: "AttackRequest") -> str:
+    """Where ``attack.py`` writes ``request`` given ``--out`` ``out``: one folder holds many requests.
+
+    ``out`` itself when it is fresh (no ``request.json``) or holds this
+    request already (its rows resume there); else the sub-folder
+    ``out/<request.folder_name()>``, so that a suite, then one attack, then
+    other budgets into one ``--out`` each keep their own outputs.  Reads
+    ``out/request.json`` only (no JAX).
+    """
+    old = store_request(out)
+    if old is None or {k: old[k] for k in REQUEST_KEYS if k in old} == request.fields():
+        return out
+    return os.path.join(out, request.folder_name())
+
+
+def store_request(folder: str):
+    """The ``request.json`` of ``folder`` as a dict, or None when absent or unreadable."""
+    try:
+        with open(os.path.join(folder, "request.json")) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+#: The fields of ``request.json`` that the request decides (the others say which model and data it ran on).
+REQUEST_KEYS = ("attacks", "norm", "eps", "seed", "num_craft", "num_eval", "craft_split", "num_metrics", "sgd_epochs",
+                "deepfool_passes", "suite", "targeted", "layer", "loss", "prior", "eval_split")
 
 
 def _reads_layers(request, known) -> bool:
@@ -151,6 +183,38 @@ class AttackRequest:
             raise AttackError(f"eval_split must be test or validation, got {self.eval_split!r}")
         if self.eval_split == "validation" and self.craft_split != "train":
             raise AttackError("eval_split=validation crafts on the training split; drop craft_split=test")
+
+    def fields(self) -> dict:
+        """What decides this request's rows (JSON-ready; not where it reads or writes): ``request.json``'s part.
+
+        >>> AttackRequest(workdir="w", attacks=["sgd_uap"], norm="l2", eps=[1], out="o", loss="margin").fields()["loss"]
+        'margin'
+        """
+        fields = {"attacks": list(self.attacks), "norm": self.norm, "eps": [canonical_eps(e) for e in self.eps],
+                  "seed": int(self.seed), "num_craft": int(self.num_craft), "num_eval": int(self.num_eval),
+                  "craft_split": self.craft_split, "num_metrics": int(self.num_metrics),
+                  "sgd_epochs": int(self.sgd_epochs), "deepfool_passes": int(self.deepfool_passes)}
+        fields.update({k: v for k, v in (("suite", self.suite), ("targeted", self.targeted), ("layer", self.layer),
+                                         ("loss", self.loss), ("prior", self.prior),
+                                         ("eval_split", self.eval_split != "test" and self.eval_split)) if v})
+        return fields
+
+    def folder_name(self) -> str:
+        """The request in a folder name: what it runs, the norm, the budgets, and 6 hex digits of everything else.
+
+        >>> AttackRequest(workdir="w", attacks=[], suite="quick", norm="linf", eps=[0.05, 0.1], out="o").folder_name()
+        'quick_suite_linf_eps0.05,0.1_25e37f'
+        """
+        what = f"{self.suite}_suite" if self.suite else "+".join(self.attacks) or "uap_file"
+        if len(what) > 48:
+            what = f"{len(self.attacks)}_attacks"
+        eps = ",".join(f"{e:g}" for e in self.eps)
+        if len(eps) > 32:
+            eps = f"{min(self.eps):g}-{max(self.eps):g}x{len(self.eps)}"
+        sources = {k: os.path.abspath(v) for k, v in (("source_workdir", self.source_workdir),
+                                                      ("uap_file", self.uap_file)) if v}
+        digest = hashlib.sha256(json.dumps({**self.fields(), **sources}, sort_keys=True).encode()).hexdigest()[:6]
+        return f"{what}_{self.norm}_eps{eps}_{digest}"
 
     @classmethod
     def from_flags(cls, flags, attack_given: bool = True) -> "AttackRequest":

@@ -93,11 +93,8 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
               "source_model_fingerprint": store.model_fingerprint(crafter.restored.params)}
     if given is not None:
         record["uap_file_sha256"] = hashlib.sha256(given.tobytes()).hexdigest()[:16]
-    record.update({k: v for k, v in (("suite", request.suite), ("targeted", request.targeted), ("layer", request.layer),
-                                     ("loss", request.loss), ("prior", request.prior),
-                                     ("eval_split", request.eval_split != "test" and request.eval_split),
-                                     ("source_model_fingerprint", request.source_workdir and
-                                      source["source_model_fingerprint"])) if v})
+    if request.source_workdir:
+        record["source_model_fingerprint"] = source["source_model_fingerprint"]
     class_names = list(getattr(dataset, "class_names", None) or range(int(spec.get("num_classes", 0) or 0)))
     os.makedirs(request.out, exist_ok=True)
     with io.exclusive_lock(request.out):

@@ -41,7 +41,7 @@ from jacuap.errors import AttackError
 
 __all__ = [
     "REQUEST_NAME", "RESULTS_NAME", "FIGURE_NAME", "ROWS_DIR", "METRICS_NAME", "EPS_DIGITS", "canonical_eps",
-    "stem", "model_fingerprint", "check_out_path", "request_record", "claim", "jacuap_files", "load_row",
+    "stem", "model_fingerprint", "check_out_path", "request_record", "difference", "claim", "jacuap_files", "load_row",
     "save_row", "load_metrics", "save_metrics", "remove_results", "write_results", "finite_or_null"
 ]
 
@@ -94,21 +94,43 @@ def request_record(request: Any, checkpoint_step: int, fingerprint: str, dataset
     """What ``request.json`` holds: everything that decides the rows (``workdir`` only informs)."""
     return {
         "format": _FORMAT,
-        "attacks": list(request.attacks),
-        "norm": request.norm,
-        "eps": [canonical_eps(e) for e in request.eps],
-        "seed": int(request.seed),
-        "num_craft": int(request.num_craft),
-        "num_eval": int(request.num_eval),
-        "craft_split": request.craft_split,
-        "num_metrics": int(request.num_metrics),
-        "sgd_epochs": int(request.sgd_epochs),
-        "deepfool_passes": int(request.deepfool_passes),
+        **request.fields(),
         "dataset": dataset,
         "checkpoint_step": int(checkpoint_step),
         "model_fingerprint": fingerprint,
         "workdir": os.path.abspath(request.workdir),
     }
+
+
+_WORDS = {"checkpoint_step": "checkpoint step", "model_fingerprint": "model parameters", "num_craft": "crafting inputs",
+          "num_eval": "evaluation inputs", "num_metrics": "metric inputs", "sgd_epochs": "SGD epochs",
+          "deepfool_passes": "DeepFool passes", "craft_split": "crafting split", "eval_split": "evaluation split",
+          "source_model_fingerprint": "source model's parameters", "uap_file_sha256": "perturbation file"}
+
+
+def difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """The request ``old`` in words, by what differs from ``new`` (``request.json`` records).
+
+    >>> difference({"attacks": [], "suite": "quick", "eps": [0.1]}, {"attacks": ["sgd_uap"], "eps": [0.1]})
+    'another request (attacks: the quick suite, not sgd_uap)'
+    >>> difference({"checkpoint_step": 430, "model_fingerprint": "a"}, {"checkpoint_step": 860, "model_fingerprint": "b"})
+    'this request on another model (checkpoint step: 430, not 860; model parameters differ)'
+    """
+    def shown(record, key):
+        value = record.get(key)
+        if key == "attacks" and not value:
+            return f"the {record['suite']} suite" if record.get("suite") else "none"
+        if isinstance(value, list):
+            return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "none"
+        return "none" if value in (None, "", False) else str(value)
+
+    keys = [k for k in dict.fromkeys([*old, *new]) if k not in ("workdir", "format") and old.get(k) != new.get(k)]
+    model = {"checkpoint_step", "model_fingerprint", "dataset", "source_model_fingerprint"}
+    skip = {"suite"} if "attacks" in keys else set()
+    words = [f"{_WORDS.get(k, k)} differ" if k.endswith(("fingerprint", "sha256"))
+             else f"{_WORDS.get(k, k)}: {shown(old, k)}, not {shown(new, k)}" for k in keys if k not in skip]
+    who = "this request on another model" if keys and set(keys) <= model else "another request"
+    return f"{who} ({'; '.join(words[:4])})" if words else who
 
 
 def _same_request(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -181,13 +203,9 @@ def claim(out: str, record: Dict[str, Any], overwrite: bool) -> None:
         if same:
             _remove(temps)
         elif leftovers and not overwrite:
-            what = "another request" if old is not None else "an earlier run"
-            diff = ""
-            if isinstance(old, dict):
-                keys = [k for k in record if k != "workdir" and old.get(k) != record[k]]
-                diff = " (" + ", ".join(f"{k} {old.get(k)!r} -> {record[k]!r}" for k in keys[:4]) + ")"
-            refusal = (f"--out {out} holds the outputs of {what}{diff}; rerun that command to resume it, "
-                       f"pass --overwrite to replace them, or choose another --out")
+            what = f"the outputs of {difference(old, record)}" if isinstance(old, dict) else "an earlier run's outputs"
+            refusal = (f"--out {out} holds {what}; rerun that command to resume it, pass --overwrite to replace "
+                       f"them (only that request's files), or choose another --out")
         else:
             _remove(previous)
             rows = os.path.join(out, ROWS_DIR)

@@ -11,10 +11,15 @@
 Crafts each UAP on the training split (``--craft_split``) and evaluates it on
 the test split; writes one ``.npy`` and one ``rows/*.json`` per finished
 (attack, eps) as it goes, ``out/uaps.png``, and ``out/results.json`` last.
-Rerunning the same command resumes (finished rows are reused); another
-request in the same ``--out`` needs ``--overwrite``.  Exit codes: 0 done,
+Rerunning the same command resumes (finished rows are reused).  One
+``--out`` holds many requests: the first writes into it, each other one into
+its own sub-folder named by the request (``OUT/quick_suite_linf_eps0.1_25e37f``);
+``--overwrite`` replaces only the outputs of the request given, when they
+came from another checkpoint.  Exit codes: 0 done,
 1 the output folder cannot be written (full, read-only), 2 a user mistake.
 """
+
+import dataclasses
 
 from absl import flags
 
@@ -53,9 +58,10 @@ flags.DEFINE_integer("num_metrics", 500, "Test inputs for the Jacobian metrics (
 flags.DEFINE_integer("sgd_epochs", 5, "SGD-UAP epochs over the crafting set.")
 flags.DEFINE_integer("deepfool_passes", 5, "DeepFool-UAP maximum passes.")
 flags.DEFINE_integer("seed", 0, "Seed of the crafting subset, shuffles and random starts.")
-flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/attack).")
-flags.DEFINE_bool("overwrite", False, "Replace the outputs of another request in --out (only files jacuap wrote); "
-                  "the same request resumes either way.")
+flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/attack); a request other than the one it holds "
+                    "goes to its own sub-folder, named by the request.")
+flags.DEFINE_bool("overwrite", False, "Replace this request's outputs when they came from another checkpoint (only "
+                  "files jacuap wrote; other requests' stay); the same request resumes either way.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -65,6 +71,7 @@ def main(argv):
     with cli.user_errors():
         requests.import_attack_modules(FLAGS.attack_modules)
         request = requests.AttackRequest.from_flags(FLAGS, attack_given=FLAGS["attack"].present)
+        request = dataclasses.replace(request, out=requests.request_folder(request.out, request))
         for workdir in filter(None, (request.workdir, request.source_workdir)):
             io.read_workdir_config(workdir)  # a wrong --workdir answers before JAX loads
         with programs.interrupt_exits():
