@@ -15,15 +15,17 @@ one way::
 Every public name below is loaded on first use, so ``import jacuap`` stays
 cheap (no orbax, matplotlib or tensorflow-datasets until they are needed).
 
+``dir(jacuap)`` lists exactly that API (``__all__``): the names below and
+the submodules; ``jacuap.checkpoints`` is :mod:`jacuap.train.checkpoints`.
+
 >>> import jacuap
 >>> sorted(jacuap.DATASETS)
 ['cifar10', 'digits', 'fashion_mnist', 'mnist']
+>>> dir(jacuap) == sorted(jacuap.__all__)
+True
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+import importlib as _importlib
 
 __version__ = "0.1.0"
 
@@ -44,6 +46,8 @@ _PUBLIC = {
     "create_model": "jacuap.models",
     "init_params": "jacuap.models",
     "make_apply_fn": "jacuap.models",
+    "as_apply_fn": "jacuap.models",
+    "nnx_with_params": "jacuap.models",
     # kernels
     "input_jacobian": "jacuap.jacobian",
     "frobenius_sq": "jacuap.jacobian",
@@ -71,43 +75,38 @@ _PUBLIC = {
     # evaluation
     "AttackRequest": "jacuap.evaluation",
     "run_attacks": "jacuap.evaluation",
+    "print_results": "jacuap.evaluation",
     # training
     "get_config": "jacuap.configs",
     "train_and_evaluate": "jacuap.train",
     "train_step": "jacuap.train",
     "restore_model": "jacuap.train.checkpoints",
+    "RestoredModel": "jacuap.train.checkpoints",
 }
 
-_SUBMODULES = (
-    "attacks",
-    "batching",
-    "checkpoints",
-    "cli",
-    "configs",
-    "data",
-    "errors",
-    "evaluation",
-    "io",
-    "jacobian",
-    "metrics",
-    "models",
-    "parallel",
-    "train",
-)
+# name -> the module it is (``jacuap.checkpoints`` lives in the train unit).
+_SUBMODULES = {
+    name: f"jacuap.{name}"
+    for name in ("attacks", "batching", "cli", "configs", "data", "errors", "evaluation", "io", "jacobian",
+                 "metrics", "models", "parallel", "train")
+}
+_SUBMODULES["checkpoints"] = "jacuap.train.checkpoints"
 
-__all__ = sorted(_PUBLIC) + list(_SUBMODULES)
+__all__ = sorted(_PUBLIC) + sorted(_SUBMODULES)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        value = getattr(_importlib.import_module(_PUBLIC[name]), name)
     elif name in _SUBMODULES:
-        value = importlib.import_module(f"jacuap.{name}")
+        value = _importlib.import_module(_SUBMODULES[name])
     else:
         raise AttributeError(f"module 'jacuap' has no attribute {name!r}")
     globals()[name] = value  # later lookups skip __getattr__
     return value
 
 
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+def __dir__() -> list:
+    # The public API only: not this module's own globals, nor the submodules
+    # that imports elsewhere happen to have set as attributes.
+    return sorted(__all__)

@@ -1,5 +1,6 @@
 """The packaged configs: every one validates, unknown fields are rejected naming the closest one."""
 
+import json
 import os
 
 import ml_collections
@@ -48,6 +49,55 @@ def test_unknown_field_is_rejected_naming_the_closest():
     assert configs.override(config, num_epochs=3).num_epochs == 3
 
 
+ONE_LINE = r"^unknown config field 'num_epoch' \(did you mean 'num_epochs'\?\)$"
+
+
+@pytest.mark.parametrize("name", sorted(configs.CONFIGS))
+def test_typo_in_update_set_or_read_is_one_line_naming_the_closest(name):
+    config = configs.get_config(name)
+    before = config.to_dict()
+
+    def update():
+        config.update(seed=7, num_epoch=3)  # the good key is not applied either
+
+    def set_attr():
+        config.num_epoch = 3
+
+    def set_item():
+        config["num_epoch"] = 3
+
+    def read_attr():
+        return config.num_epoch
+
+    def read_item():
+        return config["num_epoch"]
+
+    for action in (update, set_attr, set_item, read_attr, read_item):
+        with pytest.raises(ConfigError, match=ONE_LINE) as info:
+            action()
+        # ...and still the KeyError/AttributeError ml_collections and absl catch.
+        assert isinstance(info.value, KeyError) and isinstance(info.value, AttributeError), action.__name__
+        assert "\n" not in str(info.value) and "Other fields" not in str(info.value)
+    assert config.to_dict() == before
+    assert not hasattr(config, "num_epoch") and config.get("num_epoch", "absent") == "absent"
+    assert "num_epoch" not in config.__dict__
+
+
+def test_locked_config_keeps_configdict_behaviour():
+    config = configs.override(configs.get_config("digits"), num_epochs=3)
+    copy = config.copy_and_resolve_references()
+    assert isinstance(copy, configs.LockedConfigDict) and copy.is_locked and copy.num_epochs == 3
+    plain = ml_collections.ConfigDict(config.to_dict()).lock()
+    assert config == plain and plain == config and config != configs.get_config("digits")
+    assert json.loads(config.to_json())["num_epochs"] == 3 and json.loads(json.dumps(config.to_dict())) == plain.to_dict()
+    with config.unlocked():
+        config.extra = 1  # unlocked, a new field is allowed, as in ConfigDict
+    assert config.extra == 1
+    config.model_kwargs = {"width": 8}  # a nested group hints from its own fields
+    with pytest.raises(AttributeError, match=r"^unknown config field 'widht' \(did you mean 'width'\?\)$"):
+        config.model_kwargs.widht
+
+
 def _parse_config_flag(argv):
     """``--config`` as train.py defines it (absl reads the overrides from ``argv``)."""
     from absl import flags
@@ -63,6 +113,9 @@ def _parse_config_flag(argv):
 def test_command_line_override_of_an_unknown_field_is_one_line():
     config = _parse_config_flag(["prog", "--config.num_epochs=3"])
     assert config.num_epochs == 3 and config.dataset == "digits"
+    assert isinstance(config, configs.LockedConfigDict) and config.is_locked
+    with pytest.raises(ConfigError, match=r"^unknown config field 'num_epoch' "):
+        config.update(num_epoch=4)
     with pytest.raises(Exception) as info:
         _parse_config_flag(["prog", "--config.learning_rte=0.1"])
     error = configs.as_config_error(info.value)

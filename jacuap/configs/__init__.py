@@ -2,9 +2,11 @@
 
 Each module (``default``, ``digits``, ``mnist``, ``fashion_mnist``,
 ``cifar10``) has a ``get_config()`` returning a locked
-``ml_collections.ConfigDict``: its fields are those of ``default`` and no
-others, so a typo such as ``config.jr_lamda = 0.1`` or
-``--config.jr_lamda=0.1`` raises instead of being silently ignored.
+``ml_collections.ConfigDict`` (a :class:`~jacuap.configs.locked.LockedConfigDict`):
+its fields are those of ``default`` and no others, so a typo such as
+``config.jr_lamda = 0.1``, ``config.update(jr_lamda=0.1)`` or
+``--config.jr_lamda=0.1`` raises, in one line naming the closest field,
+instead of being silently ignored.
 
 >>> from jacuap import configs
 >>> config = configs.get_config("digits")
@@ -15,7 +17,10 @@ others, so a typo such as ``config.jr_lamda = 0.1`` or
 'digits.py'
 >>> configs.override(config, jr_lamda=0.1)
 Traceback (most recent call last):
-jacuap.errors.ConfigError: unknown config field 'jr_lamda' (did you mean 'jr_lambda'?)
+jacuap.configs.locked.UnknownFieldError: unknown config field 'jr_lamda' (did you mean 'jr_lambda'?)
+>>> config.update(num_epoch=3)
+Traceback (most recent call last):
+jacuap.configs.locked.UnknownFieldError: unknown config field 'num_epoch' (did you mean 'num_epochs'?)
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 
 from jacuap.budgets import budget_problem
 from jacuap.configs import cifar10, default, digits, fashion_mnist, mnist
+from jacuap.configs.locked import LockedConfigDict, UnknownFieldError, unknown_field
 from jacuap.errors import ConfigError
 
 __all__ = [
@@ -48,6 +54,8 @@ __all__ = [
     "closest_field",
     "unknown_field_error",
     "as_config_error",
+    "LockedConfigDict",
+    "UnknownFieldError",
 ]
 
 CONFIGS = {
@@ -109,8 +117,12 @@ def closest_field(name: str) -> str:
 
 
 def unknown_field_error(name: str) -> ConfigError:
-    """The one-line error for a field ``name`` that configs do not have."""
-    return ConfigError(f"unknown config field {name!r} (did you mean {closest_field(name)!r}?)")
+    """The one-line error for a field ``name`` that configs do not have (an :class:`UnknownFieldError`).
+
+    >>> print(unknown_field_error("seeed"))
+    unknown config field 'seeed' (did you mean 'seed'?)
+    """
+    return unknown_field(name, FIELDS)
 
 
 _LOCKED_KEY = re.compile(r"""Key ["']([^"']+)["'] does not exist""")
@@ -124,7 +136,8 @@ def as_config_error(exc: BaseException) -> Optional[ConfigError]:
     ``exc`` is the ``AttributeError``/``KeyError`` of an attribute set or
     ``update`` on a locked config (or of reading a field it lacks), or absl's
     ``UnrecognizedFlagError`` for ``--config.<field>=...``; its (multi-line)
-    text becomes one line naming the closest field.
+    text becomes one line naming the closest field.  A packaged config's own
+    :class:`UnknownFieldError` (already that line) is returned as it is.
 
     >>> config = get_config()
     >>> try:
@@ -133,6 +146,8 @@ def as_config_error(exc: BaseException) -> Optional[ConfigError]:
     ...     print(as_config_error(exc))
     unknown config field 'learning_rte' (did you mean 'learning_rate'?)
     """
+    if isinstance(exc, UnknownFieldError):
+        return exc
     text = str(exc.args[0]) if exc.args else ""
     if isinstance(exc, (AttributeError, KeyError)):
         match = _LOCKED_KEY.search(text) or _MISSING_ATTR.match(text)

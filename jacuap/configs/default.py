@@ -7,9 +7,11 @@ setting an unknown field (a typo) raises instead of being ignored.
 
 import ml_collections
 
+from jacuap.configs.locked import LockedConfigDict
+
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
+    config = LockedConfigDict()  # a ConfigDict whose unknown-field errors are one line
     # Data: digits | mnist | fashion_mnist | cifar10 (see jacuap.data).
     config.dataset = "fashion_mnist"
     config.data_dir = ""  # local IDX / CIFAR binary files; "" = the usual places

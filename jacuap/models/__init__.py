@@ -32,7 +32,8 @@ import jax.numpy as jnp
 
 from jacuap.errors import ModelError
 from jacuap.models import conv  # noqa: F401  (so that jacuap.models.conv is an attribute)
-from jacuap.models.adapter import NNXClassifier, as_apply_fn, check_classifier, import_model, is_import_path
+from jacuap.models.adapter import (NNXClassifier, as_apply_fn, check_classifier, import_model, is_import_path,
+                                    nnx_with_params)
 from jacuap.models.features import FeaturesFn, layer_features_fn, layer_names, layers_features_fn
 from jacuap.models.nets import CNN, DEFAULT_CONV, MLP, ConvFn, Normalize, ResidualBlock, ResNet
 
@@ -40,6 +41,7 @@ __all__ = [
     "MODELS",
     "create_model",
     "as_apply_fn",
+    "nnx_with_params",
     "NNXClassifier",
     "import_model",
     "is_import_path",

@@ -14,6 +14,10 @@ Every kernel, attack and metric takes a pure ``apply_fn(params, x) -> logits``
   ``module.eval()`` first if it has dropout or batch norm;
 * ``(apply_fn, params)`` already: returned as they are.
 
+:func:`nnx_with_params` goes the other way: the NNX module back, with trained
+params (from your own loop, or ``restore_model(workdir).params``) written
+into a copy of it by ``nnx.update``.
+
 The programs take a model by import path (``--config.model=pkg.mod:Class``,
 :func:`import_model`): a Linen class is built as ``Class(num_classes=K,
 **model_kwargs)`` and initialised from the run's seed; an NNX class as
@@ -51,7 +55,8 @@ import jax.numpy as jnp
 
 from jacuap.errors import ModelError
 
-__all__ = ["ApplyFn", "is_import_path", "as_apply_fn", "NNXClassifier", "import_model", "check_classifier"]
+__all__ = ["ApplyFn", "is_import_path", "as_apply_fn", "nnx_with_params", "NNXClassifier", "import_model",
+           "check_classifier"]
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -130,6 +135,60 @@ def as_apply_fn(model: Any, params: Any = None) -> Tuple[ApplyFn, Any]:
         return model, params
     raise ModelError(f"as_apply_fn: expected a Linen module, an NNX module or apply_fn(params, x); "
                      f"got {type(model).__name__}")
+
+
+def nnx_with_params(module: Any, params: Any) -> Any:
+    """A copy of the NNX ``module`` whose ``nnx.Param`` values are ``params``; ``module`` is left as it is.
+
+    ``params`` is the pytree :func:`as_apply_fn` gave for the module (a plain
+    nested dict), trained since: ``nnx.update`` writes it into
+    ``nnx.clone(module)``, whose other state (batch statistics, RNG counters)
+    is the module's.  The copy computes ``apply_fn(params, x)``.  ``module``
+    may also be the :class:`NNXClassifier` of ``restore_model(workdir).model``
+    (a run of an NNX class by import path).
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> module = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> apply_fn, params = as_apply_fn(module)
+    >>> trained = {"bias": params["bias"] + 1.0, "kernel": params["kernel"]}
+    >>> copy = nnx_with_params(module, trained)
+    >>> bool(jnp.all(copy(jnp.ones((1, 2))) == apply_fn(trained, jnp.ones((1, 2)))))
+    True
+    >>> bool(jnp.all(module.bias[...] == 0.0))  # the original keeps its values
+    True
+    >>> nnx_with_params(module, {"bias": params["bias"]})
+    Traceback (most recent call last):
+    ...
+    jacuap.errors.ModelError: nnx_with_params: params do not fit the module's nnx.Param tree ({'bias': (3,), 'kernel': (2, 3)}); pass the params as_apply_fn(module) gave, trained
+
+    Raises:
+      ModelError: ``module`` is not an NNX module, or ``params`` differ from
+        its parameters in structure or shapes.
+    """
+    if isinstance(module, NNXClassifier):
+        template, merge = module.params, module.merge
+    elif _is_nnx_module(module):
+        nnx = _nnx()
+        template = nnx.state(module, nnx.Param).to_pure_dict()
+
+        def merge(new):
+            copy = nnx.clone(module)
+            nnx.update(copy, new)
+            return copy
+    else:
+        raise ModelError(f"nnx_with_params: expected a flax.nnx.Module (or NNXClassifier), got "
+                         f"{type(module).__name__}; a Linen module keeps no parameters: use apply_fn(params, x)")
+    shapes = jax.tree_util.tree_map(jnp.shape, template)
+    try:
+        fits = jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(template) and \
+            jax.tree_util.tree_map(jnp.shape, params) == shapes
+    except (TypeError, ValueError):
+        fits = False
+    if not fits:
+        raise ModelError(f"nnx_with_params: params do not fit the module's nnx.Param tree ({shapes}); "
+                         f"pass the params as_apply_fn(module) gave, trained")
+    return merge(params)
 
 
 class NNXClassifier:
