@@ -130,21 +130,41 @@ def test_training_restoring_and_attacking_an_imported_model(tmp_path, cls):
 
 @pytest.mark.slow
 def test_programs_take_a_model_by_import_path(tmp_path):
-    (tmp_path / "my_nets.py").write_text(open(os.path.join(ROOT, "tests", "nnx_models.py")).read())
+    # The user's package lives in their project folder; the attack runs from another folder.
+    (tmp_path / "proj" / "mypkg").mkdir(parents=True)
+    (tmp_path / "proj" / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "proj" / "mypkg" / "nets.py").write_text(open(os.path.join(ROOT, "tests", "nnx_models.py")).read())
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    run = lambda *args: subprocess.run([sys.executable, os.path.join(ROOT, *args[:1])] + list(args[1:]),
-                                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    proc = run("train.py", "--workdir=w", "--config=configs/digits.py", "--config.model=my_nets:NNXCNN",
+    run = lambda cwd, *args: subprocess.run([sys.executable, os.path.join(ROOT, *args[:1])] + list(args[1:]),
+                                            cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    proj = tmp_path / "proj"
+    proc = run(proj, "train.py", "--workdir=w", "--config=configs/digits.py", "--config.model=mypkg.nets:NNXCNN",
                "--config.model_kwargs={'width': 3}", "--config.num_epochs=1", "--config.progress=False")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = run("attack.py", "--workdir=w", "--attack=sgd_uap", "--eps=0.1", "--num_craft=200", "--num_eval=200",
-               "--num_metrics=20", "--sgd_epochs=1", "--noprogress")
+    proc = run(tmp_path, "attack.py", "--workdir=proj/w", "--attack=sgd_uap", "--eps=0.1", "--num_craft=200",
+               "--num_eval=200", "--num_metrics=20", "--sgd_epochs=1", "--noprogress")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert os.path.isfile(tmp_path / "w" / "attack" / "results.json")
-    proc = run("train.py", "--workdir=w2", "--config=configs/digits.py", "--config.model=my_nets:WrongOutput")
+    assert os.path.isfile(proj / "w" / "attack" / "results.json")
+    proc = run(proj, "train.py", "--workdir=w2", "--config=configs/digits.py", "--config.model=mypkg.nets:WrongOutput")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "not (2, 10) logits" in lines[0], proc.stderr
+
+
+def test_an_imported_model_is_found_in_the_folder_it_was_trained_from(tmp_path, monkeypatch):
+    (tmp_path / "userpkg_src").mkdir()
+    (tmp_path / "userpkg_src" / "userpkg_nets.py").write_text(open(os.path.join(ROOT, "tests", "nnx_models.py")).read())
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the fallback appends to sys.path: undone after the test
+    with pytest.raises(ModelError, match=r"cannot import 'userpkg_nets' \(ModuleNotFoundError: .*\); put the folder "
+                                         r"that holds 'userpkg_nets' on PYTHONPATH"):
+        models.create_model("userpkg_nets:LinenCNN", 10, (0.5,), (0.5,), {"width": 2})
+    with pytest.raises(ModelError, match=f"it was trained from {tmp_path / 'gone'}; put the folder"):
+        models.create_model("userpkg_nets:LinenCNN", 10, (0.5,), (0.5,), {"width": 2}, 0, str(tmp_path / "gone"))
+    model = models.create_model("userpkg_nets:LinenCNN", 10, (0.5,), (0.5,), {"width": 2}, 0,
+                                str(tmp_path / "userpkg_src"))
+    assert type(model).__name__ == "LinenCNN"
+    assert models.model_source_root("userpkg_nets:LinenCNN") == str(tmp_path / "userpkg_src")
+    sys.modules.pop("userpkg_nets", None)
 
 
 def test_readme_nnx_example():

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jacuap.errors import ModelError
 from jacuap.models import conv  # noqa: F401  (so that jacuap.models.conv is an attribute)
 from jacuap.models.adapter import (NNXClassifier, as_apply_fn, check_classifier, import_model, is_import_path,
-                                    nnx_with_params)
+                                    model_source_root, nnx_with_params)
 from jacuap.models.features import FeaturesFn, layer_features_fn, layer_names, layers_features_fn
 from jacuap.models.nets import CNN, DEFAULT_CONV, MLP, ConvFn, Normalize, ResidualBlock, ResNet
 
@@ -44,6 +44,7 @@ __all__ = [
     "nnx_with_params",
     "NNXClassifier",
     "import_model",
+    "model_source_root",
     "is_import_path",
     "check_classifier",
     "make_apply_fn",
@@ -83,6 +84,7 @@ def create_model(
     std: Sequence[float],
     kwargs: Optional[Mapping[str, Any]] = None,
     seed: int = 0,
+    source_root: Optional[str] = None,
 ) -> Any:
     """The registered model ``name`` (or the class at import path ``name``) for a dataset.
 
@@ -96,6 +98,8 @@ def create_model(
       kwargs: more keyword arguments of the constructor (``model_kwargs``).
       seed: the NNX ``Rngs`` seed of an NNX class (Linen models draw their
         parameters in :func:`init_params`).
+      source_root: for an import path, a folder searched last when its module
+        is not on ``sys.path`` (what a checkpoint records: :func:`model_source_root`).
 
     Raises:
       ModelError: ``name`` is not registered (the message lists the names).
@@ -109,7 +113,7 @@ def create_model(
     """
     kwargs = dict(kwargs or {})
     if is_import_path(name):
-        return import_model(name, num_classes, seed, kwargs)
+        return import_model(name, num_classes, seed, kwargs, source_root)
     if name not in MODELS:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
     try:

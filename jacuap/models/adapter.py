@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
@@ -220,15 +222,51 @@ class NNXClassifier:
         return f"NNXClassifier({self.cls.__module__}.{self.cls.__qualname__}, num_classes={self.num_classes})"
 
 
-def _import_class(path: str) -> type:
+def model_source_root(path: str) -> Optional[str]:
+    """The ``sys.path`` folder the module of import path ``path`` was imported from (it must be imported).
+
+    What a checkpoint records, so that ``attack.py`` finds ``mypkg.nets``
+    from any folder: for ``/home/u/proj/mypkg/nets.py`` it is ``/home/u/proj``.
+    None for a module without a file.
+
+    >>> model_source_root("jacuap.models.nets:MLP") == os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    True
+    """
+    module_name = str(path).partition(":")[0]
+    module = sys.modules.get(module_name) or importlib.import_module(module_name)
+    filename = getattr(module, "__file__", None)
+    if not filename:
+        return None
+    root = os.path.dirname(os.path.abspath(filename))
+    if os.path.basename(filename).startswith("__init__."):
+        root = os.path.dirname(root)
+    for _ in range(module_name.count(".")):
+        root = os.path.dirname(root)
+    return root
+
+
+def _import_class(path: str, source_root: Optional[str] = None) -> type:
     module_name, _, attr = str(path).partition(":")
     if not module_name or not attr:
         raise ModelError(f"model {path!r}: expected 'package.module:Class'")
     try:
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # Not on sys.path from here: the folder it was trained from (recorded with the checkpoint), searched last.
+            if not source_root or not os.path.isdir(source_root) or source_root in sys.path or \
+                    not module_name.startswith(str(exc.name or "?")):
+                raise
+            sys.path.append(source_root)
+            module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or the module's own error while importing
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError):
+            where = f"; it was trained from {source_root}" if source_root else ""
+            hint = (f"{where}; put the folder that holds {module_name.split('.')[0]!r} on PYTHONPATH "
+                    f"(PYTHONPATH=DIR attack.py ...)")
         raise ModelError(f"model {path!r}: cannot import {module_name!r} ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}){hint}") from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -237,16 +275,19 @@ def _import_class(path: str) -> type:
     return obj
 
 
-def import_model(path: str, num_classes: int, seed: int = 0, kwargs: Optional[Mapping[str, Any]] = None) -> Any:
+def import_model(path: str, num_classes: int, seed: int = 0, kwargs: Optional[Mapping[str, Any]] = None,
+                 source_root: Optional[str] = None) -> Any:
     """The model class at import path ``"pkg.mod:Class"``, built for ``num_classes`` (module docstring).
 
     Returns a Linen module (to ``init``) or an :class:`NNXClassifier`.
+    ``source_root``: a folder to search last when the module is not found
+    (:func:`model_source_root` of the run that trained it).
 
     Raises:
       ModelError: the path does not import, or does not name a Linen or NNX
         module class, or the class rejects ``num_classes``/``model_kwargs``.
     """
-    cls = _import_class(path)
+    cls = _import_class(path, source_root)
     kwargs = dict(kwargs or {})
     if not inspect.isclass(cls):
         raise ModelError(f"model {path!r} is a {type(cls).__name__}, not a module class")

@@ -318,7 +318,7 @@ def restore_model(workdir: str) -> RestoredModel:
     _, meta = restore_meta(workdir)
     spec = meta["model_spec"]
     model = models.create_model(spec["name"], spec["num_classes"], spec["mean"], spec["std"], spec.get("kwargs"),
-                                spec.get("seed", 0))
+                                spec.get("seed", 0), spec.get("source_root"))
     tx = make_optimizer(config, meta["steps_per_epoch"])
     # Only the template's structure and shapes matter: restore overwrites every value.
     # A config.json written before jr_mode existed is a frobenius run (no jr_vec).
