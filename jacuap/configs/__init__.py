@@ -202,7 +202,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(isinstance(config[name], str) and config[name] in choices,
              f"unknown {name} {config[name]!r}; choose one of {', '.join(choices)}")
 
-    one_of("dataset", data.DATASETS)
+    if data.is_own(config.dataset):  # npz:PATH, folder:PATH[@HxW]: the path must be there
+        own_problem = data.own_problem(config.dataset)
+        need(own_problem is None, str(own_problem))
+    else:
+        need(isinstance(config.dataset, str) and config.dataset in data.DATASETS,
+             f"unknown dataset {config.dataset!r}; choose one of {', '.join(data.DATASETS)}, "
+             f"or your own: {', '.join(data.OWN_FORMS.values())}")
     if not models.is_import_path(config.model):  # "pkg.mod:Class" is checked when imported
         one_of("model", sorted(models.MODELS))
     kwargs = config.model_kwargs

@@ -1,4 +1,4 @@
-"""Datasets as in-memory NumPy arrays: digits, MNIST, Fashion-MNIST, CIFAR-10.
+"""Datasets as in-memory NumPy arrays: digits, MNIST, Fashion-MNIST, CIFAR-10, and your own.
 
 :func:`load_dataset` returns a :class:`Dataset` whose images are ``float32``
 in ``[0, 1]`` with layout NHWC and whose labels are ``int32``.  The datasets
@@ -18,6 +18,10 @@ Sources, in the order :func:`load_dataset` tries them:
 * ``cifar10``: the CIFAR-10 *binary* version (:mod:`jacuap.data.cifar10`) in
   ``data_dir`` (or ``data_dir/cifar-10-batches-bin``, ``data_dir/cifar10``);
   then tfds.  The pickled "python version" is never read.
+* ``npz:PATH`` (arrays ``x``, ``y`` or ``x_train`` ... ``y_test``, optional
+  ``class_names``) and ``folder:PATH[@HxW]`` (one sub-folder per class): your
+  own data, split 80/20 by ``seed`` unless it carries a train/test split
+  (:mod:`jacuap.data.own`, :mod:`jacuap.data.npz`, :mod:`jacuap.data.folder`).
 
 tfds, the last source, is used only when it can answer at once: the dataset
 is already prepared in the tfds data directory (``data_dir``, else
@@ -42,6 +46,7 @@ from jacuap.data.cifar10 import find_cifar10_dir, read_cifar10_binary
 from jacuap.data.dataset import DATASETS, Dataset, DatasetInfo, PathLike, Splits, hold_out_validation
 from jacuap.data.digits import load_digits
 from jacuap.data.idx import find_idx_files, read_idx, read_idx_splits
+from jacuap.data.own import OWN_FORMS, canonical_name, is_own, load_own, own_problem
 from jacuap.data.tfds import load_tfds
 from jacuap.errors import DataError
 
@@ -51,10 +56,14 @@ __all__ = [
     "DataError",
     "Dataset",
     "DatasetInfo",
+    "OWN_FORMS",
     "Splits",
+    "canonical_name",
     "hold_out_validation",
+    "is_own",
     "load_dataset",
     "load_tfds",
+    "own_problem",
     "read_cifar10_binary",
     "read_idx",
 ]
@@ -145,13 +154,16 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None, seed: int = 0, 
 
     Args:
       name: one of :data:`DATASETS` (``"fashion-mnist"`` spellings with a dash
-        and any case are accepted).
+        and any case are accepted), or your own data: ``"npz:PATH"`` or
+        ``"folder:PATH"`` / ``"folder:PATH@HxW"`` (:mod:`jacuap.data.own`; a
+        relative PATH is taken from the current folder).
       data_dir: optional folder with local copies (IDX files for MNIST and
         Fashion-MNIST, the binary version for CIFAR-10, directly or in a
         sub-folder named after the dataset), also passed to tfds as its data
         directory.  Ignored by ``digits``.
-      seed: seeds the train/test split of ``digits``; the other datasets keep
-        their canonical split and ignore it.
+      seed: a non-negative integer; seeds the train/test split of ``digits``
+        and of your own data without a split; the other datasets keep their
+        canonical split and ignore it.
       num_validation: when positive, that many training inputs are held out
         as the ``validation`` split (:func:`hold_out_validation`: the same
         inputs whatever ``seed``, for the same training split).
@@ -161,7 +173,8 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None, seed: int = 0, 
       labels ``int32[N]``) whose ``source`` says where it came from.
 
     Raises:
-      DataError: unknown ``name``; ``data_dir`` is not a readable directory;
+      DataError: unknown ``name``; ``seed`` is not a non-negative integer;
+        ``data_dir`` is not a readable directory;
         a local copy is corrupt; no source has the data (the message lists
         every place tried and how to get the data); ``num_validation`` is not
         an integer in ``[0, N)``.
@@ -171,7 +184,12 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None, seed: int = 0, 
     Dataset(name='digits', train=(1437, 8, 8, 1), test=(360, 8, 8, 1), num_classes=10, source='sklearn digits (split seed 0)')
     >>> ds.train_labels[:5].tolist(), ds.class_names[:3]
     ([4, 9, 5, 8, 5], ('0', '1', '2'))
+    >>> load_dataset("digits", seed=-1)
+    Traceback (most recent call last):
+    jacuap.errors.DataError: seed must be a non-negative integer, got -1
     """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"seed must be a non-negative integer, got {seed!r}")
     if num_validation == 0 and not isinstance(num_validation, bool):
         return _load(name, data_dir, seed)
     return hold_out_validation(_load(name, data_dir, seed), num_validation)
@@ -203,9 +221,12 @@ BUILTIN_LOADERS = {"digits": _digits}
 
 
 def _load(name: str, data_dir: Optional[PathLike], seed: int) -> Dataset:
+    if is_own(name):
+        return load_own(name, int(seed))
     key = str(name).strip().lower().replace("-", "_")
     if key not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, "
+                        f"or your own: {', '.join(OWN_FORMS.values())}")
     if data_dir is not None:
         data_dir = os.path.expanduser(os.fspath(data_dir))
         if not os.path.isdir(data_dir):

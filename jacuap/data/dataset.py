@@ -119,6 +119,8 @@ class Dataset:
         ``"IDX files in /usr/share/datasets/fashion-mnist"``.
       validation_images, validation_labels: a split held out of the
         training set (:func:`hold_out_validation`), or None.
+      label_names: the name of each class ``0 .. K-1`` (your own data: its
+        ``class_names`` or folder names), or None: see :attr:`class_names`.
 
     Raises:
       DataError: the arrays do not have these dtypes and shapes.
@@ -140,11 +142,15 @@ class Dataset:
     source: str
     validation_images: Optional[np.ndarray] = None
     validation_labels: Optional[np.ndarray] = None
+    label_names: Optional[Tuple[str, ...]] = None
 
     def __post_init__(self):
         # Validate once here so that every consumer can rely on the layout.
         if (self.validation_images is None) != (self.validation_labels is None):
             raise DataError(f"{self.name}: give both validation_images and validation_labels, or neither")
+        if self.label_names is not None and len(self.label_names) != self.num_classes:
+            raise DataError(f"{self.name}: label_names names {len(self.label_names)} classes, "
+                            f"num_classes is {self.num_classes}")
         splits = ("train", "test") + (("validation",) if self.validation_images is not None else ())
         for split in splits:
             images = getattr(self, f"{split}_images")
@@ -175,7 +181,9 @@ class Dataset:
 
     @property
     def class_names(self) -> Tuple[str, ...]:
-        """The name of each label: the registry's, else ``"0" .. "K-1"``."""
+        """The name of each label: ``label_names``, else the registry's, else ``"0" .. "K-1"``."""
+        if self.label_names is not None:
+            return tuple(self.label_names)
         info = DATASETS.get(self.name)
         if info is not None and info.num_classes == self.num_classes:
             return info.class_names
