@@ -108,6 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       Preempted: SIGTERM/SIGINT; a checkpoint of the current step was saved.
     """
     configs.validate(config)
+    config = configs.override(config.copy_and_resolve_references(), dataset=data.canonical_name(config.dataset))
     runtime.check_workdir(workdir)
     with contextlib.ExitStack() as stack:
         # An existing workdir is claimed at once (a run there now is reported before any data
