@@ -23,7 +23,7 @@ LAYERS = [
     ("backend",),
     ("budgets",),
     ("batching", "checks", "io", "parallel"),
-    ("data", "models"),
+    ("data", "models", "summaries"),
     ("configs", "jacobian"),
     ("metrics",),
     ("attacks",),

@@ -5,8 +5,17 @@ from the newest checkpoint in ``workdir`` (same data order and RNG stream:
 both are pure functions of the seed and the global step), saves a checkpoint
 every epoch (and every ``checkpoint_every_steps`` steps, and on
 SIGTERM/SIGINT), stops on a non-finite loss keeping the last good
-checkpoint, and writes ``metrics.jsonl`` (one line per epoch) and
+checkpoint, and writes ``metrics.jsonl`` (one line per epoch), TensorBoard
+event files (``workdir/tensorboard``: each line's numbers, then the summary's
+Jacobian norms; :func:`jacuap.train.runtime.tensorboard`) and
 ``summary.json``.
+
+Time: ``train_seconds`` (metrics.jsonl, summary.json) is the wall time of
+training so far, compilation and checkpoint saves included;
+``step_seconds`` (metrics.jsonl) is the epoch's mean wall time per step
+after its first one (that one compiles on a fresh process), mid-epoch
+checkpoint saves left out (:class:`jacuap.train.runtime.StepTimer`); the
+progress bar's rate and ETA leave out the first step too.
 
 Scale (:mod:`jacuap.parallel`): training uses every device of a ``Mesh``
 (default: all devices of all processes).  Each global batch is split over
@@ -16,7 +25,7 @@ same batches whatever the device count (equal up to float summation order).
 On several hosts (after ``parallel.initialize_multihost()``) every process
 builds only its own rows of each batch, all processes join each orbax save,
 and only process 0 writes ``config.json``, ``metrics.jsonl``,
-``summary.json`` and progress output.
+``summary.json``, the event files and progress output.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jacuap import configs, data, io, jacobian, metrics, models, parallel
+from jacuap import configs, data, io, jacobian, metrics, models, parallel, summaries
 from jacuap.batching import round_up
 from jacuap.errors import ConfigError, ParallelError
 from jacuap.train import checkpoints, runtime
@@ -74,6 +83,7 @@ class _Job:
     adversary: Adversary
     input_std: Optional[tuple]
     jr_num_proj: Optional[int]
+    tensorboard: Optional[summaries.Writer] = None  # while the run trains (runtime.tensorboard)
 
     @property
     def total_steps(self) -> int:
@@ -85,7 +95,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """Trains ``config`` in ``workdir`` (resuming if it holds a checkpoint); returns the summary.
 
     Writes ``workdir/config.json``, ``workdir/checkpoints/``,
-    ``workdir/metrics.jsonl`` and ``workdir/summary.json`` (process 0 only).
+    ``workdir/metrics.jsonl``, ``workdir/tensorboard/`` and
+    ``workdir/summary.json`` (process 0 only).
     ``mesh``: the devices to train on (default ``parallel.make_mesh()``, every
     device); ``batch_size`` must be a multiple of their number.
 
@@ -132,13 +143,15 @@ def _run(job: _Job, stop: runtime.StopSignals) -> Dict[str, Any]:
         _write_metrics(job)
     step_fn = jax.jit(train_step, static_argnames=STATIC_ARGNAMES, donate_argnums=0,
                       out_shardings=parallel.replicated_sharding(job.mesh))
-    step = int(job.state.step)
-    with checkpoints.manager(workdir, max_to_keep=config.max_to_keep) as mngr:
-        while step < job.total_steps:
-            step = _train_epoch(job, step_fn, mngr, stop, step)
-            if parallel.any_process(stop.received is not None) and step < job.total_steps:
-                raise runtime.preempted(stop.received, step, workdir)
-    summary = _summary(job)
+    start = step = int(job.state.step)
+    with runtime.tensorboard(workdir, step, job.meta["history"]) as job.tensorboard:
+        with checkpoints.manager(workdir, max_to_keep=config.max_to_keep) as mngr:
+            while step < job.total_steps:
+                step = _train_epoch(job, step_fn, mngr, stop, step, compiling=step == start)
+                if parallel.any_process(stop.received is not None) and step < job.total_steps:
+                    raise runtime.preempted(stop.received, step, workdir)
+        summary = _summary(job)
+        job.tensorboard.scalars(summary["steps"], {f"summary/{k}": summary[k] for k in runtime.SUMMARY_SCALARS})
     io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     return summary
 
@@ -171,6 +184,8 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding
     model_spec = {"name": config.model, "num_classes": dataset.num_classes, "mean": list(dataset.mean),
                   "std": list(dataset.std), "image_shape": list(dataset.image_shape), "kwargs": model_kwargs,
                   "seed": int(config.seed)}
+    if models.is_import_path(config.model):  # restored from any folder: attack.py searches there last
+        model_spec["source_root"] = models.model_source_root(config.model)
     meta: Dict[str, Any] = {"model_spec": model_spec, "steps_per_epoch": steps_per_epoch,
                             "history": [], "epoch_sums": None, "train_seconds": 0.0,
                             "fingerprint": runtime.config_fingerprint(config)}
@@ -202,12 +217,14 @@ def _write_metrics(job: _Job) -> None:
                          "".join(json.dumps(h) + "\n" for h in job.meta["history"]))
 
 
-def _train_epoch(job: _Job, step_fn: Callable, mngr, stop: runtime.StopSignals, step: int) -> int:
+def _train_epoch(job: _Job, step_fn: Callable, mngr, stop: runtime.StopSignals, step: int,
+                 compiling: bool = False) -> int:
     """Trains from global ``step`` to the end of its epoch, then evaluates and saves; returns the step.
 
     Mid-epoch checkpoints (every ``checkpoint_every_steps``, or on a stop
     signal) store the epoch's running sums, so a resumed epoch reports what
-    an uninterrupted one would.
+    an uninterrupted one would.  ``compiling``: the first step compiles (the
+    progress bar says so).
     """
     config, spe = job.config, job.steps_per_epoch
     epoch, offset = divmod(step, spe)
@@ -218,7 +235,8 @@ def _train_epoch(job: _Job, step_fn: Callable, mngr, stop: runtime.StopSignals, 
     saved = (job.meta["epoch_sums"] if offset else None) or {}
     acc = parallel.replicate({k: np.asarray(saved.get(k, 0.0), np.float32) for k in SUM_KEYS}, job.mesh)
     clock = [time.time()]
-    with runtime.progress_bar(config, epoch, offset, spe, io.is_primary()) as bar:
+    with runtime.progress_bar(config, epoch, offset, spe, io.is_primary(), compiling) as bar:
+        timer = runtime.StepTimer(bar)
         for i in range(offset, spe):
             idx = np.sort(perm[i * job.batch_size : (i + 1) * job.batch_size])[rows]
             images, labels = parallel.shard_batch(
@@ -229,16 +247,18 @@ def _train_epoch(job: _Job, step_fn: Callable, mngr, stop: runtime.StopSignals, 
                                      float(config.trades_beta) if job.adversary.kind == "trades" else 0.0)
             acc = _add_sums(acc, {k: aux[k] for k in acc})
             step += 1
-            bar.update(1)
+            timer.step(aux)
             # A signal may reach one host only: every process must agree to stop.
             stopping = parallel.any_process(stop.received is not None)
             at_interval = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
             if (at_interval or stopping) and i + 1 < spe:
                 job.meta["epoch_sums"] = _book(job, epoch, step, acc, clock)
-                checkpoints.save(mngr, step, job.state, job.meta)
+                with timer.paused():
+                    checkpoints.save(mngr, step, job.state, job.meta)
                 if stopping:
                     raise runtime.preempted(stop.received, step, job.workdir)
-    _end_epoch(job, mngr, epoch, step, _book(job, epoch, step, acc, clock))
+    sums = _book(job, epoch, step, acc, clock)  # fetches the sums: every step is done
+    _end_epoch(job, mngr, epoch, step, sums, timer.seconds_per_step())
     return step
 
 
@@ -255,8 +275,13 @@ def _book(job: _Job, epoch: int, step: int, acc: Dict[str, jax.Array], clock: li
     return sums
 
 
-def _end_epoch(job: _Job, mngr, epoch: int, step: int, sums: Dict[str, float]) -> None:
-    """Evaluates, appends the epoch's line to the history, saves, rewrites ``metrics.jsonl`` and reports."""
+def _end_epoch(job: _Job, mngr, epoch: int, step: int, sums: Dict[str, float],
+               step_seconds: Optional[float] = None) -> None:
+    """Evaluates, appends the epoch's line to the history, logs it, saves, rewrites ``metrics.jsonl``, reports.
+
+    The event file is flushed before the checkpoint is saved: a resume from
+    an earlier checkpoint then hides (purges) this epoch's events.
+    """
     config, spe = job.config, job.steps_per_epoch
     line = {
         "epoch": epoch + 1,
@@ -268,9 +293,13 @@ def _end_epoch(job: _Job, mngr, epoch: int, step: int, sums: Dict[str, float]) -
         "test_accuracy": _accuracy(job),
         "validation_accuracy": _accuracy(job, "validation") if config.num_validation else None,
         "train_seconds": job.meta["train_seconds"],
+        "step_seconds": step_seconds,
     }
     job.meta["history"].append(line)
     job.meta["epoch_sums"] = None
+    if job.tensorboard is not None:
+        job.tensorboard.scalars(step, runtime.epoch_scalars(line))
+        job.tensorboard.flush()
     checkpoints.save(mngr, step, job.state, job.meta)
     _write_metrics(job)
     if config.progress and io.is_primary():

@@ -14,6 +14,11 @@
 * :func:`check_finite` raises :class:`TrainingDiverged` on a non-finite
   running loss, before that state is saved, so the last good checkpoint
   is kept.
+* :func:`progress_bar` and :class:`StepTimer`: the epoch's bar, and the
+  time per step, both leaving out the epoch's first step (on a fresh process,
+  the one that compiles).
+* :func:`tensorboard`: the run's event file (``workdir/tensorboard``), which
+  shows each epoch once across resumes.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import errno
 import math
 import os
 import signal
-from typing import Any, Dict, Iterator, Mapping, Optional
+import time
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
+import jax
 import ml_collections
 
-from jacuap import configs, io
+from jacuap import configs, io, summaries
 from jacuap.errors import CheckpointError, ConfigError
 from jacuap.train import checkpoints
 
@@ -44,6 +51,11 @@ __all__ = [
     "check_finite",
     "preempted",
     "progress_bar",
+    "count_untimed",
+    "StepTimer",
+    "SUMMARY_SCALARS",
+    "epoch_scalars",
+    "tensorboard",
 ]
 
 
@@ -229,9 +241,115 @@ def preempted(received: Optional[int], step: int, workdir: str) -> Preempted:
                      f"rerun the same command to resume from {workdir}")
 
 
-def progress_bar(config: ml_collections.ConfigDict, epoch: int, offset: int, total: int, primary: bool = True):
-    """A tqdm bar over an epoch's steps, shown only when ``config.progress`` and on process 0."""
+def progress_bar(config: ml_collections.ConfigDict, epoch: int, offset: int, total: int, primary: bool = True,
+                 compiling: bool = False):
+    """A tqdm bar over an epoch's steps, shown only when ``config.progress`` and on process 0.
+
+    With ``compiling`` it reads "compiling" until the first step returns.
+    Count its steps with :class:`StepTimer`, which starts the bar's clock
+    after the first one: its rate and ETA leave out compilation.
+    """
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=offset, desc=f"epoch {epoch + 1}/{config.num_epochs}",
-                disable=not (config.progress and primary), leave=False, dynamic_ncols=True)
+                disable=not (config.progress and primary), leave=False, dynamic_ncols=True,
+                postfix="compiling" if compiling else None)
+
+
+def count_untimed(bar, n: int = 1) -> None:
+    """Counts ``n`` steps on a tqdm ``bar`` without timing them, and clears its postfix.
+
+    tqdm's ``unpause`` moves the bar's clock past the time since its last
+    print, and the count becomes the bar's ``initial``, so that its rate and
+    ETA count only the steps from now.  For an epoch's first step nothing was
+    printed since the bar was made: its clock then starts when the step ends.
+
+    >>> from tqdm import tqdm
+    >>> bar = tqdm(total=10, initial=2, disable=True)
+    >>> count_untimed(bar); (bar.n, bar.initial, bar.total)
+    (3, 3, 10)
+    """
+    bar.unpause()
+    bar.n += n
+    bar.initial = bar.last_print_n = bar.n
+    bar.set_postfix_str("")  # and redraws
+
+
+class StepTimer:
+    """Counts an epoch's steps on its bar, and times those after the first.
+
+    The first step is waited for (``jax.block_until_ready`` on its outputs)
+    and counted untimed (:func:`count_untimed`): the bar's clock starts then.  On
+    a fresh process that step is the one that compiles (minutes for a large
+    model): counted, it would make the rate, the ETA and the time per step
+    about compilation.  :meth:`paused` leaves a block out (a mid-epoch
+    checkpoint save).  :meth:`seconds_per_step`: wall seconds from the end of
+    the first step to now, less the pauses, per later step, so call it once
+    the last step's results were fetched (before, it would time dispatch only).
+    """
+
+    def __init__(self, bar):
+        self.bar = bar
+        self.start: Optional[float] = None
+        self.timed = 0
+        self.paused_seconds = 0.0
+
+    def step(self, outputs: Any) -> None:
+        """Counts one step whose ``outputs`` (arrays) may still be being computed."""
+        if self.start is None:
+            jax.block_until_ready(outputs)
+            count_untimed(self.bar)
+            self.start = time.perf_counter()
+        else:
+            self.bar.update(1)
+            self.timed += 1
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_seconds += time.perf_counter() - begin
+
+    def seconds_per_step(self) -> Optional[float]:
+        """Mean wall seconds of the steps after the first (None if there were none)."""
+        if not self.timed:
+            return None
+        return (time.perf_counter() - self.start - self.paused_seconds) / self.timed
+
+
+#: The summary.json values logged to TensorBoard too, at the run's last step, as ``summary/<name>``.
+SUMMARY_SCALARS = ("mean_jacobian_frobenius_sq", "stacked_spectral_norm")
+
+
+def epoch_scalars(line: Mapping[str, Any]) -> Dict[str, float]:
+    """The TensorBoard scalars of a metrics.jsonl ``line``: its numbers but ``epoch`` and ``step``, same keys.
+
+    >>> epoch_scalars({"epoch": 1, "step": 5, "loss": 0.5, "penalty": None, "train_seconds": 2.0})
+    {'loss': 0.5, 'train_seconds': 2.0}
+    """
+    return {k: v for k, v in line.items() if k not in ("epoch", "step")
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+@contextlib.contextmanager
+def tensorboard(workdir: str, step: int, history: Sequence[Mapping[str, Any]]) -> Iterator[summaries.Writer]:
+    """The run's event writer, in ``workdir/tensorboard``, for a run resumed at global ``step``.
+
+    Each epoch is logged at its last global step, before its checkpoint is
+    saved.  The new event file starts with a restart marker at ``step``,
+    which hides what earlier files hold at steps ``>= step`` (what a killed
+    run logged after its last checkpoint), and the epochs of ``history``
+    ending at or after ``step`` are logged again.  A folder without event
+    files (a workdir trained before this logging, or the folder deleted) gets
+    every epoch of ``history``.  So TensorBoard shows each epoch once, with
+    metrics.jsonl's values.
+    """
+    logdir = summaries.logdir(workdir)
+    first = step if summaries.event_files(logdir) else 0
+    with summaries.Writer(logdir, purge_step=first) as writer:
+        for line in history:
+            if line["step"] >= first:
+                writer.scalars(line["step"], epoch_scalars(line))
+        yield writer
