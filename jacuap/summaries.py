@@ -63,14 +63,19 @@ def logdir(folder: str) -> str:
 
 def _tensorboardx():
     """tensorboardX, imported without torch (it imports torch, when installed, only to accept torch tensors)."""
-    if "tensorboardX" in sys.modules or "torch" in sys.modules:
-        import tensorboardX
-        return tensorboardX
-    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
+    block = "torch" not in sys.modules
+    if block:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
     try:
         import tensorboardX
+    except ModuleNotFoundError as exc:
+        if exc.name != "tensorboardX":
+            raise
+        raise ModuleNotFoundError("jacuap logs to TensorBoard through tensorboardX, which is not installed: "
+                                  "pip install 'tensorboardX>=2.6' (or reinstall jacuap)", name=exc.name) from None
     finally:
-        del sys.modules["torch"]
+        if block:
+            del sys.modules["torch"]
     return tensorboardX
 
 
