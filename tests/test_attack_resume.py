@@ -45,9 +45,10 @@ def _run(request):
     return evaluation.run_attacks(request, log=lines.append), lines
 
 
-def _files(out):
-    """Every file under ``out``, relative."""
-    return sorted(os.path.relpath(os.path.join(root, f), out) for root, _, files in os.walk(out) for f in files)
+def _files(out, tensorboard=False):
+    """Every file under ``out``, relative (the TensorBoard event files only with ``tensorboard``)."""
+    found = sorted(os.path.relpath(os.path.join(root, f), out) for root, _, files in os.walk(out) for f in files)
+    return [f for f in found if tensorboard or not f.startswith("tensorboard" + os.sep)]
 
 
 def _temps(out):
@@ -130,7 +131,8 @@ def test_rows_are_saved_and_a_rerun_reuses_them(trained, tmp_path, monkeypatch):
     assert results["complete"] is True
     names = ["sgd_uap_linf_eps0.05_seed0", "sgd_uap_linf_eps0.1_seed0"]
     assert _files(out) == sorted([".lock", "request.json", "results.json", "uaps.png", "rows/metrics.json"]
-                                 + [f"{n}.npy" for n in names] + [f"rows/{n}.json" for n in names])
+                                 + [f"{n}.npy" for n in names] + [f"{n}.png" for n in names]
+                                 + [f"rows/{n}.json" for n in names])
     record = json.load(open(out / "request.json"))
     assert record["eps"] == [0.05, 0.1] and record["checkpoint_step"] == results["config"]["checkpoint_step"]
     assert record["model_fingerprint"].startswith("sha256:")
@@ -198,8 +200,8 @@ def test_another_request_is_refused_then_replaced_with_overwrite(trained, tmp_pa
     results, _ = _run(_request(trained, out, eps=[0.2], overwrite=True))
     assert [r["eps"] for r in results["results"]] == [0.2]
     assert _files(out) == sorted([".lock", "request.json", "results.json", "uaps.png", "rows/metrics.json",
-                                  "sgd_uap_linf_eps0.2_seed0.npy", "rows/sgd_uap_linf_eps0.2_seed0.json",
-                                  "notes.txt", "other.npy"])
+                                  "sgd_uap_linf_eps0.2_seed0.npy", "sgd_uap_linf_eps0.2_seed0.png",
+                                  "rows/sgd_uap_linf_eps0.2_seed0.json", "notes.txt", "other.npy"])
     assert (out / "notes.txt").read_text() == "mine"
 
 
@@ -208,7 +210,7 @@ def test_results_of_the_previous_layout_need_overwrite(trained, tmp_path):
     out.mkdir()
     (out / "sgd_uap_linf_eps0.1.npy").write_bytes(b"old")
     (out / "results.json").write_text(json.dumps({"results": [{"file": "sgd_uap_linf_eps0.1.npy"}]}))
-    with pytest.raises(errors.AttackError, match="holds the outputs of an earlier run"):
+    with pytest.raises(errors.AttackError, match="holds an earlier run's outputs"):
         _run(_request(trained, out, eps=[0.1]))
     _run(_request(trained, out, eps=[0.1], overwrite=True))
     assert not (out / "sgd_uap_linf_eps0.1.npy").exists() and (out / "sgd_uap_linf_eps0.1_seed0.npy").exists()
@@ -273,8 +275,9 @@ def test_every_output_has_the_umask_permissions(trained, tmp_path):
     finally:
         os.umask(old)
     out = tmp_path / "out"
-    modes = {f: stat.S_IMODE(os.stat(out / f).st_mode) for f in _files(out)}
-    assert {os.path.splitext(f)[1] for f in modes} == {"", ".json", ".npy", ".png"}
+    modes = {f: stat.S_IMODE(os.stat(out / f).st_mode) for f in _files(out, tensorboard=True)}
+    assert {os.path.splitext(f)[1] for f in _files(out)} == {"", ".json", ".npy", ".png"}
+    assert any(f.startswith("tensorboard" + os.sep) for f in modes)
     assert set(modes.values()) == {0o640}, modes
 
 

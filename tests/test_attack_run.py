@@ -63,8 +63,8 @@ def test_run_attacks_writes_complete_results(trained, tmp_path):
     assert 0.5 <= m["shared_perturbation_strength"] <= 1.0
     assert m["mean_frobenius_sq"] > 0
     # Only jacuap's outputs: every temporary file was renamed onto its target.
-    assert sorted(os.listdir(out)) == sorted([r["file"] for r in rows]
-                                             + [".lock", "request.json", "results.json", "rows", "uaps.png"])
+    assert sorted(os.listdir(out)) == sorted([r["file"] for r in rows] + [r["file"][:-4] + ".png" for r in rows]
+                                             + [".lock", "request.json", "results.json", "rows", "tensorboard", "uaps.png"])
     assert sorted(os.listdir(out / "rows")) == sorted([r["file"][:-4] + ".json" for r in rows] + ["metrics.json"])
     assert saved["complete"] is True
     assert [r["file"] for r in rows][:2] == ["sgd_uap_linf_eps0_seed0.npy", "sgd_uap_linf_eps0.1_seed0.npy"]
@@ -140,8 +140,8 @@ def test_uap_figure_titles_say_true_then_predicted_with_class_names(tmp_path, mo
 
     titles = []
     real_show = evaluation.outputs._show
-    monkeypatch.setattr(evaluation.outputs, "_show", lambda ax, image, title: (titles.append(title),
-                                                                        real_show(ax, image, title)))
+    monkeypatch.setattr(evaluation.outputs, "_show", lambda ax, image, title, **kw: (titles.append(title),
+                                                                              real_show(ax, image, title, **kw)))
     w = np.zeros((4, 2), np.float32)
     w[:, 1] = 1.0  # logit 1 = sum of the pixels
     apply_fn = lambda p, x: x.reshape(x.shape[0], -1) @ p
@@ -149,5 +149,6 @@ def test_uap_figure_titles_say_true_then_predicted_with_class_names(tmp_path, mo
     path = str(tmp_path / "uaps.png")
     evaluation.outputs.plot_uaps({"minus": np.full((2, 2, 1), -0.1, np.float32)}, apply_fn, w, x, path,
                            y=np.array([1, 0]), class_names=["cat", "dog"])
-    assert titles[1:] == ["dog ->\ncat", "cat ->\ncat"]  # x + v = 0: logits tie, argmax 0
+    # x + v = 0: logits tie, argmax 0; the input the UAP fools (a dog, classified right before) comes first.
+    assert titles == ["dog ->\ncat", "cat ->\ncat"]
     assert os.path.getsize(path) > 0

@@ -69,6 +69,9 @@ def test_attack_py_on_a_trained_workdir(trained, tmp_path):
     assert (row["attack"], row["eps"], row["universal"]) == ("sgd_uap", 0.1, True)
     assert results["config"]["num_craft"] == 50 and results["config"]["num_eval"] == 50
     assert (out / row["file"]).exists() and (out / "uaps.png").exists()
+    assert (out / (row["file"][:-4] + ".png")).exists()  # each UAP at its own scale
+    assert results["config"]["sgd_epochs"] == 5 and results["config"]["deepfool_passes"] is None  # what ran
+    assert "UER, fooling rate and clean accuracy on 50 test inputs; UAPs crafted on 50 train inputs" in proc.stdout
     assert "sgd_uap" in proc.stdout and f"outputs in {out}" in proc.stdout
 
 

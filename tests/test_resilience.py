@@ -38,7 +38,7 @@ ARGS = [f"--config={configs.config_path('digits')}", "--config.num_epochs=1", "-
         "--config.checkpoint_every_steps=3", "--config.max_to_keep=100", "--config.eval_num_inputs=64",
         "--config.progress=False"]
 TOTAL_STEPS = 1437 // 64
-CLOCK_KEYS = ("train_seconds",)
+CLOCK_KEYS = ("train_seconds", "step_seconds")
 
 
 def _config():

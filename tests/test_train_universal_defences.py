@@ -210,6 +210,6 @@ def test_sigkill_then_resume_is_bitwise(tmp_path, kind):
     assert int(a.step) == int(b.step) == TOTAL_STEPS
     jax.tree_util.tree_map(np.testing.assert_array_equal, (a.params, a.opt_state, a.uap),
                            (b.params, b.opt_state, b.uap))
-    lines = lambda w: [{k: v for k, v in json.loads(l).items() if k != "train_seconds"}
+    lines = lambda w: [{k: v for k, v in json.loads(l).items() if k not in ("train_seconds", "step_seconds")}
                        for l in open(os.path.join(w, "metrics.jsonl"))]
     assert lines(workdir) == lines(reference)

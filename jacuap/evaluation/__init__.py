@@ -6,7 +6,7 @@ One module per idea:
   construction), and the attack names it may use;
 * :mod:`.restore`: the model of a workdir; :mod:`.sets`: the disjoint
   crafting and evaluation sets;
-* :mod:`.craft`: one perturbation, by registry lookup
+* :mod:`.crafting`: one perturbation, by registry lookup
   (:data:`jacuap.attacks.ATTACKS`), or one the user brings;
 * :mod:`.suite`: the fixed ensembles and their worst case (by UER and by
   fooling rate); :mod:`.targeted`: the K x K targeted matrix;
@@ -27,13 +27,13 @@ import importlib as _importlib
 _NAMES = {
     "AttackRequest": "request", "attack_names": "request", "import_attack_modules": "request",
     "run_attacks": "run", "restore": "restore", "craft_and_eval_sets": "sets",
-    "craft": "craft", "per_input_predictions": "craft", "load_uap_file": "craft",
+    "craft": "crafting", "per_input_predictions": "crafting", "load_uap_file": "crafting",
     "SUITES": "suite", "WORST_CASE_BY": "suite", "Member": "suite", "Suite": "suite", "suite_tasks": "suite",
     "suite_record": "suite", "worst_case": "suite",
     "output_failure": "outputs", "output_files": "outputs", "plot_uaps": "outputs", "print_results": "outputs",
     "print_extras": "outputs",
 }
-_SUBMODULES = ("catalog", "craft", "outputs", "request", "restore", "run", "sets", "store", "suite", "targeted")
+_SUBMODULES = ("catalog", "crafting", "outputs", "request", "restore", "run", "sets", "store", "suite", "targeted")
 
 __all__ = sorted(_NAMES) + ["outputs", "store", "suite", "targeted"]
 

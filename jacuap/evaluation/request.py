@@ -11,11 +11,12 @@ import os
 import sys
 from typing import Sequence
 
+from jacuap import io
 from jacuap.budgets import NORMS, budget_problem, canonical_eps
 from jacuap.errors import AttackError
 from jacuap.evaluation import catalog, suite
 
-__all__ = ["AttackRequest", "attack_names", "import_attack_modules", "request_folder", "REQUEST_KEYS"]
+__all__ = ["AttackRequest", "attack_names", "import_attack_modules", "request_folder", "check_out_path", "REQUEST_KEYS"]
 
 
 def attack_names() -> tuple:
@@ -42,6 +43,14 @@ def import_attack_modules(names: Sequence[str]) -> None:
         except Exception as exc:  # ImportError, or the module's own error (a bad AttackSpec) while importing
             raise AttackError(f"--attack_modules: cannot import {name!r} ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def check_out_path(out: str) -> None:
+    """AttackError (one line) when ``out`` is, or lies under, something that is not a folder."""
+    path = io.existing_ancestor(out)
+    if os.path.exists(path) and not os.path.isdir(path):
+        where = "is" if path == os.path.abspath(out) else f"lies under {path}, which is"
+        raise AttackError(f"--out {out} {where} a file, not a folder; choose a folder")
 
 
 def request_folder(out: str, request: "AttackRequest") -> str:

@@ -36,8 +36,8 @@ import numpy as np
 
 from jacuap import attacks, io, metrics, parallel
 from jacuap.errors import AttackError
-from jacuap.evaluation import outputs, store, suite, targeted
-from jacuap.evaluation.craft import craft, load_uap_file, per_input_predictions
+from jacuap.evaluation import outputs, store, suite, targeted, tensorboard
+from jacuap.evaluation.crafting import craft, load_uap_file, per_input_predictions
 from jacuap.evaluation.request import AttackRequest
 from jacuap.evaluation.restore import AttackedModel, restore
 from jacuap.evaluation.sets import Sets, craft_and_eval_sets
@@ -109,8 +109,14 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
         metric_values = _metrics(request, model, sets, key)
         figure = os.path.join(request.out, store.FIGURE_NAME)
         if uaps and parallel.any_process(computed or not os.path.exists(figure)):
-            outputs.plot_uaps(uaps, model.apply_fn, model.params, x_eval[:4], figure, y=y_eval[:4],
-                              class_names=class_names)
+            pool = min(len(x_eval), 256)  # the inputs each row's fooled examples are picked from
+            outputs.plot_uaps(uaps, model.apply_fn, model.params, x_eval[:pool], figure, y=y_eval[:pool],
+                              class_names=class_names,
+                              note=f"inputs: fooled ones first among the first {pool} {request.eval_split} inputs")
+        stems = [r["file"][:-4] for r in rows if r.get("file")]
+        if parallel.any_process(computed or any(not os.path.exists(os.path.join(request.out, f"{t}.png"))
+                                                for t in stems)):
+            outputs.save_uap_images({t: np.load(os.path.join(request.out, f"{t}.npy")) for t in stems}, request.out)
         extra = {}
         if request.suite:
             extra["suite"] = suite.suite_record(request.suite, len(x_craft), len(class_names))
@@ -125,6 +131,7 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
             "metrics": metric_values,
         })
         store.write_results(request.out, results)
+        tensorboard.log_attack_results(results, request.out, uaps)  # out/tensorboard: scalars, table, UAPs
     return results
 
 
@@ -162,8 +169,9 @@ def _config(request: AttackRequest, model: AttackedModel, sets: Sets, fingerprin
         "num_eval_requested": request.num_eval,
         "craft_split": request.craft_split,
         "eval_split": request.eval_split,
-        "sgd_epochs": request.sgd_epochs,
-        "deepfool_passes": request.deepfool_passes,
+        # Only the request's settings that some attack read (a suite fixes its members': see each row's "settings").
+        **{f: getattr(request, f) if f in _request_fields_read(request) else None
+           for f in ("sgd_epochs", "deepfool_passes")},
         "seed": request.seed,
         "suite": request.suite or None,
         "layer": request.layer or None,
@@ -173,6 +181,13 @@ def _config(request: AttackRequest, model: AttackedModel, sets: Sets, fingerprin
         **source,
         "class_names": [str(c) for c in class_names],
     }
+
+
+def _request_fields_read(request: AttackRequest) -> set:
+    """The request fields (``sgd_epochs``, ...) that the attacks it ran read through their ``request_settings``."""
+    if request.suite:
+        return set()
+    return {field for name in request.attacks for field in attacks.ATTACKS[name].request_settings.values()}
 
 
 def _check_layers(request: AttackRequest, crafter: AttackedModel, sets: Sets, layers: attacks.Layers) -> None:

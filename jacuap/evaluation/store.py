@@ -7,6 +7,7 @@ The layout of an output folder ``OUT`` (every file written whole through
     OUT/request.json                       what was asked, written when the run starts
     OUT/rows/<stem>.json                   one finished (attack, eps) row, written as soon as it is done
     OUT/<stem>.npy                         the UAP of a universal row, written just before its row
+    OUT/<stem>.png                         the same UAP as an image at its own scale (0.5 + 0.5 v / max|v|)
     OUT/rows/metrics.json                  the Jacobian metrics, once computed
     OUT/uaps.png                           the figure of every UAP
     OUT/results.json                       written last: the whole run, ``"complete": true``
@@ -38,6 +39,7 @@ import numpy as np
 from jacuap import attacks, io, parallel
 from jacuap.budgets import EPS_DIGITS, canonical_eps
 from jacuap.errors import AttackError
+from jacuap.evaluation.request import check_out_path  # noqa: F401  (JAX-free: attack.py checks it first)
 
 __all__ = [
     "REQUEST_NAME", "RESULTS_NAME", "FIGURE_NAME", "ROWS_DIR", "METRICS_NAME", "EPS_DIGITS", "canonical_eps",
@@ -80,14 +82,6 @@ def model_fingerprint(params: Any) -> str:
         h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return "sha256:" + h.hexdigest()[:16]
-
-
-def check_out_path(out: str) -> None:
-    """AttackError (one line) when ``out`` is, or lies under, something that is not a folder."""
-    path = io.existing_ancestor(out)
-    if os.path.exists(path) and not os.path.isdir(path):
-        where = "is" if path == os.path.abspath(out) else f"lies under {path}, which is"
-        raise AttackError(f"--out {out} {where} a file, not a folder; choose a folder")
 
 
 def request_record(request: Any, checkpoint_step: int, fingerprint: str, dataset: str) -> Dict[str, Any]:
@@ -165,7 +159,7 @@ def jacuap_files(out: str) -> List[str]:
         base, ext = os.path.splitext(name)
         if rows:
             return ext == ".json" and (name == METRICS_NAME or bool(_STEM.match(base)))
-        return (name in top or (ext == ".npy" and bool(_STEM.match(base))) or bool(_TARGETED_FIGURE.match(name))
+        return (name in top or (ext in (".npy", ".png") and bool(_STEM.match(base))) or bool(_TARGETED_FIGURE.match(name))
                 or (ext == ".npy" and bool(_OLD_STEM.match(base)) and name in legacy_files))
 
     for folder, rows in ((out, False), (os.path.join(out, ROWS_DIR), True)):

@@ -72,6 +72,7 @@ def main(argv):
         requests.import_attack_modules(FLAGS.attack_modules)
         request = requests.AttackRequest.from_flags(FLAGS, attack_given=FLAGS["attack"].present)
         request = dataclasses.replace(request, out=requests.request_folder(request.out, request))
+        requests.check_out_path(request.out)
         for workdir in filter(None, (request.workdir, request.source_workdir)):
             io.read_workdir_config(workdir)  # a wrong --workdir answers before JAX loads
         with programs.interrupt_exits():
@@ -87,6 +88,10 @@ def main(argv):
     evaluation.print_results(results)
     evaluation.print_extras(results)
     files = evaluation.output_files(results) + [f for t in results.get("targeted") or [] for f in (t["figure"], t["file"])]
+    uaps = [f for f in files if f.endswith(".npy") and not f.startswith("targeted")]
+    if len(uaps) > 2:  # one line still: the UAPs counted, not listed
+        files = [f for f in files if f[:-4] + ".npy" not in uaps] + [f"{len(uaps)} UAPs (<attack>_<norm>_eps<eps>_seed<seed>"
+                                                                    f".npy and .png)"]
     print(f"outputs in {request.out}: {', '.join(files)}")
 
 
