@@ -306,6 +306,25 @@ def run(main: Callable[[List[str]], Any], program: Optional[str] = None) -> NoRe
         sys.exit(130)
 
 
+def described_summary(summary: Dict[str, Any]) -> Dict[str, Any]:
+    """``summary.json``'s numbers for printing, each key saying on which split and how many inputs.
+
+    >>> list(described_summary({"test_accuracy": 0.9, "num_test": 360, "stacked_spectral_norm": 3.2,
+    ...                         "jacobian_num_inputs": 100}))
+    ['test_accuracy (360 test inputs)', "stacked_spectral_norm (sigma_max of the first 100 test inputs' Jacobians stacked)"]
+    """
+    n, test, val = summary.get("jacobian_num_inputs"), summary.get("num_test"), summary.get("num_validation")
+    notes = {
+        "test_accuracy": f"{test} test inputs" if test else None,
+        "validation_accuracy": f"{val} validation inputs" if val else None,
+        "train_accuracy_last_epoch": "running mean over the last epoch's batches",
+        "mean_jacobian_frobenius_sq": f"mean ||J(x)||_F^2 over the first {n} test inputs" if n else None,
+        "stacked_spectral_norm": f"sigma_max of the first {n} test inputs' Jacobians stacked" if n else None,
+    }
+    hidden = {"num_test", "jacobian_num_inputs"}
+    return {(f"{k} ({notes[k]})" if notes.get(k) else k): v for k, v in summary.items() if k not in hidden}
+
+
 def print_table(title: str, values: Dict[str, Any]) -> None:
     """A two-column table of a flat dict, floats with 4 decimals.
 

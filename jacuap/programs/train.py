@@ -43,7 +43,7 @@ def main(argv):
             parallel.initialize_multihost()
         summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if io.is_primary():
-        cli.print_table("summary", summary)
+        cli.print_table("summary", cli.described_summary(summary))
         print(f"outputs in {FLAGS.workdir}: summary.json, metrics.jsonl, checkpoints/")
 
 

@@ -372,6 +372,7 @@ def _summary(job: _Job) -> Dict[str, Any]:
         "steps": int(state.step),
         "seed": config.seed,
         "test_accuracy": _accuracy(job),
+        "num_test": len(dataset.test_images),
         "num_validation": int(config.num_validation),
         "validation_accuracy": _accuracy(job, "validation") if config.num_validation else None,
         "train_accuracy_last_epoch": meta["history"][-1]["train_accuracy"] if meta["history"] else None,
