@@ -4,7 +4,7 @@ One module per idea:
 
 * :mod:`.request`: :class:`AttackRequest`, what is asked (validated on
   construction), and the attack names it may use;
-* :mod:`.restore`: the model of a workdir; :mod:`.sets`: the disjoint
+* :mod:`.restoring`: the model of a workdir; :mod:`.sets`: the disjoint
   crafting and evaluation sets;
 * :mod:`.crafting`: one perturbation, by registry lookup
   (:data:`jacuap.attacks.ATTACKS`), or one the user brings;
@@ -26,14 +26,14 @@ import importlib as _importlib
 # name -> the module that defines it.
 _NAMES = {
     "AttackRequest": "request", "attack_names": "request", "import_attack_modules": "request",
-    "run_attacks": "run", "restore": "restore", "craft_and_eval_sets": "sets",
+    "run_attacks": "run", "restore": "restoring", "craft_and_eval_sets": "sets",
     "craft": "crafting", "per_input_predictions": "crafting", "load_uap_file": "crafting",
     "SUITES": "suite", "WORST_CASE_BY": "suite", "Member": "suite", "Suite": "suite", "suite_tasks": "suite",
     "suite_record": "suite", "worst_case": "suite",
     "output_failure": "outputs", "output_files": "outputs", "plot_uaps": "outputs", "print_results": "outputs",
     "print_extras": "outputs",
 }
-_SUBMODULES = ("catalog", "crafting", "outputs", "request", "restore", "run", "sets", "store", "suite", "targeted")
+_SUBMODULES = ("catalog", "crafting", "outputs", "request", "restoring", "run", "sets", "store", "suite", "targeted")
 
 __all__ = sorted(_NAMES) + ["outputs", "store", "suite", "targeted"]
 

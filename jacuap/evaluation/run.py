@@ -39,7 +39,7 @@ from jacuap.errors import AttackError
 from jacuap.evaluation import outputs, store, suite, targeted, tensorboard
 from jacuap.evaluation.crafting import craft, load_uap_file, per_input_predictions
 from jacuap.evaluation.request import AttackRequest
-from jacuap.evaluation.restore import AttackedModel, restore
+from jacuap.evaluation.restoring import AttackedModel, restore
 from jacuap.evaluation.sets import Sets, craft_and_eval_sets
 
 __all__ = ["run_attacks"]

@@ -39,7 +39,7 @@ def targeted_rows(request: Any, model: Any, crafter: Any, sets: Sequence[Any],
 
     The ``K`` targeted SGD-UAPs (``epochs`` epochs) are crafted with
     ``crafter`` on the crafting set and evaluated with ``model`` (both with
-    ``apply_fn`` and ``params``: :class:`~jacuap.evaluation.restore.AttackedModel`) on the
+    ``apply_fn`` and ``params``: :class:`~jacuap.evaluation.restoring.AttackedModel`) on the
     evaluation set; row ``targeted_<norm>_eps<eps>_seed<seed>`` (its ``.npy``
     holds the ``(K, *S)`` UAPs), figure ``targeted_eps<eps>.png``.  Budget
     ``b`` is keyed by ``fold_in(PRNGKey(seed), 2**20 + b)``.
