@@ -7,7 +7,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 RUN_DIR ?= runs/demo
 RUN_EPOCHS ?= 4
 
-.PHONY: install data run test test-fast clean
+.PHONY: install data run test test-bench test-fast clean
 
 install: $(STAMP) data
 
@@ -47,8 +47,12 @@ run: install
 # JAX's persistent cache in .pytest_cache/ (tests/conftest.py).  The 8-device
 # equivalence tests need the XLA flag before JAX starts: a second process.
 test: install
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto -m "not bench"
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests/test_parallel.py
+
+# The benchmark scripts end to end on toy sizes (about 2 more minutes): .ci/run runs it after `make test`.
+test-bench: install
+	$(PY) -m pytest -q -n auto -m bench
 
 test-fast: install
 	$(PY) -m pytest -q -n auto -m "not slow"

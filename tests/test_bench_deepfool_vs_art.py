@@ -8,6 +8,7 @@ pytest.importorskip("torch")
 pytest.importorskip("art")
 
 
+@pytest.mark.bench  # a benchmark script end to end: make test-bench (.ci/run runs it)
 @pytest.mark.slow
 def test_deepfool_vs_art_quick(tmp_path):
     from benchmarks import deepfool_vs_art

@@ -20,6 +20,7 @@ def _finite_positive(values):
     return all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in values)
 
 
+@pytest.mark.bench  # a benchmark script end to end: make test-bench (.ci/run runs it)
 def test_conv_ops_quick_writes_every_row(tmp_path):
     from benchmarks import conv_ops
 

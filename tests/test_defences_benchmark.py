@@ -30,6 +30,7 @@ def test_commands_carry_the_fields_as_flags():
     assert "--eps=0.1,0.2" in attack and "--out=/w/stacked_spectral/sgd" in attack
 
 
+@pytest.mark.bench  # a benchmark script end to end: make test-bench (.ci/run runs it)
 @pytest.mark.slow  # ~1 min: two programs in subprocesses on digits
 def test_quick_row_then_rerun_reads_it(tmp_path, monkeypatch):
     out, workroot = tmp_path / "d.json", tmp_path / "runs"

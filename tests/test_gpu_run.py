@@ -59,6 +59,7 @@ def test_user_mistakes_are_one_line_exit_2(tmp_path, carry):
     assert proc.returncode == 2 and "differs" in proc.stderr, proc.stderr
 
 
+@pytest.mark.bench  # a benchmark script end to end: make test-bench (.ci/run runs it)
 @pytest.mark.slow
 def test_run_quick_on_cpu(tmp_path, carry):
     out, work = tmp_path / "out", tmp_path / "work"
@@ -88,6 +89,7 @@ def test_run_quick_on_cpu(tmp_path, carry):
     assert len(list(out.iterdir())) <= 8 and all(p.is_file() for p in out.iterdir())
 
 
+@pytest.mark.bench  # a benchmark script end to end: make test-bench (.ci/run runs it)
 def test_reproduce_step_continues_from_the_committed_records(tmp_path, carry):
     """``--steps reproduce`` copies results/ into OUT and runs reproduce.py there (here: analysis only)."""
     out, work = tmp_path / "out", tmp_path / "work"

@@ -7,6 +7,7 @@ import pytest
 from benchmarks import lobpcg
 
 
+@pytest.mark.bench  # a benchmark script end to end: make test-bench (.ci/run runs it)
 @pytest.mark.slow  # ~1 min: it compiles a ResNet's LOBPCG program
 def test_lobpcg_benchmark_tiny(tmp_path):
     out = tmp_path / "lobpcg.json"

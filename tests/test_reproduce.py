@@ -116,6 +116,7 @@ def _checkout_copy(dst):
     return git
 
 
+@pytest.mark.bench  # a benchmark script end to end: make test-bench (.ci/run runs it)
 @pytest.mark.slow
 def test_reproduce_quick_on_digits(tmp_path):
     """The whole pipeline: schedule, grid, selection, seeds, records, claims, report; a rerun does nothing.

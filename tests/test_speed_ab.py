@@ -10,6 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.bench  # a benchmark script end to end: make test-bench (.ci/run runs it)
 @pytest.mark.slow
 def test_speed_ab_interleaves_and_resumes(tmp_path):
     cmd = [sys.executable, "benchmarks/speed_ab.py", "--before", ROOT, "--work", str(tmp_path / "w"),
@@ -30,6 +31,7 @@ def test_speed_ab_interleaves_and_resumes(tmp_path):
     assert bad.returncode == 2 and "holds no benchmarks/speed.py" in bad.stderr
 
 
+@pytest.mark.bench  # a benchmark script end to end: make test-bench (.ci/run runs it)
 @pytest.mark.slow
 def test_same_program_of_one_tree_is_the_same(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/same_program.py", ROOT, ROOT], cwd=ROOT, capture_output=True,

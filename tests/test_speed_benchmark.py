@@ -66,6 +66,7 @@ def test_same_sgd_uap_step(setup):
     assert np.abs(got).max() <= eps + 1e-7
 
 
+@pytest.mark.bench  # a benchmark script end to end: make test-bench (.ci/run runs it)
 def test_speed_quick_runs(tmp_path):
     from benchmarks import speed
 

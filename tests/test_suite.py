@@ -251,6 +251,7 @@ def test_gradient_budget_and_suites_are_fixed():
     assert evaluation.suite.gradient_evaluations("targeted", {"num_epochs": 5}, 100, 10) == 5000
 
 
+@pytest.mark.bench  # a benchmark script end to end: make test-bench (.ci/run runs it)
 def test_transfer_benchmark_uses_the_worst_case_or_crafts(quick, tmp_path):
     request, results = quick
     copy = tmp_path / "a" / "b" / "c" / "copy"  # deeper than the workdir: attack_dir leads nowhere from it
@@ -333,6 +334,7 @@ def test_strong_suite_runs_every_member(trained, tmp_path):
     assert results["suite"]["name"] == "strong" and "targeted" not in results
 
 
+@pytest.mark.bench  # a benchmark script end to end: make test-bench (.ci/run runs it)
 def test_attack_zoo_benchmark_ranks_every_attack(trained, tmp_path):
     """benchmarks/attack_zoo.py: the zoo suite per seed, one table line per attack, worst-case counts."""
     from benchmarks import attack_zoo
