@@ -12,7 +12,7 @@ from jacuap.configs.locked import LockedConfigDict
 
 def get_config() -> ml_collections.ConfigDict:
     config = LockedConfigDict()  # a ConfigDict whose unknown-field errors are one line
-    # Data: digits | mnist | fashion_mnist | cifar10 (see jacuap.data).
+    # Data: digits | mnist | fashion_mnist | cifar10, or your own npz:PATH | folder:PATH[@HxW] (see jacuap.data).
     config.dataset = "fashion_mnist"
     config.data_dir = ""  # local IDX / CIFAR binary files; "" = the usual places
     # Training inputs held out as a validation split (the same inputs for every
