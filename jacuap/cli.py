@@ -306,12 +306,11 @@ def run(main: Callable[[List[str]], Any], program: Optional[str] = None) -> NoRe
         sys.exit(130)
 
 
-def described_summary(summary: Dict[str, Any]) -> Dict[str, Any]:
-    """``summary.json``'s numbers for printing, each key saying on which split and how many inputs.
+def summary_notes(summary: Dict[str, Any]) -> Dict[str, str]:
+    """What each of ``summary.json``'s numbers was measured on (split, set size), for printing beside it.
 
-    >>> list(described_summary({"test_accuracy": 0.9, "num_test": 360, "stacked_spectral_norm": 3.2,
-    ...                         "jacobian_num_inputs": 100}))
-    ['test_accuracy (360 test inputs)', "stacked_spectral_norm (sigma_max of the first 100 test inputs' Jacobians stacked)"]
+    >>> summary_notes({"test_accuracy": 0.9, "num_test": 360, "jacobian_num_inputs": 100})["stacked_spectral_norm"]
+    "sigma_max of the first 100 test inputs' Jacobians stacked"
     """
     n, test, val = summary.get("jacobian_num_inputs"), summary.get("num_test"), summary.get("num_validation")
     notes = {
@@ -320,21 +319,24 @@ def described_summary(summary: Dict[str, Any]) -> Dict[str, Any]:
         "train_accuracy_last_epoch": "running mean over the last epoch's batches",
         "mean_jacobian_frobenius_sq": f"mean ||J(x)||_F^2 over the first {n} test inputs" if n else None,
         "stacked_spectral_norm": f"sigma_max of the first {n} test inputs' Jacobians stacked" if n else None,
+        "train_seconds": "compilation and checkpoints included",
     }
-    hidden = {"num_test", "jacobian_num_inputs"}
-    return {(f"{k} ({notes[k]})" if notes.get(k) else k): v for k, v in summary.items() if k not in hidden}
+    return {k: v for k, v in notes.items() if v}
 
 
-def print_table(title: str, values: Dict[str, Any]) -> None:
-    """A two-column table of a flat dict, floats with 4 decimals.
+def print_table(title: str, values: Dict[str, Any], notes: Optional[Dict[str, str]] = None) -> None:
+    """A two-column table of a flat dict, floats with 4 decimals, and each key's note (if any) in parentheses.
 
-    >>> print_table("summary", {"test_accuracy": 0.91234, "epochs": 3})
+    >>> print_table("summary", {"test_accuracy": 0.91234, "epochs": 3}, {"test_accuracy": "360 test inputs"})
     == summary ==
-      test_accuracy  0.9123
+      test_accuracy  0.9123  (360 test inputs)
       epochs         3
     """
+    notes = notes or {}
     width = max(len(k) for k in values)
+    texts = {k: f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in values.items()}
+    value_width = max((len(t) for k, t in texts.items() if notes.get(k)), default=0)
     print(f"== {title} ==")
-    for key, value in values.items():
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
-        print(f"  {key:<{width}}  {text}")
+    for key, text in texts.items():
+        note = f"  ({notes[key]})" if notes.get(key) else ""
+        print(f"  {key:<{width}}  {text:<{value_width if note else 0}}{note}".rstrip())

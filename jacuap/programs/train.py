@@ -43,7 +43,8 @@ def main(argv):
             parallel.initialize_multihost()
         summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if io.is_primary():
-        cli.print_table("summary", cli.described_summary(summary))
+        shown = {k: v for k, v in summary.items() if k not in ("num_test", "jacobian_num_inputs")}  # in the notes
+        cli.print_table("summary", shown, cli.summary_notes(summary))
         print(f"outputs in {FLAGS.workdir}: summary.json, metrics.jsonl, checkpoints/")
 
 
