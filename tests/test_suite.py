@@ -68,6 +68,9 @@ def test_quick_suite_writes_a_worst_case_per_budget(quick):
         assert r["source_model_fingerprint"] == results["config"]["model_fingerprint"]
         assert r["source_workdir"] == os.path.abspath(request.workdir)
     assert results["config"]["class_names"][:2] == ["0", "1"]
+    # The suite fixes each member's settings: the request's sgd_epochs/deepfool_passes did not run; the rows say what did.
+    assert results["config"]["sgd_epochs"] is None and results["config"]["deepfool_passes"] is None
+    assert {r["settings"]["num_epochs"] for r in rows if r["attack"] == "sgd_uap"} == {1}
     record = results["suite"]
     assert record["name"] == "quick"
     assert record["gradient_evaluations_per_budget"] == sum(m["gradient_evaluations_per_budget"]
