@@ -10,7 +10,7 @@ A field added to ``default.py`` without a line in :data:`DESCRIPTIONS` fails
 :func:`rows` (and the tests), so the reference cannot fall behind.
 
 >>> rows()[0]
-('dataset', "'fashion_mnist'", 'digits, mnist, fashion_mnist, cifar10, or your own: npz:PATH, folder:PATH[@HxW] (see jacuap.data).')
+('dataset', "'fashion_mnist'", 'digits, mnist, fashion_mnist, cifar10 (see jacuap.data), or your own: npz:PATH, folder:PATH[@HxW].')
 >>> unknown_field_message("jr_lambd")
 "unknown config field 'jr_lambd' (did you mean 'jr_lambda'?)"
 """
@@ -39,7 +39,7 @@ END = "<!-- /config-fields -->"
 # tests/test_cli_errors.py checks them against the registries.
 #: One line per field of ``default.get_config()``, in the order README lists them.
 DESCRIPTIONS: Dict[str, str] = {
-    "dataset": "digits, mnist, fashion_mnist, cifar10, or your own: npz:PATH, folder:PATH[@HxW] (see jacuap.data).",
+    "dataset": "digits, mnist, fashion_mnist, cifar10 (see jacuap.data), or your own: npz:PATH, folder:PATH[@HxW].",
     "data_dir": 'Folder with local IDX / CIFAR-10 binary files, also tfds\' data dir; "" = the usual places.',
     "num_validation": "Training inputs held out as a validation split (the same for every seed); choose strengths "
                       "there (attack.py --eval_split=validation), report on test. 0 = none.",
