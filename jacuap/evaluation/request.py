@@ -9,14 +9,14 @@ import json
 import numbers
 import os
 import sys
-from typing import Sequence
+from typing import Optional, Sequence, Tuple
 
 from jacuap import io
 from jacuap.budgets import NORMS, budget_problem, canonical_eps
 from jacuap.errors import AttackError
 from jacuap.evaluation import catalog, suite
 
-__all__ = ["AttackRequest", "attack_names", "import_attack_modules", "request_folder", "check_out_path", "REQUEST_KEYS"]
+__all__ = ["AttackRequest", "TorchModel", "TORCH_MECHANISMS", "attack_names", "import_attack_modules", "request_folder", "check_out_path", "REQUEST_KEYS"]
 
 
 def attack_names() -> tuple:
@@ -80,7 +80,67 @@ def store_request(folder: str):
 
 #: The fields of ``request.json`` that the request decides (the others say which model and data it ran on).
 REQUEST_KEYS = ("attacks", "norm", "eps", "seed", "num_craft", "num_eval", "craft_split", "num_metrics", "sgd_epochs",
-                "deepfool_passes", "suite", "targeted", "layer", "loss", "prior", "eval_split")
+                "deepfool_passes", "suite", "targeted", "layer", "loss", "prior", "eval_split", "torch")
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchModel:
+    """A PyTorch model to attack in place of a workdir's (``attack.py --torch_model``; :func:`jacuap.from_torch`).
+
+    ``factory`` is ``"pkg.mod:fn"``, called with no arguments to build the
+    ``torch.nn.Module``; ``weights`` a state dict (``torch.save(model.state_dict())``,
+    read with ``weights_only=True``, or ``.safetensors``), "" to keep the
+    factory's; ``mechanism`` how JAX runs it (``convert``: traced into a pure
+    JAX function; ``callback``: torch called from JAX, VJPs only); ``layout``
+    the layout the module takes (jacuap always passes NHWC pixels in [0, 1] and
+    transposes); ``mean``/``std`` its input normalisation when it lives outside
+    the module (empty: the module takes [0, 1] pixels); ``dataset`` (a
+    :data:`jacuap.data.DATASETS` name, ``npz:PATH`` or ``folder:PATH``) and
+    ``data_dir`` what it is evaluated on, which fixes the input shape.
+
+    >>> TorchModel("mypkg.nets:resnet20", "cifar10", mechanism="jit")
+    Traceback (most recent call last):
+    jacuap.errors.AttackError: --torch_mechanism must be convert or callback, got 'jit'
+    """
+
+    factory: str
+    dataset: str
+    weights: str = ""
+    mechanism: str = "convert"
+    layout: str = "NCHW"
+    mean: Tuple[float, ...] = ()
+    std: Tuple[float, ...] = ()
+    data_dir: str = ""
+
+    def __post_init__(self):
+        module, _, attr = self.factory.partition(":")
+        if not module or not attr:
+            raise AttackError(f"--torch_model must be 'package.module:factory', got {self.factory!r}")
+        if not self.dataset:
+            raise AttackError("--torch_model needs --dataset (what the model is evaluated on: cifar10, npz:PATH, ...)")
+        if self.mechanism not in TORCH_MECHANISMS:
+            raise AttackError(f"--torch_mechanism must be {' or '.join(TORCH_MECHANISMS)}, got {self.mechanism!r}")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise AttackError(f"--torch_layout must be NCHW or NHWC, got {self.layout!r}")
+        if self.weights and not os.path.isfile(self.weights):
+            raise AttackError(f"--torch_weights {self.weights!r} is not a file")
+        if len(self.mean) != len(self.std):
+            raise AttackError(f"--torch_mean and --torch_std need one value per channel each, got {len(self.mean)} "
+                              f"and {len(self.std)}")
+        if any(not s > 0 for s in self.std):
+            raise AttackError(f"--torch_std must be positive, got {list(self.std)}")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(m) for m in self.std))
+
+    def record(self) -> dict:
+        """What ``request.json`` says of it (the weights' content is in the model fingerprint)."""
+        return {"factory": self.factory, "weights": os.path.abspath(self.weights) if self.weights else "",
+                "mechanism": self.mechanism, "layout": self.layout, "mean": list(self.mean), "std": list(self.std),
+                "dataset": self.dataset}
+
+
+#: How :func:`jacuap.from_torch` runs a PyTorch module (jacuap.models.torch_bridge).
+TORCH_MECHANISMS = ("convert", "callback")
 
 
 def _reads_layers(request, known) -> bool:
@@ -130,8 +190,11 @@ class AttackRequest:
     prior: str = ""  # what cosine_uap and gd_uap craft on: data, range or none; "" = each one's default
     source_workdir: str = ""  # craft on this workdir's model and crafting split (transfer); "" = workdir
     uap_file: str = ""  # evaluate this .npy perturbation (no attack)
+    torch: Optional[TorchModel] = None  # attack this PyTorch model instead of a workdir's (workdir "")
 
     def __post_init__(self):
+        if bool(self.workdir) == bool(self.torch):
+            raise AttackError("give --workdir (a train.py run) or --torch_model (a PyTorch model), one of them")
         known = catalog.facts()  # the registry's facts: checked before JAX loads
         unknown = [a for a in self.attacks if a not in known]
         if unknown or not (self.attacks or self.suite or self.uap_file):
@@ -205,8 +268,13 @@ class AttackRequest:
                   "sgd_epochs": int(self.sgd_epochs), "deepfool_passes": int(self.deepfool_passes)}
         fields.update({k: v for k, v in (("suite", self.suite), ("targeted", self.targeted), ("layer", self.layer),
                                          ("loss", self.loss), ("prior", self.prior),
-                                         ("eval_split", self.eval_split != "test" and self.eval_split)) if v})
+                                         ("eval_split", self.eval_split != "test" and self.eval_split),
+                                         ("torch", self.torch and self.torch.record())) if v})
         return fields
+
+    def model_source(self) -> str:
+        """Where the attacked model comes from: the workdir's absolute path, or ``torch:<factory>``."""
+        return f"torch:{self.torch.factory}" if self.torch else os.path.abspath(self.workdir)
 
     def folder_name(self) -> str:
         """The request in a folder name: what it runs, the norm, the budgets, and 6 hex digits of everything else.
@@ -238,8 +306,23 @@ class AttackRequest:
             eps = [float(e) for e in flags.eps]
         except ValueError:
             raise AttackError(f"eps must be a comma list of numbers, got {','.join(flags.eps)!r}") from None
+        torch = None
+        if getattr(flags, "torch_model", ""):
+            if flags.workdir:
+                raise AttackError("--workdir and --torch_model are exclusive: attack a train.py run or a PyTorch model")
+            if not flags.out:
+                raise AttackError("--torch_model needs --out (there is no workdir to write into)")
+            try:
+                mean, std = ([float(v) for v in getattr(flags, k) or []] for k in ("torch_mean", "torch_std"))
+            except ValueError:
+                raise AttackError("--torch_mean and --torch_std must be comma lists of numbers") from None
+            torch = TorchModel(flags.torch_model, flags.dataset or "", flags.torch_weights or "", flags.torch_mechanism,
+                               flags.torch_layout, tuple(mean), tuple(std), flags.data_dir or "")
+        elif not flags.workdir:
+            raise AttackError("give --workdir (a train.py run) or --torch_model (a PyTorch model), one of them")
         return cls(
-            workdir=flags.workdir,
+            workdir=flags.workdir or "",
+            torch=torch,
             attacks=[a.strip() for a in flags.attack if a.strip()]
             if attack_given or not (extra["suite"] or extra["uap_file"]) else [],
             norm=flags.norm,

@@ -9,10 +9,10 @@ from typing import Any, Callable, NamedTuple
 import jax
 
 from jacuap import attacks, data, models, parallel
-from jacuap.errors import CheckpointError, ConfigError, one_line
+from jacuap.errors import AttackError, CheckpointError, ConfigError, ModelError, one_line
 from jacuap.train import checkpoints
 
-__all__ = ["AttackedModel", "restore"]
+__all__ = ["AttackedModel", "restore", "restore_torch"]
 
 
 class AttackedModel(NamedTuple):
@@ -32,8 +32,15 @@ class AttackedModel(NamedTuple):
     def layers(self, example: Any) -> attacks.Layers:
         """The model's hidden layers by name (``example``: one input batch), for the layer attacks."""
         module, params = self.restored.model, self.restored.params
+        if module is None:  # a PyTorch model: its logits only
+            return attacks.Layers(_no_layers, lambda names: _no_layers())
         return attacks.Layers(lambda: models.layer_names(module, params, example),
                               lambda names: models.layers_features_fn(module, names))
+
+
+def _no_layers():
+    raise AttackError("the layer attacks (layer_max, fg_uap, gd_uap) read a Flax model's hidden layers; a "
+                      "--torch_model exposes its logits only: choose other attacks")
 
 
 def restore(workdir: str) -> AttackedModel:
@@ -60,6 +67,43 @@ def restore(workdir: str) -> AttackedModel:
     mesh = parallel.make_mesh(jax.local_devices())
     apply_fn = parallel.batch_sharded_apply(restored.apply_fn, mesh)
     return AttackedModel(restored, dataset, apply_fn, parallel.replicate(restored.params, mesh))
+
+
+def restore_torch(spec: Any) -> AttackedModel:
+    """The :class:`AttackedModel` of a PyTorch model (a :class:`jacuap.evaluation.request.TorchModel`).
+
+    Built by its factory, its weights loaded (never unpickled:
+    :func:`jacuap.models.torch_bridge.load_torch_weights`), run through
+    :func:`jacuap.from_torch` on inputs of ``spec.dataset``'s shape; its
+    ``restored`` stands in for a checkpoint: step 0, the state dict as the
+    parameters the fingerprint hashes, no training config.  The layer
+    attacks need a Flax model: they end in one line.
+    """
+    import ml_collections
+    import numpy as np
+
+    from jacuap.models import torch_bridge  # torch: only for a PyTorch model
+
+    dataset = data.load_dataset(spec.dataset, spec.data_dir or None)
+    module = torch_bridge.torch_factory(spec.factory)
+    if spec.weights:
+        module = torch_bridge.load_torch_weights(module, spec.weights)
+    apply_fn, params = torch_bridge.from_torch(module, tuple(dataset.image_shape), mechanism=spec.mechanism,
+                                               torch_layout=spec.layout, mean=spec.mean or None, std=spec.std or None)
+    logits = apply_fn(params, np.asarray(dataset.test_images[:2]))
+    if tuple(logits.shape) != (2, dataset.num_classes):
+        raise ModelError(f"--torch_model {spec.factory} maps {dataset.name} inputs {tuple(dataset.image_shape)} to "
+                         f"logits of shape {tuple(logits.shape[1:])}, not ({dataset.num_classes},)")
+    state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    name = f"torch:{spec.factory}"
+    restored = checkpoints.RestoredModel(
+        config=ml_collections.ConfigDict({"dataset": dataset.name, "jr_lambda": None}), model=None,
+        apply_fn=apply_fn, params=state, step=0,
+        meta={"model_spec": {"name": name, "num_classes": dataset.num_classes,
+                             "image_shape": list(dataset.image_shape)},
+              "fingerprint": {"dataset": spec.dataset, "torch": spec.record()}})
+    mesh = parallel.make_mesh(jax.local_devices())
+    return AttackedModel(restored, dataset, parallel.batch_sharded_apply(apply_fn, mesh), parallel.replicate(params, mesh))
 
 
 def _check_config(workdir: str) -> None:

@@ -39,7 +39,7 @@ from jacuap.errors import AttackError
 from jacuap.evaluation import outputs, store, suite, targeted, tensorboard
 from jacuap.evaluation.crafting import craft, load_uap_file, per_input_predictions
 from jacuap.evaluation.request import AttackRequest
-from jacuap.evaluation.restoring import AttackedModel, restore
+from jacuap.evaluation.restoring import AttackedModel, restore, restore_torch
 from jacuap.evaluation.sets import Sets, craft_and_eval_sets
 
 __all__ = ["run_attacks"]
@@ -66,13 +66,13 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
     """
     log = log or _stderr_line
     store.check_out_path(request.out)
-    model = restore(request.workdir)  # the model evaluated
+    model = restore_torch(request.torch) if request.torch else restore(request.workdir)  # the model evaluated
     crafter = model  # the model the UAPs are crafted on: another one for transfer
     if request.source_workdir:
         crafter = restore(request.source_workdir)
         if tuple(crafter.dataset.image_shape) != tuple(model.dataset.image_shape):
             raise AttackError(f"--source_workdir {request.source_workdir} takes inputs "
-                              f"{list(crafter.dataset.image_shape)}, --workdir {request.workdir} "
+                              f"{list(crafter.dataset.image_shape)}, --workdir {request.workdir or request.model_source()} "
                               f"{list(model.dataset.image_shape)}; transfer needs one shape")
     restored, dataset = model.restored, model.dataset
     sets = Sets(*craft_and_eval_sets(crafter.dataset, request)[:2], *craft_and_eval_sets(dataset, request)[2:])
@@ -89,7 +89,8 @@ def run_attacks(request: AttackRequest, log: Optional[Callable[[str], None]] = N
     fingerprint = store.model_fingerprint(restored.params)
     spec = restored.meta["model_spec"]
     record = store.request_record(request, restored.step, fingerprint, dataset.name)
-    source = {"source_workdir": os.path.abspath(request.source_workdir or request.workdir),
+    source = {"source_workdir": os.path.abspath(request.source_workdir) if request.source_workdir
+              else request.model_source(),
               "source_model_fingerprint": store.model_fingerprint(crafter.restored.params)}
     if given is not None:
         record["uap_file_sha256"] = hashlib.sha256(given.tobytes()).hexdigest()[:16]
@@ -154,10 +155,10 @@ def _config(request: AttackRequest, model: AttackedModel, sets: Sets, fingerprin
     """``results.json["config"]``: what was run, the model as its checkpoint describes it, the set sizes used."""
     restored, trained = model.restored, model.restored.meta.get("fingerprint") or {}
     return {
-        "workdir": os.path.abspath(request.workdir),
+        "workdir": request.model_source(),
         "dataset": trained.get("dataset", model.dataset.name),
         "model": restored.meta["model_spec"]["name"],
-        "jr_lambda": float(trained.get("jr_lambda", restored.config.get("jr_lambda", 0.0))),
+        "jr_lambda": _jr_lambda(trained.get("jr_lambda", restored.config.get("jr_lambda", 0.0))),
         "checkpoint_step": restored.step,
         "model_fingerprint": fingerprint,
         "attacks": list(request.attacks),
@@ -181,6 +182,10 @@ def _config(request: AttackRequest, model: AttackedModel, sets: Sets, fingerprin
         **source,
         "class_names": [str(c) for c in class_names],
     }
+
+
+def _jr_lambda(value: Any) -> Optional[float]:
+    return None if value is None else float(value)  # None: a PyTorch model, trained elsewhere
 
 
 def _request_fields_read(request: AttackRequest) -> set:

@@ -92,7 +92,7 @@ def request_record(request: Any, checkpoint_step: int, fingerprint: str, dataset
         "dataset": dataset,
         "checkpoint_step": int(checkpoint_step),
         "model_fingerprint": fingerprint,
-        "workdir": os.path.abspath(request.workdir),
+        "workdir": request.model_source(),
     }
 
 

@@ -27,7 +27,7 @@ from jacuap import budgets, cli, io, programs
 from jacuap.evaluation import request as requests, suite  # JAX-free: flags are checked before the attacks load
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A train.py workdir (its config and newest checkpoint).")
+flags.DEFINE_string("workdir", None, "A train.py workdir (its config and newest checkpoint); or --torch_model.")
 flags.DEFINE_list("attack", ["sgd_uap", "sv_uap"], f"Comma list of {', '.join(requests.attack_names())} "
                   "(README, 'The attack zoo'), or of attacks that --attack_modules register.")
 flags.DEFINE_list("attack_modules", [], "Modules to import before the attacks are looked up: each registers its own "
@@ -63,7 +63,21 @@ flags.DEFINE_string("out", None, "Output folder (default: WORKDIR/attack); a req
 flags.DEFINE_bool("overwrite", False, "Replace this request's outputs when they came from another checkpoint (only "
                   "files jacuap wrote; other requests' stay); the same request resumes either way.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
-flags.mark_flags_as_required(["workdir"])
+# A PyTorch model in place of a workdir (jacuap.from_torch; README, "PyTorch models").
+flags.DEFINE_string("torch_model", "", "A PyTorch model to attack instead of --workdir's: 'pkg.mod:factory', called "
+                    "with no arguments to build the torch.nn.Module (needs --dataset and --out).")
+flags.DEFINE_string("torch_weights", "", "Its state dict: a torch.save(model.state_dict()) file (read with "
+                    "weights_only=True, never unpickled) or .safetensors; default: the factory's weights.")
+flags.DEFINE_enum("torch_mechanism", "convert", list(requests.TORCH_MECHANISMS), "How JAX runs it: convert (traced "
+                  "into a pure JAX function: every attack and kernel) or callback (torch called from JAX: VJPs only).")
+flags.DEFINE_enum("torch_layout", "NCHW", ["NCHW", "NHWC"], "The layout the module takes (jacuap passes NHWC pixels "
+                  "in [0, 1] and transposes).")
+flags.DEFINE_list("torch_mean", [], "Per-channel mean of the module's input normalisation when it is not inside the "
+                  "module, e.g. 0.4914,0.4822,0.4465 (with --torch_std); default: the module takes [0, 1] pixels.")
+flags.DEFINE_list("torch_std", [], "Per-channel std of that normalisation.")
+flags.DEFINE_string("dataset", "", "With --torch_model: the data it is evaluated on (digits, mnist, fashion_mnist, "
+                    "cifar10, npz:PATH, folder:PATH[@HxW]); it fixes the input shape.")
+flags.DEFINE_string("data_dir", "", "With --torch_model: local copies of --dataset (as train.py's --config.data_dir).")
 
 
 def main(argv):
