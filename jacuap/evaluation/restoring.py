@@ -88,6 +88,7 @@ def restore_torch(spec: Any) -> AttackedModel:
     module = torch_bridge.torch_factory(spec.factory)
     if spec.weights:
         module = torch_bridge.load_torch_weights(module, spec.weights)
+    module.eval()  # attacked as deployed: BatchNorm's running statistics, no dropout
     apply_fn, params = torch_bridge.from_torch(module, tuple(dataset.image_shape), mechanism=spec.mechanism,
                                                torch_layout=spec.layout, mean=spec.mean or None, std=spec.std or None)
     logits = apply_fn(params, np.asarray(dataset.test_images[:2]))
