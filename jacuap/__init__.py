@@ -48,6 +48,7 @@ _PUBLIC = {
     "make_apply_fn": "jacuap.models",
     "as_apply_fn": "jacuap.models",
     "nnx_with_params": "jacuap.models",
+    "from_torch": "jacuap.models",
     # kernels
     "input_jacobian": "jacuap.jacobian",
     "frobenius_sq": "jacuap.jacobian",

@@ -10,7 +10,9 @@ its input itself with the dataset's per-channel ``mean`` and ``std``.
 * :func:`init_params` gives its initial parameters,
 * :func:`make_apply_fn` gives the pure ``apply_fn(params, x) -> logits``
   every Jacobian kernel and attack takes,
-* :func:`layer_features_fn` gives one hidden layer's output instead.
+* :func:`layer_features_fn` gives one hidden layer's output instead,
+* :func:`from_torch` makes a PyTorch classifier into ``(apply_fn, params)``
+  (:mod:`jacuap.models.torch_bridge`).
 
 The models live in :mod:`jacuap.models.nets`, their convolution in
 :mod:`jacuap.models.conv`.
@@ -36,6 +38,7 @@ from jacuap.models.adapter import (NNXClassifier, as_apply_fn, check_classifier,
                                     model_source_root, nnx_with_params)
 from jacuap.models.features import FeaturesFn, layer_features_fn, layer_names, layers_features_fn
 from jacuap.models.nets import CNN, DEFAULT_CONV, MLP, ConvFn, Normalize, ResidualBlock, ResNet
+from jacuap.models.torch_bridge import from_torch, load_torch_weights, torch_factory  # imports torch only when called
 
 __all__ = [
     "MODELS",
@@ -61,6 +64,9 @@ __all__ = [
     "CNN",
     "ResidualBlock",
     "ResNet",
+    "from_torch",
+    "load_torch_weights",
+    "torch_factory",
 ]
 
 
