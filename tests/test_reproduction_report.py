@@ -93,6 +93,10 @@ def test_analyse_and_write_report(tmp_path):
     tight = [{"strength": 0.5, "uer_ratio": [{"eps": 0.1, "estimate": 2.0, "low": 1.5, "high": 2.5}],
               "fooling_rate_ratio": [{"eps": 0.1, "estimate": 3.5, "low": 3.0, "high": 4.2}], "eps50_ratio": None}]
     assert report._where_robustness(tight) == "4x within the interval: fooling rate ratio at lambda 0.5, eps 0.1: 3.5 [3, 4.2]"
+    assert report._where_robustness(tight, {0.5: {"estimate": 3.5, "low": 3.1, "high": 3.9}}) == (
+        "4x within the interval: fooling rate ratio at lambda 0.5, eps 0.1: 3.5 [3, 4.2] (accuracy cost 3.5 [3.1, 3.9] "
+        "points)")
+    assert "UER ratio at lambda 1, eps 0.1: 8 [" in rob["where"] and "(accuracy cost " in rob["where"]
     tight[0]["fooling_rate_ratio"][0]["high"] = 3.9
     assert report._where_robustness(tight) == "4x excluded at every lambda, eps and ratio"
     assert "cost > 1 point at lambda 1" in claims["accuracy"]["where"]

@@ -169,17 +169,20 @@ def _claim(kind: str, arch: str, head: Optional[Dict[str, Any]], verdict: Option
             "ci95": [head.get("low"), head.get("high")], "verdict": verdict, "where": where, "detail": detail}
 
 
-def _where_robustness(per_lambda: Sequence[Dict[str, Any]]) -> str:
-    """The (lambda, ratio, eps) whose interval reaches 4x (verdict "holds"), or that none does."""
+def _where_robustness(per_lambda: Sequence[Dict[str, Any]], costs: Optional[Dict[float, Dict[str, Any]]] = None) -> str:
+    """The (lambda, ratio, eps) whose interval reaches 4x (verdict "holds"), each with that lambda's accuracy
+    cost in points when ``costs`` (strength -> :func:`_accuracy_cost`) has it, or that none does."""
     hits = []
     for x in per_lambda:
+        cost = (costs or {}).get(x["strength"])
+        paid = f" (accuracy cost {_ci(cost)} points)" if cost and cost.get("estimate") is not None else ""
         for name, label in (("uer_ratio", "UER"), ("fooling_rate_ratio", "fooling rate")):
             for y in x[name]:
                 if stats.verdict_robustness(y["low"], y["high"]) == "holds":
-                    hits.append(f"{label} ratio at lambda {x['strength']:g}, eps {_f(y['eps'])}: {_ci(y)}")
+                    hits.append(f"{label} ratio at lambda {x['strength']:g}, eps {_f(y['eps'])}: {_ci(y)}{paid}")
         e50 = x.get("eps50_ratio")
         if e50 and stats.verdict_robustness(e50["low"], e50["high"]) == "holds":
-            hits.append(f"eps50 ratio at lambda {x['strength']:g}: {_ci(e50)}")
+            hits.append(f"eps50 ratio at lambda {x['strength']:g}: {_ci(e50)}{paid}")
     if not per_lambda:
         return ""
     return ("4x within the interval: " + "; ".join(hits)) if hits else "4x excluded at every lambda, eps and ratio"
@@ -261,9 +264,10 @@ def _analyse_arch(arch: str, recs: List[Dict[str, Any]], choice: Dict[str, Any],
     grid = [(float(k[1]), g) for k, g in groups.items() if base and k[0] == "jr" and k[1] != "0"]
     rob["lambdas"] = [{"strength": s, **{key: (rob if g is jr else _compare(base, g, reps, seed))[key]
                                          for key in _RATIOS}} for s, g in grid]
-    claims.append(_claim("robustness", arch, rob["headline"], rob["verdict"], rob, _where_robustness(rob["lambdas"])))
-
     lambdas = [{"strength": s, **_accuracy_cost(base, g, reps, seed)} for s, g in grid]
+    claims.append(_claim("robustness", arch, rob["headline"], rob["verdict"], rob,
+                         _where_robustness(rob["lambdas"], {c["strength"]: c for c in lambdas})))
+
     head = next((c for c in lambdas if jr and c["strength"] == float(rec.strength_tag(chosen["jr"]["strength"]))), None)
     claims.append(_claim("accuracy", arch, head, head and head["verdict"],
                          {**missing, "tolerance_points": 1.0, "lambdas": lambdas}, _where_accuracy(lambdas)))
