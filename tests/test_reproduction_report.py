@@ -1,6 +1,7 @@
 """benchmarks/reproduction/report.py: claims, tables, JSON, markdown and plots from synthetic records."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -134,6 +135,7 @@ def test_analyse_and_write_report(tmp_path):
     assert [c["verdict"] for c in loaded["claims"]] == [c["verdict"] for c in analysis["claims"]]
     text = (tmp_path / "fmnist.md").read_text()
     assert CLAIM_TEXT in text and "| uat | 0.1 |" in text
+    assert "max UER ratio [95%] (at eps)" in text and re.search(r"\| jr \| [^|]+ \| [^|]+ \| [^|]+\] \(eps [0-9.]+\) \|", text)
     assert "### JR per lambda" in text and "\n| 1 | 1 | " in text  # lambda 1, one seed
     assert not list(tmp_path.glob("*.tmp"))
     # 6 records of 0.5 h each, and the schedule search's runs but the one the base record is.

@@ -378,6 +378,12 @@ def _ci(x: Optional[Dict[str, Any]]) -> str:
     return f"{bound}{_f(x['estimate'])} [{_f(x['low'])}, {_f(x['high'])}]"
 
 
+def _at_eps(x: Optional[Dict[str, Any]]) -> str:
+    """A ratio's interval and the budget it was measured at (the largest over budgets is at one of them)."""
+    text = _ci(x)
+    return f"{text} (eps {_f(x['eps'])})" if text != "-" and x.get("eps") is not None else text
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
     return ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + [
         "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -451,9 +457,10 @@ def _markdown(analysis: Dict[str, Any], records: Sequence[Dict[str, Any]], datas
         mine = {c["id"]: c for c in analysis["claims"] if c["arch"] == arch}
         versus = [mine["robustness"]["detail"]] + [d for d in analysis["defences"] if d["arch"] == arch]
         lines += ["", "### Chosen defences vs the base (ratio > 1: more robust; cost in accuracy points)"]
-        lines += _table(["method", "strength", "rule", "max UER ratio [95%]", "eps50 ratio [95%]", "accuracy cost [95%]"], [
-            [d["method"], _f(d.get("strength")), d.get("rule") or "-", _ci(d.get("headline")), _ci(d.get("eps50_ratio")),
-             _ci(d.get("accuracy_cost"))] for d in versus])
+        lines += _table(["method", "strength", "rule", "max UER ratio [95%] (at eps)", "eps50 ratio [95%]",
+                         "accuracy cost [95%]"], [
+            [d["method"], _f(d.get("strength")), d.get("rule") or "-", _at_eps(d.get("headline")),
+             _ci(d.get("eps50_ratio")), _ci(d.get("accuracy_cost"))] for d in versus])
         costs = {c["strength"]: c for c in mine["accuracy"]["detail"]["lambdas"]}
         per = mine["robustness"]["detail"].get("lambdas") or []
         lines += ["", "### JR per lambda: robustness (ratios lambda 0 / lambda, > 1: more robust) and accuracy cost (points)"]
