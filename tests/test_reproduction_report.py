@@ -114,6 +114,9 @@ def test_analyse_and_write_report(tmp_path):
     # JR's own models (5 < 6) get their correlations but no "where" verdict.
     assert corr["detail"]["jr_only"]["n_records"] == 5 and corr["where"] == ""
     assert corr["detail"]["jr_only"]["metrics"]["shared_perturbation_strength"]["spearman"]["estimate"] == pytest.approx(1.0)
+    # The same on per-lambda means: the seeds of one lambda are one point.
+    assert corr["detail"]["jr_per_lambda"]["n_points"] == 3
+    assert corr["detail"]["jr_per_lambda"]["metrics"]["shared_perturbation_strength"]["spearman"]["estimate"] == pytest.approx(1.0)
     assert "lambda*'s class pairs: Spearman" in claims["class_pairs"]["where"]
     # Class pairs: 5 known ordered pairs per record (6, one None), two base seeds pooled.
     assert len(analysis["archs"]["cnn"]["class_pair_points"]["base"]["x"]) == 10

@@ -287,13 +287,23 @@ def _analyse_arch(arch: str, recs: List[Dict[str, Any]], choice: Dict[str, Any],
     corr_jr = {m: _correlations([points[m][k] for k in in_jr], [points["uer"][k] for k in in_jr], reps, seed)
                for m in METRICS}
     head_jr = (corr_jr["shared_perturbation_strength"] or {}).get("spearman")
+    # Seeds of one lambda are not independent points: the same correlation on the per-lambda means.
+    by_lambda: Dict[float, List[int]] = {}
+    for k in in_jr:
+        by_lambda.setdefault(float(held[k][0]["strength"]), []).append(k)
+    per_lambda = lambda key: [_mean([points[key][k] for k in ks]) for ks in by_lambda.values()]
+    corr_lambda = {m: _correlations(per_lambda(m), per_lambda("uer"), reps, seed) for m in METRICS}
+    head_lambda = (corr_lambda["shared_perturbation_strength"] or {}).get("spearman")
     where = ""
     if head_jr and len(in_jr) >= MIN_CORRELATION_MODELS and len(in_jr) < len(held):
         where = (f"JR models only ({len(in_jr)}): Spearman {_ci(head_jr)}, "
                  f"{stats.verdict_correlation(head_jr['low'], head_jr['estimate'])}")
+        if head_lambda and len(by_lambda) < len(in_jr):
+            where += f"; averaged per lambda ({len(by_lambda)} points): Spearman {_ci(head_lambda)}"
     claims.append(_claim("correlation", arch, head, verdict,
                          {"eps": ref, "n_records": len(points["ids"]), "metrics": corr,
-                          "jr_only": {"n_records": len(in_jr), "metrics": corr_jr}}, where))
+                          "jr_only": {"n_records": len(in_jr), "metrics": corr_jr},
+                          "jr_per_lambda": {"n_points": len(by_lambda), "metrics": corr_lambda}}, where))
 
     t_ref = _ref_eps(_eps((base or []) + (jr or []), "targeted", common=False))
     pair_points = {"base": _class_points(base or [], t_ref), "jr": _class_points(jr or [], t_ref)}
