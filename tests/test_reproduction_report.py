@@ -138,6 +138,7 @@ def test_analyse_and_write_report(tmp_path):
     assert [c["verdict"] for c in loaded["claims"]] == [c["verdict"] for c in analysis["claims"]]
     text = (tmp_path / "fmnist.md").read_text()
     assert CLAIM_TEXT in text and "| uat | 0.1 |" in text
+    assert "- rule (1): " in text and text.count("- rule (1): ") == 1  # each selection rule stated once
     assert "max UER ratio [95%] (at eps)" in text and re.search(r"\| jr \| [^|]+ \| [^|]+ \| [^|]+\] \(eps [0-9.]+\) \|", text)
     assert "### JR per lambda" in text and "\n| 1 | 1 | " in text  # lambda 1, one seed
     assert not list(tmp_path.glob("*.tmp"))

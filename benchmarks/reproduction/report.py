@@ -467,10 +467,13 @@ def _markdown(analysis: Dict[str, Any], records: Sequence[Dict[str, Any]], datas
         mine = {c["id"]: c for c in analysis["claims"] if c["arch"] == arch}
         versus = [mine["robustness"]["detail"]] + [d for d in analysis["defences"] if d["arch"] == arch]
         lines += ["", "### Chosen defences vs the base (ratio > 1: more robust; cost in accuracy points)"]
+        rules = list(dict.fromkeys(d["rule"] for d in versus if d.get("rule")))  # each selection rule stated once
+        label = lambda r: f"({rules.index(r) + 1})" if r else "-"
         lines += _table(["method", "strength", "rule", "max UER ratio [95%] (at eps)", "eps50 ratio [95%]",
                          "accuracy cost [95%]"], [
-            [d["method"], _f(d.get("strength")), d.get("rule") or "-", _at_eps(d.get("headline")),
+            [d["method"], _f(d.get("strength")), label(d.get("rule")), _at_eps(d.get("headline")),
              _ci(d.get("eps50_ratio")), _ci(d.get("accuracy_cost"))] for d in versus])
+        lines += [""] + [f"- rule ({k + 1}): {r}" for k, r in enumerate(rules)]
         costs = {c["strength"]: c for c in mine["accuracy"]["detail"]["lambdas"]}
         per = mine["robustness"]["detail"].get("lambdas") or []
         lines += ["", "### JR per lambda: robustness (ratios lambda 0 / lambda, > 1: more robust) and accuracy cost (points)"]
