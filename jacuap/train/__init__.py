@@ -34,6 +34,8 @@ from jacuap.train.adversarial import Adversary, make_adversary
 from jacuap.train.checkpoints import RestoredModel, restore_model
 from jacuap.train.loop import epoch_permutation, train_and_evaluate
 from jacuap.train.loss import loss_fn
+from jacuap.train.population import (POPULATION_STATIC_ARGNAMES, create_population, population_keys, population_size,
+                                     population_train_step, stack_states, train_population, unstack_state)
 from jacuap.train.runtime import Preempted, TrainingDiverged
 from jacuap.train.state import SpectralTrainState, TrainState, create_train_state, make_optimizer
 from jacuap.train.step import STATIC_ARGNAMES, eval_step, step_key, train_step
@@ -57,5 +59,13 @@ __all__ = [
     "RestoredModel",
     "epoch_permutation",
     "step_key",
+    "train_population",
+    "population_train_step",
+    "create_population",
+    "stack_states",
+    "unstack_state",
+    "population_size",
+    "population_keys",
+    "POPULATION_STATIC_ARGNAMES",
 ]
 
