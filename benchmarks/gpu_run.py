@@ -17,12 +17,24 @@ checks the carry against its manifest, pip-installs (``--no-index``, into a
 scratch folder put on ``PYTHONPATH``) only the carried packages that fail to
 import, then runs, each as a subprocess with its own share of ``--budget-s``:
 
-1. ``speed``: ``benchmarks/speed.py`` (jacuap conv) -> ``OUT/speed_gpu.json``
-2. ``train``: ``train.py`` (cnn, Fashion-MNIST, one epoch) -> ``OUT/train_summary.json``
-3. ``attack``: ``attack.py`` (SGD-UAP, l_inf 0.1) -> ``OUT/attack_results.json``, ``OUT/attack_uaps.png``
-4. ``speed_lax``: ``benchmarks/speed.py --conv lax`` -> ``OUT/speed_gpu_lax_conv.json``
-5. ``reproduce`` (only with ``--steps reproduce``): ``benchmarks/reproduce.py`` continuing the sweep from
+1. ``speed``: ``benchmarks/speed.py`` (jacuap conv; every row, the CNN, CIFAR-size and ImageNet-size
+   ones, against the uncompiled PyTorch forms ``eager,func,jacrev``) -> ``OUT/speed_gpu.json``
+2. ``speed_compile``: the same rows against the ``torch.compile`` forms (``--compile-variants``,
+   default ``compile,func_compile,jacrev_compile``; each compiles on its first call, which
+   ``speed.py`` times apart) -> ``OUT/speed_gpu_compile.json``.  A form that fails (no C compiler
+   for Triton's launcher on a bare image, the double backward of the eager JR step) is an error
+   string in its row, not a failed step.
+3. ``train``: ``train.py`` (cnn, Fashion-MNIST, one epoch) -> ``OUT/train_summary.json``
+4. ``attack``: ``attack.py`` (SGD-UAP, l_inf 0.1) -> ``OUT/attack_results.json``, ``OUT/attack_uaps.png``
+5. ``speed_lax``: ``benchmarks/speed.py --conv lax --variants eager`` -> ``OUT/speed_gpu_lax_conv.json``
+6. ``reproduce`` (only with ``--steps reproduce``): ``benchmarks/reproduce.py`` continuing the sweep from
    the committed ``results/`` (copied to ``OUT/results``); its new model records come back there.
+
+After the speed steps ``OUT/gpu_run.json`` holds ``speed_best``: per row jacuap's seconds (the
+``speed`` step's), the fastest PyTorch form over both speed files, and the ratio, so that one
+file says how every row stands against the best PyTorch.  The split keeps the compiles (tens of
+seconds each) from starving the rows: each step writes its JSON after every row, and a step
+stopped at its timeout keeps the rows it finished.
 
 ``OUT/gpu_run.json`` (machine, ``nvidia-smi -L``, ``jax.devices()``, and per
 step the command, wall time, exit code and last 40 lines of output) is
@@ -75,10 +87,13 @@ WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_
 TAIL_LINES = 40
 CONFIG_CANDIDATES = ("configs/default.py", "jacuap/configs/default.py")
 # Steps in order of importance: (name, share of the budget, minimum seconds full/quick).
-STEPS = (("speed", 0.45, 90, 10), ("train", 0.20, 45, 10), ("attack", 0.12, 30, 10), ("speed_lax", 0.23, 60, 10),
-         ("reproduce", 1.0, 120, 30))
+# A share caps a step's timeout; what a step leaves unused goes to the steps after it.
+STEPS = (("speed", 0.30, 90, 10), ("speed_compile", 0.30, 90, 10), ("train", 0.14, 45, 10),
+         ("attack", 0.08, 30, 10), ("speed_lax", 0.18, 60, 10), ("reproduce", 1.0, 120, 30))
 # reproduce (benchmarks/reproduce.py, the v2 sweep) runs only when asked for: --steps reproduce.
-DEFAULT_STEPS = ("speed", "train", "attack", "speed_lax")
+DEFAULT_STEPS = ("speed", "speed_compile", "train", "attack", "speed_lax")
+UNCOMPILED_VARIANTS = "eager,func,jacrev"
+COMPILED_VARIANTS = "compile,func_compile,jacrev_compile"
 
 
 class UsageError(Exception):
@@ -345,6 +360,37 @@ class _Runner:
                 "wall_s": round(wall, 2), "tail": lines[-TAIL_LINES:]}
 
 
+def speed_best(out: str) -> Dict[str, Any]:
+    """Per row: jacuap's seconds, the fastest PyTorch form over ``speed_gpu.json`` and ``speed_gpu_compile.json``.
+
+    Either file may be partial or missing (a step stopped or skipped); a
+    form recorded as an error string is listed under ``failed``.
+    """
+    runs = {}
+    for name in ("speed_gpu.json", "speed_gpu_compile.json"):
+        try:
+            with open(os.path.join(out, name)) as f:
+                runs[name] = json.load(f).get("rows", {})
+        except (OSError, ValueError):
+            continue
+    best: Dict[str, Any] = {}
+    for rows in runs.values():
+        for row, r in rows.items():
+            entry = best.setdefault(row, {"jacuap_s": r.get("jacuap_s"), "best": None, "best_s": None, "failed": {}})
+            if entry["jacuap_s"] is None:
+                entry["jacuap_s"] = r.get("jacuap_s")
+            for variant, value in (r.get("references") or {}).items():
+                if isinstance(value, (int, float)):
+                    if entry["best_s"] is None or value < entry["best_s"]:
+                        entry["best"], entry["best_s"] = variant, value
+                else:
+                    entry["failed"][variant] = value
+    for entry in best.values():
+        if entry["best_s"] and entry["jacuap_s"]:
+            entry["ratio"] = entry["jacuap_s"] / entry["best_s"]
+    return best
+
+
 def _config_path(args) -> str:
     """train.py's config file: --config, else the first of CONFIG_CANDIDATES in the repo."""
     if args.config:
@@ -371,8 +417,13 @@ def _step_commands(args, carry: str, out: str, work: str, python: str, quick_dat
         model = ["--config.dataset=fashion_mnist", "--config.data_dir=" + data, "--config.model=cnn"]
         n = "2000"
     return {
-        "speed": {"cmd": speed + ["--out", os.path.join(out, "speed_gpu.json")],
+        # --variants before the user's --speed-arg values would be overridden by theirs; after, it
+        # overrides them: the split between the two speed steps is this script's.
+        "speed": {"cmd": speed + ["--variants", UNCOMPILED_VARIANTS, "--out", os.path.join(out, "speed_gpu.json")],
                   "outputs": {os.path.join(out, "speed_gpu.json"): None}},
+        "speed_compile": {"cmd": speed + ["--variants", args.compile_variants,
+                                          "--out", os.path.join(out, "speed_gpu_compile.json")],
+                          "outputs": {os.path.join(out, "speed_gpu_compile.json"): None}},
         "train": {"cmd": [python, "train.py", "--workdir=" + run_dir, "--config=" + _config_path(args)] + model
                          + ["--config.num_epochs=1", "--config.progress=False"],
                   "outputs": {os.path.join(out, "train_summary.json"): os.path.join(run_dir, "summary.json")}},
@@ -381,7 +432,8 @@ def _step_commands(args, carry: str, out: str, work: str, python: str, quick_dat
                            "--out=" + os.path.join(run_dir, "attack"), "--noprogress"],
                    "outputs": {os.path.join(out, "attack_results.json"): os.path.join(run_dir, "attack", "results.json"),
                                os.path.join(out, "attack_uaps.png"): os.path.join(run_dir, "attack", "uaps.png")}},
-        "speed_lax": {"cmd": speed + ["--conv", "lax", "--out", os.path.join(out, "speed_gpu_lax_conv.json")],
+        "speed_lax": {"cmd": speed + ["--conv", "lax", "--variants", "eager",
+                                      "--out", os.path.join(out, "speed_gpu_lax_conv.json")],
                       "outputs": {os.path.join(out, "speed_gpu_lax_conv.json"): None}},
         # The sweep continues from the repository's committed records (copied to OUT/results first):
         # the new records come back in OUT/results; copy them into results/ and commit.
@@ -512,6 +564,8 @@ def run(args) -> int:
         ok = ok and entry["exit_code"] == 0
         print(f"--- {name}: exit {entry['exit_code']}{' (timed out)' if entry['timed_out'] else ''} "
               f"in {entry['wall_s']:.1f}s", flush=True)
+        if name.startswith("speed") and name != "speed_lax":
+            report["speed_best"] = speed_best(out)
         save()
     report["status"] = "done"
     report["finished"] = _now()
@@ -541,6 +595,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     pr.add_argument("--config", default=None,
                     help="train.py's config file (default: the first of " + ", ".join(CONFIG_CANDIDATES) + " found)")
     pr.add_argument("--python", default=None, help="interpreter for the steps (default: this one)")
+    pr.add_argument("--compile-variants", default=COMPILED_VARIANTS,
+                    help="the torch.compile forms of the speed_compile step (default " + COMPILED_VARIANTS + ")")
     pr.add_argument("--speed-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for speed.py (repeatable; e.g. --speed-arg=--no-memory)")
     pr.add_argument("--reproduce-arg", action="append", default=[], metavar="ARG",

@@ -1,17 +1,34 @@
-"""Speed of jacuap's kernels, side by side with a PyTorch reference.
+"""Speed of jacuap's kernels, side by side with the strongest PyTorch of each row.
 
-    python benchmarks/speed.py                 # the full table (~10 minutes on 2 CPU cores)
-    python benchmarks/speed.py --quick         # tiny sizes, seconds (the smoke test)
-    python benchmarks/speed.py --rows train_plain,train_jr1
+    python benchmarks/speed.py                 # the full table (every row, every PyTorch form)
+    python benchmarks/speed.py --quick         # tiny sizes, uncompiled PyTorch forms (the smoke test)
+    python benchmarks/speed.py --rows train_plain,train_jr1 --variants eager,func_compile
 
-Same model (jacuap's ``cnn``: conv32-conv64-dense128-dense10; weights copied
-into ``benchmarks/torch_reference.TorchCNN``), same batch and the same data
-on both sides.  Each row is compiled (jacuap: ahead of time, the compile
-time reported on its own) and warmed up, then the jacuap and PyTorch
-repetitions are INTERLEAVED (j, t, j, t, ...) so that both see the same
-machine load, and the table gives medians and the jacuap/PyTorch ratio (below
-1: jacuap is faster).  Rows with a JAX baseline instead of PyTorch
-(``vmap(jacrev)`` exact JR, 50 power iterations) give that ratio instead.
+Rows (``benchmarks/speed_rows.py``): the Fashion-MNIST CNN rows (jacuap's
+``cnn``: conv32-conv64-dense128-dense10, batch 128; weights copied into
+``benchmarks/torch_reference.TorchCNN``), then the CIFAR-size rows (a
+ResNet-20 on 32x32x3 at batch 128) and the ImageNet-size rows (3x224x224:
+a JVP, and LOBPCG's stacked spectral norm on 256 inputs) of
+``benchmarks/speed_cifar.py``.  Same model, batch and data on both sides.
+
+PyTorch forms (``--variants``; ``benchmarks/torch_func_reference.py``):
+``eager`` (today's reference, ``benchmarks/torch_reference.py``: a Python
+loop of ``torch.autograd.grad`` calls, JacobianReg style), ``func``
+(``torch.func``: ``vmap`` of a batched ``vjp``, ``jvp``, ``grad_and_value``
+over ``functional_call``), ``jacrev`` (``vmap(jacrev)``, where a full
+Jacobian is wanted), and the ``torch.compile`` of each (``compile``,
+``func_compile``, ``jacrev_compile``).  Each row times every form it has;
+a form that raises (``torch.compile`` of the eager JR step: "does not
+currently support double backward") is recorded as its error string.
+
+Each row is compiled (jacuap: ahead of time, the compile time reported on
+its own; compiled PyTorch forms: their first call, reported as
+``reference_warmup_s``) and warmed up, then the jacuap and PyTorch
+repetitions are INTERLEAVED (j, t1, t2, t3, j, ...) so that all see the same
+machine load.  The table gives medians, the best PyTorch form per row and
+the ratio jacuap / best (below 1: jacuap is faster); ``speed.json`` keeps
+every form's seconds under ``references``.  Rows with a JAX baseline instead
+of PyTorch (``vmap(jacrev)`` exact JR, 50 power iterations) give that ratio.
 
 A floor per row is the XLA cost analysis of jacuap's program (FLOPs of the
 step, loop bodies times their trip counts) over the measured matmul rate of
@@ -21,7 +38,9 @@ PyTorch runs on ``--torch-device`` (default: ``cuda`` when torch sees a GPU,
 else ``cpu``); on ``cuda`` every PyTorch repetition ends with
 ``torch.cuda.synchronize()`` before the clock is read, as every jacuap one
 ends with ``block_until_ready``.  ``--data-dir`` is passed to
-``jacuap.load_dataset`` (a folder holding the Fashion-MNIST IDX files, say).
+``jacuap.load_dataset`` (a folder holding the Fashion-MNIST IDX files, say);
+``--cifar-dir`` holds CIFAR-10's binary files (random images of the same
+shape without it, which the output says).
 
 Results go to ``benchmarks/results/speed.json`` (``--out``), rewritten after
 every row (with ``"partial": true`` until the run ends), so a run that is
@@ -52,15 +71,21 @@ import optax  # noqa: E402
 
 import jacuap  # noqa: E402
 from jacuap import attacks, io, jacobian, models, parallel, train  # noqa: E402
-from benchmarks.speed_rows import ROWS  # noqa: E402
+from benchmarks.speed_rows import CIFAR_ROWS, ROWS  # noqa: E402
 
 try:
     import torch  # noqa: E402
 
+    from benchmarks import torch_func_reference as tf  # noqa: E402
     from benchmarks import torch_reference as tr  # noqa: E402
 except ImportError:  # the bench extra is optional
     torch = None
-    tr = None
+    tr = tf = None
+
+#: PyTorch forms (benchmarks/torch_func_reference.py); written out so that --help works without torch.
+TORCH_VARIANTS = ("eager", "func", "jacrev", "compile", "func_compile", "jacrev_compile")
+#: The forms of a kernel that takes no full Jacobian (a gradient, projections, a JVP).
+NO_JACREV = tuple(v for v in TORCH_VARIANTS if not v.startswith("jacrev"))
 
 
 
@@ -103,8 +128,24 @@ def _temp_bytes(compiled) -> Optional[int]:
         return None
 
 
+def _error_text(exc: BaseException) -> str:
+    """A failed variant's record: the exception's type and first line (dynamo appends pages of hints)."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:500]
+
+
 class Bench:
-    """Interleaved repetitions of jacuap and its reference; medians and ratios."""
+    """Interleaved repetitions of jacuap and its references; medians, the best reference and ratios.
+
+    A row has one or more references (PyTorch's ``eager``, ``func``,
+    ``compile``, ... forms, or a JAX baseline).  Each repetition times jacuap,
+    then every reference in turn (j, t1, t2, t3, j, t1, ...), so all see the
+    same machine load.  A reference whose warm-up or repetition raises is
+    recorded as its error string and dropped from the row; the run goes on.
+    Compiled references (a name containing ``compile``) get at least one
+    warm-up call whatever ``warmup``: their first call compiles, and its
+    seconds are reported (``reference_warmup_s``), never mixed into the reps.
+    """
 
     def __init__(self, reps: int, warmup: int, torch_sync: Optional[Callable[[], None]] = None,
                  on_row: Optional[Callable[[], None]] = None):
@@ -113,46 +154,89 @@ class Bench:
         self.on_row = on_row  # called after each row (speed.py saves the partial results)
         self.rows: Dict[str, Dict[str, Any]] = {}
 
-    def run(self, name: str, jax_fn: Callable[[], Any], ref_fn: Optional[Callable[[], Any]], *,
+    def run(self, name: str, jax_fn: Callable[[], Any], refs, *,
             ref_name: str = "torch", compile_s: Optional[float] = None, flops: Optional[float] = None,
             reps: Optional[int] = None, warmup: Optional[int] = None, note: str = "",
-            extra: Optional[dict] = None) -> Dict[str, Any]:
+            extra: Optional[dict] = None, errors: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+        """Times ``jax_fn`` against ``refs``: a callable (named ``ref_name``), a dict ``variant -> callable``, or None.
+
+        With a dict, ``ref_name`` prefixes the variant names in the row's
+        ``reference`` (``"torch func"``).  ``errors``: variants that failed
+        before timing (e.g. while being built), recorded as they are.
+        """
         reps = self.reps if reps is None else reps
-        sync = self.torch_sync if ref_name == "torch" else None
-        ref_call = ref_fn
-        if ref_fn is not None and sync is not None:
-            def ref_call():  # asynchronous CUDA work is done when the clock is read
-                out = ref_fn()
-                sync()
+        warmup = self.warmup if warmup is None else warmup
+        if refs is None:
+            refs = {}
+        elif callable(refs):
+            refs, ref_name = {ref_name: refs}, ""
+        sync = self.torch_sync if ref_name.startswith("torch") else None
+        calls: Dict[str, Callable[[], Any]] = {}
+        for variant, fn in refs.items():
+            def call(fn=fn):  # asynchronous CUDA work is done when the clock is read
+                out = fn()
+                if sync is not None:
+                    sync()
                 return out
-        for _ in range(self.warmup if warmup is None else warmup):
-            _block(jax_fn())
-            if ref_call is not None:
-                ref_call()
-        jt, rt = [], []
+            calls[variant] = call
+        failed: Dict[str, str] = dict(errors or {})
+        warm_s: Dict[str, float] = {}
+
+        def attempt(variant):
+            try:
+                return _time(lambda: _block(calls[variant]()))
+            except Exception as exc:  # a variant that fails is a result, not the end of the run
+                failed[variant] = _error_text(exc)
+                del calls[variant]
+                print(f"    {name} {variant}: {failed[variant]}", flush=True)
+                return None
+
+        for i in range(max([warmup] + [1 for v in calls if "compile" in v])):
+            if i < warmup:
+                _block(jax_fn())
+            for variant in list(calls):
+                if i < warmup or "compile" in variant:
+                    t = attempt(variant)
+                    if t is not None and i == 0:
+                        warm_s[variant] = t
+        jt: List[float] = []
+        rt: Dict[str, List[float]] = {v: [] for v in calls}
         for _ in range(reps):
             jt.append(_time(lambda: _block(jax_fn())))
-            if ref_call is not None:
-                rt.append(_time(lambda: _block(ref_call())))
+            for variant in list(calls):
+                t = attempt(variant)
+                if t is not None:
+                    rt[variant].append(t)
+        medians = {v: statistics.median(ts) for v, ts in rt.items() if v in calls and ts}
+        best = min(medians, key=medians.get) if medians else None
+        label = lambda v: f"{ref_name} {v}".strip() if ref_name else v
         row = {
             "jacuap_s": statistics.median(jt),
             "jacuap_all_s": jt,
-            "reference": ref_name if ref_fn is not None else None,
-            "reference_s": statistics.median(rt) if rt else None,
-            "reference_all_s": rt,
+            "reference": label(best) if best else None,
+            "reference_variant": best,
+            "reference_s": medians.get(best),
+            "reference_all_s": rt.get(best, []),
+            # every variant: its median seconds, or the error it raised
+            "references": {**{v: medians.get(v) for v in refs if v not in failed}, **failed},
+            "references_all_s": {v: ts for v, ts in rt.items() if v in medians},
+            "reference_warmup_s": warm_s,
             "compile_s": compile_s,
             "flops": flops,
             "note": note,
         }
-        if rt:
+        if best:
             row["ratio"] = row["jacuap_s"] / row["reference_s"]
-            row["ratio_pairwise_median"] = statistics.median(j / r for j, r in zip(jt, rt))
+            row["ratio_pairwise_median"] = statistics.median(j / r for j, r in zip(jt, rt[best]))
         row.update(extra or {})
         self.rows[name] = row
-        ref = f"{row['reference_s']:.4f}s ({ref_name})" if rt else "-"
-        ratio = f"{row['ratio']:.2f}" if rt else "-"
-        print(f"  {name:32s} jacuap {row['jacuap_s']:.4f}s  ref {ref}  ratio {ratio}  "
+        ref = f"{row['reference_s']:.4f}s ({row['reference']})" if best else "-"
+        ratio = f"{row['ratio']:.2f}" if best else "-"
+        print(f"  {name:32s} jacuap {row['jacuap_s']:.4f}s  best ref {ref}  ratio {ratio}  "
               f"compile {compile_s if compile_s is None else round(compile_s, 2)}s {note}", flush=True)
+        if len(row["references"]) > 1:
+            parts = [f"{v} {t:.4f}s" if isinstance(t, float) else f"{v} FAILED" for v, t in row["references"].items()]
+            print(f"    {'; '.join(parts)}", flush=True)
         if self.on_row is not None:
             self.on_row()
         return row
@@ -233,6 +317,21 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory check (compile-time analysis)")
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of " + ",".join(ROWS))
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated PyTorch forms to time, of " + ",".join(TORCH_VARIANTS)
+                        + " (default: all; with --quick the uncompiled ones, since each torch.compile "
+                          "takes tens of seconds)")
+    p.add_argument("--cifar-dir", default=None,
+                   help="the CIFAR-10 binary files for the cifar_* rows (default: random images of the same shape)")
+    p.add_argument("--cifar-deepfool-size", type=int, default=None,
+                   help="inputs of the cifar DeepFool-UAP pass (default 256)")
+    p.add_argument("--imagenet-size", type=int, default=None, help="side of the imagenet224_* rows' images (224)")
+    p.add_argument("--imagenet-set-size", type=int, default=None,
+                   help="inputs of the imagenet224_lobpcg row (default 256)")
+    p.add_argument("--imagenet-batch", type=int, default=None,
+                   help="batch of the JVP row and chunk of the LOBPCG row (default 32)")
+    p.add_argument("--imagenet-power-iters", type=int, default=None,
+                   help="power iterations of the PyTorch side of imagenet224_lobpcg (default 10)")
     p.add_argument("--torch-threads", type=int, default=0,
                    help="torch.set_num_threads; 0 (default): the faster of 1 and all cores on a plain step "
                         "(CPU only; on cuda 0 leaves torch's default)")
@@ -261,6 +360,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     unknown = set(rows) - set(ROWS)
     if unknown:
         p.error(f"unknown rows {sorted(unknown)}; choose from {ROWS}")
+    variants = [v for v in (args.variants or "").split(",") if v] or \
+        [v for v in TORCH_VARIANTS if not (quick and "compile" in v)]
+    if set(variants) - set(TORCH_VARIANTS):
+        p.error(f"unknown --variants {sorted(set(variants) - set(TORCH_VARIANTS))}; choose from {TORCH_VARIANTS}")
     use_torch = torch is not None and not args.no_torch
     torch_device = None
     if use_torch:
@@ -318,6 +421,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         "config": {"dataset": dataset_name, "data_source": ds.source, "batch": batch, "set_size": set_size,
                    "deepfool_size": deepfool_size, "reps": reps, "slow_reps": slow_reps,
                    "pretrain_steps": pretrain, "quick": quick, "conv": args.conv, "loop": args.loop, "data_dir": args.data_dir,
+                   "torch_variants": variants if use_torch else [],
                    "argv": sys.argv[1:] if argv is None else argv},
     }
     rate = matmul_rate(512 if quick else 2048, torch_device=torch_device or ("cpu" if torch is not None else None))
@@ -346,6 +450,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     bench = Bench(reps, warmup=1, torch_sync=_torch_sync(dev) if use_torch else None, on_row=save_partial)
     key = jax.random.PRNGKey(1)
     jr_lambda = 0.5
+    torch_refs = functools.partial(_torch_refs, variants if use_torch else [])
 
     # --- training steps --------------------------------------------------
     def train_row(name, lam, num_proj):
@@ -356,12 +461,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             jstate[0], aux = compiled(jstate[0], xb, yb, key)
             return aux
 
-        ref = None
-        if use_torch:
+        def make(variant):  # each form trains its own copy of the same weights
             tm = tr.from_flax(params, ds.mean, ds.std, image_shape).to(dev)
-            opt = tr.make_optimizer(tm)
-            ref = lambda: tr.train_step(tm, opt, txb, tyb, lam, num_proj)
-        return bench.run(name, jfn, ref, compile_s=compile_s, flops=_flops(compiled))
+            step = tf.train_step_variant(variant, tm, tr.make_optimizer(tm), lam, num_proj)
+            return lambda: step(txb, tyb)
+
+        refs, errors = torch_refs(TORCH_VARIANTS if lam and num_proj is None else NO_JACREV, make)
+        return bench.run(name, jfn, refs, compile_s=compile_s, flops=_flops(compiled), errors=errors)
 
     if "train_plain" in rows:
         train_row("train_plain", 0.0, None)
@@ -393,8 +499,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if "input_jacobian" in rows:
         jfun = jax.jit(jacobian.input_jacobian, static_argnums=0)
         compiled, compile_s = _aot(jfun, apply_fn, params, xb)
-        ref = (lambda: tr.input_jacobian(tmodel, txb)) if use_torch else None
-        bench.run("input_jacobian", lambda: compiled(params, xb), ref, compile_s=compile_s, flops=_flops(compiled))
+        refs, errors = torch_refs(TORCH_VARIANTS, lambda v: functools.partial(tf.jacobian_variant(v, tmodel), txb))
+        bench.run("input_jacobian", lambda: compiled(params, xb), refs, compile_s=compile_s, flops=_flops(compiled),
+                  errors=errors)
 
     # --- stacked spectral norm on the set ---------------------------------
     chunk = min(256, set_size)
@@ -420,12 +527,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         first = time.perf_counter()
         sigma = float(_block(ssn_eager(method="auto")())[0])
         first = time.perf_counter() - first
-        ref = None
-        if use_torch:
-            tset = tr.to_nchw(set_x).to(dev)
-            ref = lambda: tr.stacked_spectral_norm(tmodel, tset, chunk)
-        row = bench.run("stacked_spectral_norm", ssn_eager(method="auto"), ref, flops=gram_flops, reps=slow_reps,
-                        warmup=0, note="(method='auto': Gram, eager)",
+        tset = tr.to_nchw(set_x).to(dev) if use_torch else None
+        refs, errors = torch_refs(TORCH_VARIANTS, lambda v: functools.partial(
+            tr.stacked_spectral_norm, tmodel, tset, chunk, tf.jacobian_variant(v, tmodel)))
+        row = bench.run("stacked_spectral_norm", ssn_eager(method="auto"), refs, flops=gram_flops, reps=slow_reps,
+                        warmup=0, note="(method='auto': Gram, eager)", errors=errors,
                         extra={"sigma": sigma, "rel_error": abs(sigma - reference) / reference, "first_call_s": first})
         row["compile_s"] = max(first - row["jacuap_s"], 0.0)
     if "stacked_spectral_norm_power50" in rows:
@@ -447,6 +553,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         row["reference_measured_s"] = row["reference_s"]
         row["reference_all_s"] = [t * scale for t in row["reference_all_s"]]
         row["reference_s"] *= scale
+        row["references"] = {row["reference"]: row["reference_s"]}
+        row["references_all_s"] = {row["reference"]: row["reference_all_s"]}
         row["ratio"] = row["jacuap_s"] / row["reference_s"]
         row["ratio_pairwise_median"] /= scale
         f_ = lambda u: apply_fn(params, u)
@@ -475,14 +583,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                                    batch_size=batch)[0]
 
         _block(jfn())  # fill jit's cache (the compile time is the AOT figure above)
-        ref = None
         if use_torch:
             tset, tlab = tr.to_nchw(set_x).to(dev), torch.from_numpy(np.asarray(set_y, np.int64)).to(dev)
-            gen = torch.Generator().manual_seed(0)  # on the CPU: the same shuffles on every device
-            ref = lambda: tr.sgd_uap_epoch(tmodel, torch.zeros(1, *tset.shape[1:], device=dev), tset, tlab, eps,
-                                           alpha, batch, generator=gen)
-        bench.run("sgd_uap_epoch", jfn, ref, compile_s=compile_s, flops=sgd_flops, reps=slow_reps, warmup=0,
-                  extra={"temp_bytes": _temp_bytes(compiled)})
+
+        def make(variant):
+            step = tf.sgd_step_variant(variant, tmodel)
+            gen = torch.Generator().manual_seed(0)  # on the CPU: the same shuffles on every device and form
+            return lambda: tr.sgd_uap_epoch(tmodel, torch.zeros(1, *tset.shape[1:], device=dev), tset, tlab, eps,
+                                            alpha, batch, generator=gen, step_fn=step)
+
+        refs, errors = torch_refs(NO_JACREV, make)
+        bench.run("sgd_uap_epoch", jfn, refs, compile_s=compile_s, flops=sgd_flops, reps=slow_reps, warmup=0,
+                  extra={"temp_bytes": _temp_bytes(compiled)}, errors=errors)
 
     # --- DeepFool-UAP pass --------------------------------------------------
     if "deepfool_uap_pass" in rows:
@@ -504,20 +616,26 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         clipped = lambda p_, u: apply_fn(p_, jnp.clip(u, 0.0, 1.0))
         it_fn = jax.jit(lambda u: (jacobian.input_jacobian(clipped, params, u), clipped(params, u), clipped(params, u)))
         iter_flops = _flops(_aot(it_fn, dx[:batch])[0])
-        ref = None
+        counts: Dict[str, List[int]] = {}
         if use_torch:
             tset, tclean = tr.to_nchw(dx).to(dev), torch.from_numpy(np.asarray(clean, np.int64)).to(dev)
-            gen = torch.Generator().manual_seed(0)
-            ref = lambda: tr.deepfool_uap_pass(tmodel, torch.zeros(1, *tset.shape[1:], device=dev), tset, tclean,
-                                               eps, batch, generator=gen)
-        if use_torch:
-            tr.DEEPFOOL_ITERATIONS[0] = 0
-        row = bench.run("deepfool_uap_pass", jfn, ref, compile_s=compile_s, reps=slow_reps, warmup=0,
-                        extra={"temp_bytes": _temp_bytes(compiled), "flops_per_iteration": iter_flops})
-        if use_torch and iter_flops:
-            iters = tr.DEEPFOOL_ITERATIONS[0] / max(len(row["reference_all_s"]), 1)
+        make = lambda v: deepfool_ref(v, tmodel, tset, tclean, eps, batch, counts)
+        refs, errors = torch_refs(TORCH_VARIANTS, make)
+        row = bench.run("deepfool_uap_pass", jfn, refs, compile_s=compile_s, reps=slow_reps, warmup=0,
+                        extra={"temp_bytes": _temp_bytes(compiled), "flops_per_iteration": iter_flops},
+                        errors=errors)
+        iters = _iterations_per_pass(counts)
+        if iters is not None:
             row["iterations_per_pass"] = iters
-            row["flops"] = iter_flops * iters
+            row["iterations_per_pass_by_variant"] = {v: statistics.mean(c) for v, c in counts.items() if c}
+            row["flops"] = iter_flops * iters if iter_flops else None
+
+    # --- CIFAR-size and ImageNet-size rows (benchmarks/speed_cifar.py) --------
+    if any(r in rows for r in CIFAR_ROWS):
+        from benchmarks import speed_cifar
+
+        speed_cifar.run_rows(bench, rows, info, args, quick=quick, reps=reps, slow_reps=slow_reps,
+                             torch_refs=torch_refs, dev=dev)
 
     # --- memory: compiled temp buffers at two set sizes --------------------------
     if not args.no_memory:
@@ -542,6 +660,46 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         _write_json(out_path, result)
         print(f"wrote {out_path}")
     return result
+
+
+def _torch_refs(selected, allowed, make):
+    """``({variant: callable}, {variant: error})`` for the ``selected`` forms this row has (``allowed``).
+
+    ``make(variant)`` builds one form's zero-argument callable; a form that
+    cannot even be built is an error string, not the end of the run.
+    """
+    refs, errors = {}, {}
+    for variant in selected:
+        if variant not in allowed:
+            continue
+        try:
+            refs[variant] = make(variant)
+        except Exception as exc:
+            errors[variant] = _error_text(exc)
+    return (refs or None), errors
+
+
+def deepfool_ref(variant, tmodel, tset, tclean, eps, batch, counts):
+    """One DeepFool-UAP pass in form ``variant``; the DeepFool iterations of each call go to ``counts[variant]``."""
+    step = tf.deepfool_step_variant(variant, tmodel)
+    gen = torch.Generator().manual_seed(0)  # the same shuffles in every form
+    v0 = torch.zeros(1, *tset.shape[1:], device=tset.device)
+
+    def run():
+        before = tr.DEEPFOOL_ITERATIONS[0]
+        out = tr.deepfool_uap_pass(tmodel, v0, tset, tclean, eps, batch, generator=gen, step_fn=step)
+        counts.setdefault(variant, []).append(tr.DEEPFOOL_ITERATIONS[0] - before)
+        return out
+
+    return run
+
+
+def _iterations_per_pass(counts) -> Optional[float]:
+    """DeepFool iterations of one pass: the eager form's mean (every form runs the same algorithm)."""
+    for variant in ("eager",) + tuple(counts):
+        if counts.get(variant):
+            return statistics.mean(counts[variant])
+    return None
 
 
 def _write_json(path: str, obj: Any) -> None:

@@ -1,6 +1,7 @@
 """The rows of ``speed.py``, in its table's order (a module of its own so that ``speed_ab.py`` reads them without JAX)."""
 
-ROWS = (
+#: The Fashion-MNIST CNN rows (batch 128, 28x28x1).
+CNN_ROWS = (
     "train_plain",
     "train_jr1",
     "train_jr_exact",
@@ -11,3 +12,16 @@ ROWS = (
     "sgd_uap_epoch",
     "deepfool_uap_pass",
 )
+
+#: CIFAR-size (ResNet-20, 32x32x3, batch 128) and ImageNet-size (3x224x224) rows: benchmarks/speed_cifar.py.
+CIFAR_ROWS = (
+    "cifar_train_plain",
+    "cifar_train_jr1",
+    "cifar_input_jacobian",
+    "cifar_sgd_uap_step",
+    "cifar_deepfool_uap_pass",
+    "imagenet224_jvp",
+    "imagenet224_lobpcg",
+)
+
+ROWS = CNN_ROWS + CIFAR_ROWS

@@ -18,7 +18,12 @@ originals are written:
 The model is jacuap's ``cnn`` (``jacuap.models.CNN``): normalisation,
 Conv(32, 3x3, SAME)-relu-avgpool2-Conv(64, 3x3, SAME)-relu-avgpool2-
 Dense(128)-relu-Dense(K), in NCHW.  :func:`from_flax` copies a Flax
-parameter tree into it so that both compute the same function.
+parameter tree into it so that both compute the same function.  The
+functions take any module with ``normalize``, ``body`` and
+``forward(x, normalized=False)`` (``benchmarks/torch_resnet.TorchResNet``
+too).  This is the ``eager`` form; ``benchmarks/torch_func_reference.py``
+has the ``torch.func`` and ``torch.compile`` forms, plugged in through the
+``jacobian_fn`` / ``step_fn`` arguments below.
 
 Every function is device-agnostic: tensors it makes live on the device of
 its inputs (move the model and the data with ``.to(device)``); a
@@ -43,12 +48,14 @@ __all__ = [
     "to_nchw",
     "make_optimizer",
     "train_step",
+    "logits_and_jacobian",
     "input_jacobian",
     "frobenius_sq",
     "stacked_gram",
     "stacked_spectral_norm",
     "sgd_uap_epoch",
     "sgd_uap_step",
+    "deepfool_step",
     "deepfool_uap_pass",
 ]
 
@@ -86,8 +93,10 @@ class TorchCNN(nn.Module):
         z = F.relu(self.dense(z.flatten(1)))
         return self.logits(z)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.normalize(x))
+    def forward(self, x: torch.Tensor, normalized: bool = False) -> torch.Tensor:
+        # ``normalized=True``: ``x`` is already ``(x - mean) / std``; the keyword lets
+        # ``torch.func.functional_call`` (which calls ``forward``) reach the body.
+        return self.body(x if normalized else self.normalize(x))
 
 
 def to_nchw(x: Any) -> torch.Tensor:
@@ -174,31 +183,48 @@ def train_step(model: TorchCNN, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
     return loss.detach()
 
 
-def input_jacobian(model: TorchCNN, x: torch.Tensor) -> torch.Tensor:
-    """Exact per-example Jacobians ``(B, K, *S)``: ``K`` batched VJPs of one-hot cotangents."""
+def logits_and_jacobian(f, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(f(x), J)`` with ``J`` ``(B, K, *S)``: one forward pass, ``K`` batched VJPs of one-hot cotangents.
+
+    ``f`` maps a batch to logits, each example independently (a model, or a
+    model after a clip), so the VJP of ``e_k`` summed over the batch is row
+    ``k`` of every example's Jacobian.  ``benchmarks/torch_func_reference.py``
+    has the ``torch.func`` forms of the same function.
+    """
     x = x.detach().requires_grad_(True)
-    logits = model(x)
+    logits = f(x)
     num_classes = logits.shape[1]
     rows = []
     for k in range(num_classes):
         (g,) = torch.autograd.grad(logits[:, k].sum(), x, retain_graph=k + 1 < num_classes)
         rows.append(g)
-    return torch.stack(rows, 1)
+    return logits.detach(), torch.stack(rows, 1)
 
 
-def stacked_gram(model: TorchCNN, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """``sum_i J_i^T J_i`` (``d x d``), chunk by chunk."""
+def input_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Exact per-example Jacobians ``(B, K, *S)``: ``K`` batched VJPs of one-hot cotangents."""
+    return logits_and_jacobian(model, x)[1]
+
+
+def stacked_gram(model: nn.Module, x: torch.Tensor, batch_size: int = 256, jacobian_fn=None) -> torch.Tensor:
+    """``sum_i J_i^T J_i`` (``d x d``), chunk by chunk.
+
+    ``jacobian_fn(x_chunk) -> (B, K, *S)`` (default: :func:`input_jacobian` of
+    ``model``) lets ``speed.py`` run the same loop on a ``torch.func`` or
+    compiled Jacobian.
+    """
+    jacobian_fn = jacobian_fn or (lambda xc: input_jacobian(model, xc))
     d = int(np.prod(x.shape[1:]))
     gram = torch.zeros(d, d, device=x.device)
     for start in range(0, x.shape[0], batch_size):
-        jac = input_jacobian(model, x[start:start + batch_size]).reshape(-1, d)
+        jac = jacobian_fn(x[start:start + batch_size]).reshape(-1, d)
         gram.addmm_(jac.T, jac)
     return gram
 
 
-def stacked_spectral_norm(model: TorchCNN, x: torch.Tensor, batch_size: int = 256):
+def stacked_spectral_norm(model: nn.Module, x: torch.Tensor, batch_size: int = 256, jacobian_fn=None):
     """``(sigma_max(J_X), v)`` from the top eigenpair of the stacked Gram matrix."""
-    evals, evecs = torch.linalg.eigh(stacked_gram(model, x, batch_size))
+    evals, evecs = torch.linalg.eigh(stacked_gram(model, x, batch_size, jacobian_fn))
     return evals[-1].clamp_min(0).sqrt(), evecs[:, -1].reshape(x.shape[1:])
 
 
@@ -239,16 +265,21 @@ def sgd_uap_step(model: TorchCNN, v: torch.Tensor, x: torch.Tensor, y: torch.Ten
     return (v.detach() + step_size * grad.sign()).clamp(-eps, eps)
 
 
-def sgd_uap_epoch(model: TorchCNN, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float,
+def sgd_uap_epoch(model: nn.Module, v: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float,
                   step_size: float, batch_size: int = 128, beta: float = 12.0,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """One epoch: a random order, then :func:`sgd_uap_step` per minibatch."""
+                  generator: Optional[torch.Generator] = None, step_fn=None) -> torch.Tensor:
+    """One epoch: a random order, then :func:`sgd_uap_step` per minibatch.
+
+    ``step_fn(v, x, y, eps, step_size, beta) -> v`` replaces the eager step
+    (``torch.func`` or compiled forms, ``benchmarks/torch_func_reference.py``).
+    """
+    step_fn = step_fn or (lambda *a: sgd_uap_step(model, *a))
     for p in model.parameters():
         p.requires_grad_(False)
     perm = _randperm(x.shape[0], generator, x.device)
     for start in range(0, x.shape[0], batch_size):
         idx = perm[start:start + batch_size]
-        v = sgd_uap_step(model, v, x[idx], y[idx], eps, step_size, beta)
+        v = step_fn(v, x[idx], y[idx], eps, step_size, beta)
     for p in model.parameters():
         p.requires_grad_(True)
     return v
@@ -262,11 +293,40 @@ def sgd_uap_epoch(model: TorchCNN, v: torch.Tensor, x: torch.Tensor, y: torch.Te
 DEEPFOOL_ITERATIONS = [0]  # DeepFool iterations run (a counter read by speed.py)
 
 
-def _deepfool_delta(model, z, labels, active, overshoot, max_iter):
-    """Batched l_inf DeepFool of ``g(u) = f(clamp(u, 0, 1))`` from base points ``z``."""
-    batch = z.shape[0]
-    rows = torch.arange(batch, device=z.device)
+def deepfool_step(g, jacobian_fn, z: torch.Tensor, r: torch.Tensor, labels: torch.Tensor, on: torch.Tensor,
+                  overshoot: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One batched l_inf DeepFool iteration: ``(r, on)`` after a step towards each nearest boundary.
+
+    ``g`` is the model after the clip; ``jacobian_fn(u) -> (logits, J)`` its
+    logits and Jacobian (:func:`logits_and_jacobian` of ``g``, or a
+    ``torch.func`` form); the whole step is what the compiled variants compile.
+    """
+    rows = torch.arange(z.shape[0], device=z.device)
+    logits, jac = jacobian_fn(z + (1 + overshoot) * r)
+    with torch.no_grad():
+        jac = jac.flatten(2)
+        w = jac - jac[rows, labels][:, None, :]
+        f = logits - logits[rows, labels][:, None]
+        w_norm = w.abs().sum(-1)
+        dist = (f.abs() / w_norm.clamp_min(1e-12))
+        dist[rows, labels] = float("inf")
+        nearest = dist.argmin(1)
+        w_l, f_l, n_l = w[rows, nearest], f[rows, nearest].abs(), w_norm[rows, nearest]
+        step = ((f_l + 1e-4) / n_l.clamp_min(1e-12))[:, None] * w_l.sign()
+        r = r + torch.where(on[:, None], step, torch.zeros_like(step)).reshape(z.shape)
+        on = on & (g(z + (1 + overshoot) * r).argmax(1) == labels)
+    return r, on
+
+
+def _deepfool_delta(model, z, labels, active, overshoot, max_iter, step_fn=None):
+    """Batched l_inf DeepFool of ``g(u) = f(clamp(u, 0, 1))`` from base points ``z``.
+
+    ``step_fn(z, r, labels, on, overshoot) -> (r, on)``: one iteration (default
+    :func:`deepfool_step` with the eager Jacobian).  The loop stays in Python
+    because it stops when every input is fooled, a data-dependent exit.
+    """
     g = lambda u: model(clip01(u))
+    step_fn = step_fn or (lambda *a: deepfool_step(g, lambda u: logits_and_jacobian(g, u), *a))
     r = torch.zeros_like(z)
     with torch.no_grad():
         on = active & (g(z).argmax(1) == labels)
@@ -274,32 +334,18 @@ def _deepfool_delta(model, z, labels, active, overshoot, max_iter):
         if not bool(on.any()):
             break
         DEEPFOOL_ITERATIONS[0] += 1
-        u = (z + (1 + overshoot) * r).detach().requires_grad_(True)
-        logits = g(u)
-        num_classes = logits.shape[1]
-        jac = []
-        for k in range(num_classes):
-            (gk,) = torch.autograd.grad(logits[:, k].sum(), u, retain_graph=k + 1 < num_classes)
-            jac.append(gk.flatten(1))
-        with torch.no_grad():
-            jac = torch.stack(jac, 1)
-            w = jac - jac[rows, labels][:, None, :]
-            f = logits - logits[rows, labels][:, None]
-            w_norm = w.abs().sum(-1)
-            dist = (f.abs() / w_norm.clamp_min(1e-12))
-            dist[rows, labels] = float("inf")
-            nearest = dist.argmin(1)
-            w_l, f_l, n_l = w[rows, nearest], f[rows, nearest].abs(), w_norm[rows, nearest]
-            step = ((f_l + 1e-4) / n_l.clamp_min(1e-12))[:, None] * w_l.sign()
-            r = r + torch.where(on[:, None], step, torch.zeros_like(step)).reshape(z.shape)
-            on = on & (g(z + (1 + overshoot) * r).argmax(1) == labels)
+        r, on = step_fn(z, r, labels, on, overshoot)
     return (1 + overshoot) * r
 
 
-def deepfool_uap_pass(model: TorchCNN, v: torch.Tensor, x: torch.Tensor, clean: torch.Tensor, eps: float,
+def deepfool_uap_pass(model: nn.Module, v: torch.Tensor, x: torch.Tensor, clean: torch.Tensor, eps: float,
                       batch_size: int = 128, overshoot: float = 0.02, max_iter: int = 20,
-                      generator: Optional[torch.Generator] = None):
-    """One l_inf pass of the universal algorithm; returns ``(v, fooling_rate)``."""
+                      generator: Optional[torch.Generator] = None, step_fn=None):
+    """One l_inf pass of the universal algorithm; returns ``(v, fooling_rate)``.
+
+    ``step_fn``: one DeepFool iteration (:func:`_deepfool_delta`), for the
+    ``torch.func`` and compiled variants.
+    """
     for p in model.parameters():
         p.requires_grad_(False)
     perm = _randperm(x.shape[0], generator, x.device)
@@ -309,7 +355,7 @@ def deepfool_uap_pass(model: TorchCNN, v: torch.Tensor, x: torch.Tensor, clean: 
         z = xc + v
         with torch.no_grad():
             unfooled = model(z.clamp(0, 1)).argmax(1) == cc
-        dv = _deepfool_delta(model, z, cc, unfooled, overshoot, max_iter)
+        dv = _deepfool_delta(model, z, cc, unfooled, overshoot, max_iter, step_fn)
         weights = unfooled.to(dv.dtype).reshape(-1, *([1] * (dv.ndim - 1)))
         v = (v + (weights * dv).sum(0) / weights.sum().clamp_min(1.0)).clamp(-eps, eps)
     with torch.no_grad():

@@ -68,21 +68,30 @@ def test_run_quick_on_cpu(tmp_path, carry):
                   "--power-iters=2", "--no-memory", "--torch-threads=1",
                   "--rows=train_plain,input_jacobian"]  # the orchestration is under test; speed.py has its own
     proc = _gpu_run("run", "--carry", str(carry), "--out", str(out), "--workdir", str(work), "--quick",
-                    "--budget-s", "400", *[f"--speed-arg={a}" for a in speed_args], env=env, timeout=480)
+                    "--budget-s", "500", "--compile-variants=func_compile",  # one compile per row: minutes, not ten
+                    *[f"--speed-arg={a}" for a in speed_args], env=env, timeout=580)
     assert (out / "gpu_run.json").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu_run.json").read_text())
     assert report["status"] == "done" and report["carry"]["verified"]
     assert report["jax_devices"] and all("cpu" in d.lower() for d in report["jax_devices"])
-    assert list(report["steps"]) == ["speed", "train", "attack", "speed_lax"]
+    assert list(report["steps"]) == ["speed", "speed_compile", "train", "attack", "speed_lax"]
     for name, step in report["steps"].items():
         assert step["skipped"] is None, (name, step["skipped"])
         assert step["exit_code"] == 0, (name, step["tail"])
         assert step["wall_s"] > 0 and isinstance(step["tail"], list)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("speed_gpu.json", "speed_gpu_lax_conv.json"):
+    variants = {}
+    for name in ("speed_gpu.json", "speed_gpu_compile.json", "speed_gpu_lax_conv.json"):
         speed = json.loads((out / name).read_text())
         assert speed["rows"] and "partial" not in speed
+        variants[name] = speed["config"]["torch_variants"]
+    assert variants == {"speed_gpu.json": ["eager", "func", "jacrev"], "speed_gpu_compile.json": ["func_compile"],
+                        "speed_gpu_lax_conv.json": ["eager"]}
     assert json.loads((out / "speed_gpu_lax_conv.json").read_text())["config"]["conv"] == "lax"
+    # One table of every row against the fastest PyTorch form of both speed steps.
+    best = report["speed_best"]
+    assert set(best) == {"train_plain", "input_jacobian"}
+    assert all(e["best"] in ("eager", "func", "jacrev", "func_compile") and e["ratio"] > 0 for e in best.values())
     assert (out / "train_summary.json").is_file() and (out / "attack_results.json").is_file()
     assert (out / "gpu_run.log").stat().st_size > 0
     # Every file comes back through a device run's $OUT: at most 8, none deeper.
@@ -105,3 +114,21 @@ def test_reproduce_step_continues_from_the_committed_records(tmp_path, carry):
     committed = os.path.join(REPO, "results")
     if os.path.isdir(committed):  # the committed records travel with the run
         assert sorted(os.listdir(out / "results")) == sorted(os.listdir(committed))
+
+
+def test_speed_best_merges_both_speed_files(tmp_path):
+    """gpu_run.json's speed_best: the fastest PyTorch form over both speed steps; errors listed apart."""
+    from benchmarks import gpu_run
+
+    rows = {"speed_gpu.json": {"a": {"jacuap_s": 1.0, "references": {"eager": 4.0, "func": 2.0}},
+                               "b": {"jacuap_s": 3.0, "references": {"eager": 1.5}}},
+            "speed_gpu_compile.json": {"a": {"jacuap_s": 1.1, "references": {
+                "compile": "RuntimeError: does not currently support double backward", "func_compile": 0.5}}}}
+    for name, r in rows.items():
+        (tmp_path / name).write_text(json.dumps({"rows": r, "partial": True}))
+    best = gpu_run.speed_best(str(tmp_path))
+    assert best["a"]["best"] == "func_compile" and best["a"]["best_s"] == 0.5 and best["a"]["ratio"] == 2.0
+    assert best["a"]["failed"] == {"compile": "RuntimeError: does not currently support double backward"}
+    assert best["b"]["best"] == "eager" and best["b"]["ratio"] == 2.0
+    (tmp_path / "speed_gpu_compile.json").unlink()
+    assert gpu_run.speed_best(str(tmp_path))["a"]["best"] == "func"
