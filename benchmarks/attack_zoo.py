@@ -144,13 +144,63 @@ def summarise(runs: Dict[str, Any], art: Dict[str, Any]) -> List[Dict[str, Any]]
     return lines
 
 
+# The families of the zoo's rows, for the "who wins where" table: each question a reader asks (is the
+# standard ensemble enough? does the margin loss help? what does an attacker without data reach?) is the
+# best row of one family.
+FAMILIES = (
+    ("standard suite", lambda a: a in {m.name for m in evaluation.SUITES["standard"].members}),
+    ("margin loss", lambda a: a.endswith("_margin")),
+    ("label-free on data", lambda a: a in ("cosine_uap", "fg_uap", "layer_max", "gd_uap_data")),
+    ("data-free", lambda a: a in ("gd_uap", "gd_uap_range", "cosine_uap_range")),
+    ("generative", lambda a: a == "gap_uap"),
+    ("ART", lambda a: a.startswith("art_")),
+)
+
+
+def winners(lines: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per (model, norm, eps): the best row overall and the best of each family, by mean evaluation UER."""
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for line in lines:
+        groups.setdefault((line["model"], line["norm"], line["eps"]), []).append(line)
+    out = []
+    for (model, norm, eps), group in groups.items():
+        best = max(group, key=lambda g: g["uer"])
+        row = {"model": model, "norm": norm, "eps": eps, "seeds": max(g["seeds"] for g in group),
+               "best": (best["attack"], best["uer"]), "families": {}}
+        for family, member in FAMILIES:
+            rows = [g for g in group if member(g["attack"])]
+            if rows:
+                top = max(rows, key=lambda g: g["uer"])
+                row["families"][family] = (top["attack"], top["uer"])
+        out.append(row)
+    return out
+
+
+def winners_markdown(lines: List[Dict[str, Any]]) -> List[str]:
+    out = ["## Who wins where", "",
+           "Per budget: the attack with the highest mean evaluation UER, then the best of each family "
+           "(`attack` UER). Standard suite: " + ", ".join(m.name for m in evaluation.SUITES["standard"].members)
+           + "; data-free: GD-UAP without data or on the range prior, Cosine-UAP on the range prior; label-free "
+           "on data: Cosine-UAP, FG-UAP, the layer-maximising UAP, GD-UAP's data prior.", "",
+           "| model | budget | seeds | best | " + " | ".join(f for f, _ in FAMILIES) + " |",
+           "|---|---|---:|---|" + "---|" * len(FAMILIES)]
+    for w in winners(lines):
+        hits = [w["families"].get(family) for family, _ in FAMILIES]
+        cells = [f"`{hit[0]}` {hit[1]:.3f}" if hit else "-" for hit in hits]
+        out.append(f"| {w['model']} | {w['norm']} {w['eps']:g} | {w['seeds']} | `{w['best'][0]}` {w['best'][1]:.3f} | "
+                   + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def markdown(lines: List[Dict[str, Any]], info: Dict[str, Any]) -> str:
     out = [f"# The UAP attack zoo ({info['dataset']})", "",
            f"`python benchmarks/attack_zoo.py {' '.join(info['argv'])}`: {info['num_craft']} crafting "
            f"(training) inputs, {info['num_eval']} evaluation (test) inputs, attack seeds {info['seeds']}; "
            "UER and fooling rate on the evaluation inputs, mean (min-max) over the seeds; 'worst' counts the "
            "seeds whose worst case (chosen on the crafting split) was this attack, by UER / by fooling rate. "
-           f"Load average at start {info['loadavg_at_start']}.", ""]
+           f"Load average at start {info['loadavg_at_start']}. Seconds are wall time on a machine shared "
+           "with other jobs: compare them within a row's order of magnitude only.", ""]
+    out += winners_markdown(lines)
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for line in lines:
         groups.setdefault((line["model"], line["norm"], line["eps"]), []).append(line)

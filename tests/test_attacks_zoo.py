@@ -70,6 +70,19 @@ def test_cosine_attacks_reach_the_best_shared_shift_of_a_linear_model(attack, ep
     assert best - 0.02 <= uer <= best + 0.01, (attack, eps, uer, best)
 
 
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.5)])
+def test_cosine_attacks_start_at_a_random_point_of_the_ball(norm, eps):
+    """cos(f(x + v), f(x)) is at its maximum at v = 0, so its gradient there is rounding noise (exactly 0 under
+    some compilers, which left v at 0): the attack starts at a keyed random point of the ball instead."""
+    params, x, _ = _linear_problem()
+    run = lambda key: attacks.cosine_uap(_linear_apply, params, x, eps=eps, norm=norm, key=key, step_size=0.0,
+                                         num_epochs=1, batch_size=50).v  # no step: v is the start
+    v, again, other = run(KEY), run(KEY), run(jax.random.PRNGKey(1))
+    size = float(jnp.max(jnp.abs(v))) if norm == "linf" else float(jnp.linalg.norm(v))
+    assert 0 < size <= eps * (1 + 1e-6)
+    assert bool(jnp.all(v == again)) and not bool(jnp.all(v == other))
+
+
 class _Untouchable:
     """A stand-in crafting set that has a shape and a length, and raises on anything that reads its values."""
 

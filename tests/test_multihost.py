@@ -26,6 +26,7 @@ import pytest
 
 from jacuap import configs, parallel, train
 from jacuap.train import checkpoints
+from subprocess_env import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = [f"--config={configs.config_path('digits')}", "--config.num_epochs=1", "--config.batch_size=128",
@@ -42,9 +43,8 @@ def _launch_pair(workdir, extra=()):
     port = _free_port()
     procs = []
     for pid in range(2):
-        env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu")
-        env.pop("XLA_FLAGS", None)  # one CPU device per process
+        env = one_device_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                             JAX_PROCESS_ID=str(pid))  # one CPU device per process
         procs.append(subprocess.Popen(
             [sys.executable, "train.py", f"--workdir={workdir}", "--multihost", *ARGS, *extra],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))

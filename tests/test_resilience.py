@@ -31,6 +31,7 @@ import pytest
 
 from jacuap import configs, parallel, train
 from jacuap.train import checkpoints
+from subprocess_env import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # digits MLP, 1 epoch of 22 steps, a checkpoint every 3 steps (all kept).
@@ -57,8 +58,7 @@ def reference(tmp_path_factory):
 
 
 def _start(workdir):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env = one_device_env()
     return subprocess.Popen([sys.executable, "train.py", f"--workdir={workdir}", *ARGS], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -350,6 +350,12 @@ def test_attack_zoo_benchmark_ranks_every_attack(trained, tmp_path):
     assert sum(line["worst_by_uer"] for line in lines) == 1 == sum(line["worst_by_fooling_rate"] for line in lines)
     assert all(0 <= line["uer"] <= 1 and line["seeds"] == 1 for line in lines)
     assert "| sgd_uap_margin |" in (tmp_path / "zoo.md").read_text()
+    (won,) = attack_zoo.winners(lines)  # one budget: the best row overall, and per family the family's best
+    assert won["best"][1] == max(line["uer"] for line in lines)
+    assert won["families"]["data-free"][0] in ("gd_uap", "gd_uap_range", "cosine_uap_range")
+    assert won["families"]["standard suite"][1] == max(line["uer"] for line in lines if line["attack"] in
+                                                        {m.name for m in evaluation.suite.SUITES["standard"].members})
+    assert "## Who wins where" in (tmp_path / "zoo.md").read_text()
     again = attack_zoo.main([f"--workdirs={trained}", "--seeds=0", "--norms=l2", "--quick", "--no_art",
                              "--num_craft=64", "--num_eval=50", f"--workroot={tmp_path / 'runs'}",
                              f"--out={tmp_path / 'zoo'}"])  # resumes: nothing is recomputed

@@ -4,8 +4,10 @@ The Flax CNN is trained for one epoch on digits; benchmarks/torch_reference.from
 copies its weights into the PyTorch twin, saved as a state dict.  The same request
 runs on the workdir (in this process) and on the PyTorch model: through attack.py
 (the convert mechanism of jacuap.from_torch) and through run_attacks (callback).
-SGD-UAP is deterministic given the key: its UER matches to one input; SV-UAP and
-DeepFool-UAP match within noise.
+SGD-UAP is deterministic given the key: its UER matches to one input; SV-UAP
+matches within noise.  (DeepFool-UAP through both mechanisms is compared with
+the Flax model in tests/test_torch_bridge.py; here it would only add compile
+time to a test of the program's path.)
 """
 
 import json
@@ -19,7 +21,7 @@ import pytest
 from jacuap import configs, errors, evaluation, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIZES = dict(norm="linf", eps=[0.1], num_craft=300, num_eval=300, num_metrics=50, sgd_epochs=2, deepfool_passes=2,
+SIZES = dict(norm="linf", eps=[0.1], num_craft=300, num_eval=300, num_metrics=50, sgd_epochs=2,
              progress=False)
 FACTORY = '''
 from benchmarks.torch_reference import TorchCNN
@@ -44,14 +46,14 @@ def test_attack_py_on_a_pytorch_cnn_matches_its_flax_twin(tmp_path, monkeypatch)
     torch.save(twin.state_dict(), tmp_path / "cnn.pt")
     (tmp_path / "mytorch.py").write_text(f"MEAN, STD = {tuple(spec['mean'])!r}, {tuple(spec['std'])!r}\n" + FACTORY)
 
-    attacks = ["sgd_uap", "sv_uap", "deepfool_uap"]
+    attacks = ["sgd_uap", "sv_uap"]
     tables = {"flax": evaluation.run_attacks(evaluation.AttackRequest(
         workdir=str(tmp_path / "w"), attacks=attacks, out=str(tmp_path / "flax"), **SIZES))}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "attack.py"), "--torch_model=mytorch:digits_cnn",
                            f"--torch_weights={tmp_path / 'cnn.pt'}", "--dataset=digits", f"--out={tmp_path / 'convert'}",
                            f"--attack={','.join(attacks)}", "--eps=0.1", "--num_craft=300", "--num_eval=300",
-                           "--num_metrics=50", "--sgd_epochs=2", "--deepfool_passes=2", "--noprogress"],
+                           "--num_metrics=50", "--sgd_epochs=2", "--noprogress"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "UER, fooling rate and clean accuracy on 300 test inputs" in proc.stdout

@@ -302,6 +302,30 @@ def test_unsupported_operations_are_named_and_the_callback_runs_them():
                                    module(torch_reference.to_nchw(x)).detach().numpy(), atol=1e-6)
 
 
+class WithFlags(nn.Module):
+    """A forward with keyword flags, as many PyTorch models have: convert traces them at their defaults."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x, features=False, scale=2.0, mode="logits", extra=None):
+        x = x.flatten(1)
+        if features:
+            return x
+        out = self.fc(x) * scale
+        return out if mode == "logits" and extra is None else -out
+
+
+def test_convert_traces_keyword_flags_at_their_defaults():
+    module = _randomised(WithFlags()).eval()
+    x = np.random.RandomState(0).uniform(size=(2, 2, 2, 3)).astype(np.float32)
+    apply_fn, params = from_torch(module, (2, 2, 3))
+    np.testing.assert_allclose(apply_fn(params, jnp.asarray(x)), module(torch_reference.to_nchw(x)).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert sorted(params) == ["fc.bias", "fc.weight"]
+
+
 class ChannelsLast(nn.Module):
     """Takes (B, H, W, C): a 1x1 conv after a permute, then a linear layer on the NHWC flattening."""
 

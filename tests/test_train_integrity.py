@@ -22,6 +22,7 @@ from jacuap import configs, io, train
 from jacuap.configs import default
 from jacuap.errors import BusyError, CheckpointError, ConfigError
 from jacuap.train import checkpoints, loop, runtime
+from subprocess_env import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = dict(dataset="digits", model="mlp", num_epochs=1, batch_size=256, optimizer="sgd", momentum=0.9,
@@ -65,8 +66,7 @@ def _snapshot(workdir):
 
 
 def _train_py(workdir, *extra, timeout=300):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env = one_device_env()
     return subprocess.run([sys.executable, "train.py", f"--workdir={workdir}", *ARGS, *extra], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

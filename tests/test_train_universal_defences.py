@@ -17,6 +17,7 @@ import jacuap
 from jacuap import configs, parallel, train
 from jacuap.errors import ConfigError
 from jacuap.train import checkpoints
+from subprocess_env import one_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINEAR = lambda W, x: x.reshape(len(x), -1) @ W
@@ -187,8 +188,7 @@ def _state(workdir, kind):
 def test_sigkill_then_resume_is_bitwise(tmp_path, kind):
     reference, workdir = str(tmp_path / "reference"), str(tmp_path / "w")
     train.train_and_evaluate(_config(kind), reference, mesh=parallel.make_mesh(jax.devices()[:1]))
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env = one_device_env()
     proc = subprocess.Popen([sys.executable, "train.py", f"--workdir={workdir}", *ARGS,
                              f"--config.adv_training={kind}"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

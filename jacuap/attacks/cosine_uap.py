@@ -11,7 +11,9 @@ over real data or over proxy data; the data-free form crafts on inputs that
 carry no information about the task (:mod:`.priors`: ``"range"``, random
 images in the pixel range, or ``"none"``).  Optimised here by SGD-UAP's
 normalised steps (:func:`~jacuap.attacks.sgd_uap.sgd_uap` with
-``loss="cosine"``); the authors use Adam on ``v`` with clamping.  Labels are
+``loss="cosine"``) from a random point of the ball: the cosine is at its
+maximum, so stationary, at ``v = 0``, where its gradient is rounding noise.
+The authors use Adam on ``v`` with clamping.  Labels are
 never read, so the attack is untargeted only.
 """
 

@@ -18,7 +18,8 @@ which is 1 when every row lies on one line and ``1/min(N, d)`` at most
 spread; the attack should raise ``d`` from the clean to the perturbed
 features.  Optimised by SGD-UAP's normalised steps
 (:func:`~jacuap.attacks.sgd_uap.sgd_uap` with ``loss="cosine"`` and
-``features_fn``); untargeted only.
+``features_fn``), from a random point of the ball (the cosine is at its
+maximum, so stationary, at ``v = 0``); untargeted only.
 """
 
 from __future__ import annotations

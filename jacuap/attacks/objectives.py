@@ -60,6 +60,9 @@ class Loss:
     uses_labels: bool
     uses_clean: bool
     on_features: Optional[bool]  # True: hidden features only; False: logits only; None: either
+    # True where v = 0 is a stationary point of the loss: cos(f(x + v), f(x)) is at its maximum there, so its
+    # gradient is 0 up to rounding and an attack must start elsewhere (see sgd_uap's random start).
+    stationary_at_zero: bool = False
 
 
 def _flat(a: jax.Array) -> jax.Array:
@@ -96,7 +99,7 @@ def _log_norms(acts, a0, y, beta, targeted):
 LOSSES: Dict[str, Loss] = {
     "ce": Loss(_ce, uses_labels=True, uses_clean=False, on_features=False),
     "margin": Loss(_margin, uses_labels=True, uses_clean=False, on_features=False),
-    "cosine": Loss(_cosine, uses_labels=False, uses_clean=True, on_features=None),
+    "cosine": Loss(_cosine, uses_labels=False, uses_clean=True, on_features=None, stationary_at_zero=True),
     "norm": Loss(_norm, uses_labels=False, uses_clean=False, on_features=True),
     "log_norms": Loss(_log_norms, uses_labels=False, uses_clean=False, on_features=True),
 }

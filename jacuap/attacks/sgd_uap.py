@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from jacuap.attacks.balls import ascent_direction, check_norm, project
+from jacuap.attacks.balls import ascent_direction, check_norm, project, random_in_ball
 from jacuap.attacks.epochs import run_epochs
 from jacuap.attacks.objectives import LABEL_LOSSES, check_loss, uap_objective
 from jacuap.attacks.registry import AttackSpec, epochs_progress, register
@@ -123,7 +123,9 @@ def sgd_uap(
     """SGD-UAP: universal perturbation by minibatch (sign-)gradient ascent.
 
     Shafahi et al., "Universal adversarial training" (AAAI 2020), as in the
-    authors' ``sgd-uap-torch``.  ``v`` starts at 0 (or ``P_eps(init)``); each
+    authors' ``sgd-uap-torch``.  ``v`` starts at 0 (or ``P_eps(init)``; with
+    ``loss="cosine"``, stationary at 0, at a random point of the ball drawn
+    from ``key``); each
     epoch visits the set in a fresh random order; on each minibatch
 
         L(v) = mean_b min(CE(f(clip(x_b + v, 0, 1)), y_b), beta)
@@ -217,6 +219,13 @@ def sgd_uap(
         step_size = default_sgd_step_size(eps, ceil_div(n, batch))
     if init is not None:
         check_perturbation(init, spatial, "init")
+    elif spec.stationary_at_zero:
+        # From v = 0 the cosine's gradient is rounding noise: the first step's direction would depend on the
+        # backend and the compiler (and there may be no step at all where the noise is exactly 0).  Start at a
+        # random point of the ball, drawn from the attack's key, as PGD does.
+        check_key(key, why=f"by sgd_uap with loss={loss!r} (its random start)")
+        key, start_key = jax.random.split(key)
+        init = random_in_ball(start_key, (1,) + tuple(spatial), norm, eps, x.dtype)[0]
     v = jnp.zeros(spatial, x.dtype) if init is None else jnp.asarray(init, x.dtype)
     v = project(v, norm, eps)
     scalar = lambda value: jnp.asarray(value, x.dtype)

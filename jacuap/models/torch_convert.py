@@ -85,6 +85,42 @@ def _unsupported(node, what: str) -> ModelError:
                       f"supported: {supported()}; use mechanism='callback' for this module")
 
 
+def _constant_defaults(forward: Callable) -> Dict[str, Any]:
+    """``forward``'s later parameters whose defaults are Python constants (``normalized=False``, ``mode="x"``).
+
+    fx traces every parameter as a symbolic value, so ``if normalized:`` would not trace; the converted model
+    always runs ``forward(x)``, so these parameters are their defaults and can be traced as constants.
+    """
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(forward).parameters.values())[1:]
+    except (TypeError, ValueError):  # a builtin without a signature: trace it as it is
+        return {}
+    return {p.name: p.default for p in parameters
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and (p.default is None or isinstance(p.default, (bool, int, float, str)))}
+
+
+def _drop_constant_guards(graph) -> None:
+    """Erase fx's ``_assert(param == default)`` and ``_assert_is_none(param)`` guards of constant parameters.
+
+    The converted model only ever runs ``forward(x)``, so they always hold.
+    """
+    for node in reversed(list(graph.nodes)):
+        if (node.op == "call_function" and getattr(node.target, "__name__", "") == "_assert_is_none"
+                and getattr(node.args[0], "op", None) == "placeholder"):  # a parameter whose default is None
+            graph.erase_node(node)
+        elif node.op == "call_function" and getattr(node.target, "__name__", "") == "_assert" and node.args:
+            check = node.args[0]
+            if (getattr(check, "op", None) == "call_function" and getattr(check.target, "__name__", "") == "eq"
+                    and getattr(check.args[0], "op", None) == "placeholder" and check.args[0].args
+                    and len(check.args) == 2 and check.args[1] == check.args[0].args[0]):  # param == its default
+                graph.erase_node(node)
+                if not check.users:
+                    graph.erase_node(check)
+
+
 def convert(module) -> Tuple[Callable[[Any, jax.Array], Any], Dict[str, jax.Array]]:
     """``(run, params)``: the module's graph as ``run(params, x)`` on arrays in the module's layout.
 
@@ -97,7 +133,9 @@ def convert(module) -> Tuple[Callable[[Any, jax.Array], Any], Dict[str, jax.Arra
 
     functions = load_functions()
     try:
-        graph_module = torch.fx.symbolic_trace(module)
+        constants = _constant_defaults(module.forward)
+        graph_module = torch.fx.symbolic_trace(module, concrete_args=constants or None)
+        _drop_constant_guards(graph_module.graph)
     except Exception as exc:  # noqa: BLE001 (fx raises many kinds; all mean "cannot trace")
         raise ModelError(f"from_torch: torch.fx cannot trace {type(module).__name__} ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''}); use mechanism='callback'") from None
