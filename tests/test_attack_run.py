@@ -5,8 +5,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,6 @@ import pytest
 from jacuap import data, errors, evaluation, train
 from jacuap.configs import default
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _train(workdir, jr_lambda, num_epochs):
@@ -114,20 +111,15 @@ def test_missing_workdir_is_a_checkpoint_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _attack_py(args):
-    return subprocess.run([sys.executable, "attack.py"] + args, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-
-
 @pytest.mark.slow
 def test_jr_model_resists_sgd_uap_better(tmp_path):
-    # The acceptance run: digits MLPs, 30 epochs, lambda 0 vs 0.5.
+    # The acceptance run: digits MLPs, 30 epochs, lambda 0 vs 0.5, attack.py's job at its default sizes
+    # (in this process: tests/test_cli.py runs the program itself).
     for name, lam in (("plain", 0.0), ("jr", 0.5)):
         _train(tmp_path / name, lam, 30)
-        proc = _attack_py([f"--workdir={tmp_path / name}", "--attack=sgd_uap,sv_uap", "--norm=linf",
-                           "--eps=0.1,0.2", f"--out={tmp_path / name / 'attack'}", "--progress=false",
-                           "--num_metrics=100"])
-        assert proc.returncode == 0, proc.stderr
+        evaluation.run_attacks(evaluation.AttackRequest(workdir=str(tmp_path / name), attacks=["sgd_uap"],
+                                                        norm="linf", eps=[0.1, 0.2], out=str(tmp_path / name / "attack"),
+                                                        num_metrics=0, progress=False), log=lambda line: None)
     uer = {}
     for name in ("plain", "jr"):
         rows = json.load(open(tmp_path / name / "attack" / "results.json"))["results"]
