@@ -7,7 +7,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 RUN_DIR ?= runs/demo
 RUN_EPOCHS ?= 4
 
-.PHONY: install data run test test-bench test-fast clean
+.PHONY: install data run test test-slow test-bench clean
 
 install: $(STAMP) data
 
@@ -15,7 +15,7 @@ install: $(STAMP) data
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,torch]'
+	$(PY) -m pip install --quiet --no-compile -e '.[dev,torch]'  # .pyc files come on first import, only for what is used
 	touch $(STAMP)
 
 # The real Fashion-MNIST, offline, from Debian's package (root + apt only).
@@ -47,15 +47,17 @@ run: install
 # JAX's persistent cache in .pytest_cache/ (tests/conftest.py).  The 8-device
 # equivalence tests need the XLA flag before JAX starts: a second process.
 test: install
-	$(PY) -m pytest -q -n auto -m "not bench"
+	$(PY) -m pytest -q -n auto -m "not slow and not bench"
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests/test_parallel.py
 
-# The benchmark scripts end to end on toy sizes (about 2 more minutes): .ci/run runs it after `make test`.
+# The program runs of 10 s or more (signals, kills and resumes, two hosts, the notebook, PyTorch models,
+# the strong suite): .ci/run runs it after `make test`.
+test-slow: install
+	$(PY) -m pytest -q -n auto -m "slow and not bench"
+
+# The benchmark scripts end to end on toy sizes, and their references: .ci/run runs it too.
 test-bench: install
 	$(PY) -m pytest -q -n auto -m bench
-
-test-fast: install
-	$(PY) -m pytest -q -n auto -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

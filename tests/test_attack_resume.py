@@ -343,6 +343,7 @@ def test_attack_py_unwritable_out_exits_1(trained, tmp_path):
         parent.chmod(0o755)
 
 
+@pytest.mark.slow  # a program run: make test-slow (.ci/run runs it)
 def test_attack_py_per_input_only_names_the_files_it_wrote(trained, tmp_path):
     out = tmp_path / "out"
     proc = _attack_py([f"--workdir={trained}", f"--out={out}", "--progress=false", "--attack=fgsm",

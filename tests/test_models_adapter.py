@@ -176,6 +176,7 @@ def test_readme_nnx_example():
     assert float(namespace["penalty"]) > 0
 
 
+@pytest.mark.bench  # a benchmark script end to end: make test-bench (.ci/run runs it)
 def test_nnx_vs_linen_benchmark_runs_and_agrees():
     from benchmarks import nnx_vs_linen
 

@@ -292,6 +292,7 @@ attacks.register(attacks.AttackSpec("toy_uap", toy_uap, needs_labels=False, sett
 '''
 
 
+@pytest.mark.slow  # a program run: make test-slow (.ci/run runs it)
 def test_attack_py_runs_a_registered_toy_attack_and_the_zoo(trained, tmp_path):
     """One file and one register line make an attack that attack.py runs beside the zoo's new attacks."""
     (tmp_path / "toy_attack.py").write_text(TOY_ATTACK)
@@ -327,6 +328,7 @@ def test_attack_py_runs_a_registered_toy_attack_and_the_zoo(trained, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o2").exists()
 
 
+@pytest.mark.slow  # a dozen attacks' programs: make test-slow (.ci/run runs it)
 def test_strong_suite_runs_every_member(trained, tmp_path):
     request = _request(trained, tmp_path / "strong", attacks=[], suite="strong", eps=[0.1])
     results = evaluation.run_attacks(request, log=lambda line: None)
