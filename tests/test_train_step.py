@@ -26,6 +26,8 @@ def test_one_step_on_mock_data_updates_the_state():
     step = jax.jit(train.train_step, static_argnames=train.STATIC_ARGNAMES)
     new_state, aux = step(state, images, labels, train.step_key(0, 0), 0.5, 1)
     assert int(new_state.step) == 1
+    # The step counter is a strong int32 from the start, as a restored checkpoint's is: a resume reuses the program.
+    assert state.step.dtype == new_state.step.dtype == jnp.int32 and not state.step.weak_type
     assert set(aux) == {"loss", "ce", "penalty", "correct"}
     assert float(aux["penalty"]) > 0 and 0 <= int(aux["correct"]) <= 16
     np.testing.assert_allclose(aux["loss"], aux["ce"] + 0.5 * aux["penalty"], rtol=1e-6)

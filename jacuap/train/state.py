@@ -84,6 +84,10 @@ def create_train_state(
     uap_shape = ((int(class_wise_uaps),) if class_wise_uaps else ()) + tuple(image_shape)
     kwargs = dict(apply_fn=models.make_apply_fn(model), params=params, tx=tx, uap=jnp.zeros(uap_shape, jnp.float32))
     if jr_mode == "stacked_spectral":
-        return SpectralTrainState.create(
+        state = SpectralTrainState.create(
             jr_vec=init_spectral_vector(jax.random.fold_in(key, 1), tuple(image_shape)), **kwargs)
-    return TrainState.create(**kwargs)
+    else:
+        state = TrainState.create(**kwargs)
+    # Flax starts `step` as the Python int 0, a weakly typed scalar under jit; a restored checkpoint's is a
+    # strong int32, so a resumed run would compile its step a second time.  Start strong.
+    return state.replace(step=jnp.asarray(0, jnp.int32))
