@@ -70,18 +70,42 @@ def compare(before: str, work: str, rows, extra: List[str]) -> Dict[str, Any]:
     return out
 
 
+def rows_of(tree: str) -> List[str]:
+    """The rows ``tree``'s ``speed.py`` knows (its ``benchmarks/speed_rows.py``, JAX-free, loaded by path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_speed_rows_of_tree", os.path.join(tree, "benchmarks", "speed_rows.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.ROWS)
+
+
+def default_rows(before: str) -> List[str]:
+    """This tree's rows that ``before`` knows too, in this tree's order (an older tree lacks the newer rows)."""
+    known = set(rows_of(before))
+    return [r for r in ROWS if r in known]
+
+
 def main(argv=None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", required=True, help="a checkout of the old version (git worktree add DIR COMMIT)")
     p.add_argument("--work", required=True, help="folder for each run's JSON and log (reused by a rerun)")
-    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--rows", default=None, help="comma list (default: every row both trees know)")
     p.add_argument("--out", default=None, help="the comparison JSON")
     p.add_argument("--speed-arg", action="append", default=[], metavar="ARG", help="extra speed.py argument")
     args = p.parse_args(argv)
     if not os.path.isfile(os.path.join(args.before, "benchmarks", "speed.py")):
         p.error(f"--before {args.before} holds no benchmarks/speed.py")
+    known = rows_of(args.before) if os.path.isfile(os.path.join(args.before, "benchmarks", "speed_rows.py")) else []
+    if args.rows is None:
+        rows = default_rows(args.before)
+    else:
+        rows = [r for r in args.rows.split(",") if r]
+        missing = [r for r in rows if r not in known]
+        if missing:
+            p.error(f"--before {args.before} has no row {missing[0]}; it knows {', '.join(known) or 'none'}")
     os.makedirs(args.work, exist_ok=True)
-    result = compare(args.before, args.work, [r for r in args.rows.split(",") if r], args.speed_arg)
+    result = compare(args.before, args.work, rows, args.speed_arg)
     print(f"{'row':32s} {'before s':>10s} {'after s':>10s} {'after/before':>13s}")
     for row, e in result["rows"].items():
         ratio = e.get("after_over_before")

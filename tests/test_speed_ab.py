@@ -40,3 +40,20 @@ def test_same_program_of_one_tree_is_the_same(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/same_program.py", ROOT, str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_default_rows_are_those_both_trees_know(tmp_path):
+    """A tree from before the CIFAR rows knows only the CNN rows: the default compares those, a named new row is refused."""
+    from benchmarks import speed_ab, speed_rows
+
+    old = tmp_path / "old" / "benchmarks"
+    old.mkdir(parents=True)
+    (old / "speed.py").write_text("")
+    (old / "speed_rows.py").write_text(f"ROWS = {speed_rows.CNN_ROWS!r}\n")
+    assert speed_ab.rows_of(str(tmp_path / "old")) == speed_ab.default_rows(str(tmp_path / "old")) == list(speed_rows.CNN_ROWS)
+    assert speed_ab.default_rows(ROOT) == list(speed_rows.ROWS)
+    proc = subprocess.run([sys.executable, "benchmarks/speed_ab.py", "--before", str(tmp_path / "old"), "--work",
+                           str(tmp_path / "w"), "--rows", "cifar_train_plain"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "has no row cifar_train_plain; it knows train_plain," in proc.stderr
+    assert not (tmp_path / "w").exists()  # refused before anything is written
