@@ -160,6 +160,18 @@ def test_earlier_checkpoints_are_compared_on_the_fields_they_have():
         runtime.check_resumable("w", old, runtime.config_fingerprint(_config()), step=10, total_steps=5)
 
 
+def test_a_config_with_tuples_resumes_from_its_own_json_metadata():
+    def with_hidden(hidden):
+        config = _config()
+        config.model_kwargs = {"hidden": hidden}
+        return config
+
+    stored = json.loads(json.dumps({"fingerprint": runtime.config_fingerprint(with_hidden((16,)))}))  # the checkpoint's
+    runtime.check_resumable("w", stored, runtime.config_fingerprint(with_hidden((16,))))
+    with pytest.raises(CheckpointError, match=r"'model_kwargs'"):
+        runtime.check_resumable("w", stored, runtime.config_fingerprint(with_hidden((32,))))
+
+
 def test_resume_with_another_momentum_is_refused_leaving_the_workdir_as_it_was(copy):
     before = _snapshot(copy)
     with pytest.raises(CheckpointError) as info:

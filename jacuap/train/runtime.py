@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import math
 import os
 import signal
@@ -145,7 +146,9 @@ def config_fingerprint(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     too unless ``lr_schedule`` is ``"constant"``.
     """
     keep = lambda k: k not in NOT_FINGERPRINTED or (k == "num_epochs" and config.lr_schedule != "constant")
-    return {k: plain(config[k]) for k in configs.FIELDS if keep(k)}
+    # As the checkpoint's JSON metadata will hold it (tuples as lists), so that a run with
+    # model_kwargs={"hidden": (16,)} can resume itself.
+    return json.loads(json.dumps({k: plain(config[k]) for k in configs.FIELDS if keep(k)}))
 
 
 def check_resumable(workdir: str, old_meta: Mapping[str, Any], fingerprint: Mapping[str, Any],
