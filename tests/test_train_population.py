@@ -7,7 +7,7 @@ because under ``vmap`` each model's matmuls and convolutions become one
 batched (or, for a shared batch, one merged) kernel, which XLA:CPU blocks
 differently from a single model's: the same sums in another order.  A
 ``lambda = 0`` model of a traced population also computes ``ce + 0 *
-penalty`` rather than skipping the penalty (``jacuap.train.population._TracedWeight``).
+penalty`` rather than skipping the penalty (``jacuap.train.loss.skips_penalty``).
 Adam divides by ``sqrt(v) + 1e-8``, so over many steps those rounding
 differences grow on near-zero gradients; a few steps stay within the tolerance.
 """

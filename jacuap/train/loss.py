@@ -33,7 +33,7 @@ import optax
 from jacuap import jacobian
 from jacuap.train import regularizers
 
-__all__ = ["PENALTIES", "loss_fn", "trades_kl"]
+__all__ = ["PENALTIES", "loss_fn", "skips_penalty", "trades_kl"]
 
 
 def trades_kl(logits: jax.Array, adv_logits: jax.Array) -> jax.Array:
@@ -59,6 +59,15 @@ PENALTIES = {
     "stacked_spectral": _stacked_spectral,
     "alignment": lambda f, p, x, key, num_proj, jr_vec: regularizers.logits_and_alignment_penalty(f, p, x),
 }
+
+
+def skips_penalty(jr_lambda: Any) -> bool:
+    """Whether the penalty is skipped: ``jr_lambda`` is the Python number 0 (known while tracing).
+
+    A traced ``jr_lambda`` (one per model of a :mod:`~jacuap.train.population`) cannot decide that, so the
+    penalty is computed and weighed by it, 0 included.
+    """
+    return isinstance(jr_lambda, (int, float)) and jr_lambda == 0
 
 
 def loss_fn(
@@ -109,7 +118,7 @@ def loss_fn(
     >>> float(parts["penalty"]), round(float(parts["ce"]), 4), round(float(loss), 4)  # 0.5 ||W||_F^2
     (45.5, 0.6931, 5.2431)
     """
-    if jr_lambda == 0:
+    if skips_penalty(jr_lambda):
         logits = apply_fn(params, images)
         penalty = jnp.zeros((), logits.dtype)
     else:

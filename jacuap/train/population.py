@@ -134,34 +134,6 @@ def population_keys(seeds: jax.Array, steps: jax.Array) -> jax.Array:
     return jax.vmap(step_key)(jnp.asarray(seeds), jnp.asarray(steps))
 
 
-class _TracedWeight:
-    """A traced ``jr_lambda`` as :func:`train_step` takes it: multiplies as its value, and is never ``== 0``.
-
-    The step skips the penalty when ``jr_lambda == 0``, a decision made while
-    tracing; a traced weight cannot make it, so the penalty is always
-    computed and a model at ``lambda = 0`` gets ``ce + 0 * penalty``: the
-    plain model's loss and gradients, to float rounding (its ``penalty`` aux
-    is then its Jacobian penalty, not 0).
-    """
-
-    __slots__ = ("value",)
-    __hash__ = None
-
-    def __init__(self, value: jax.Array):
-        self.value = value
-
-    def __eq__(self, other) -> bool:
-        return False
-
-    def __ne__(self, other) -> bool:
-        return True
-
-    def __mul__(self, other):
-        return self.value * other
-
-    __rmul__ = __mul__
-
-
 def population_train_step(
     state: TrainState,
     images: jax.Array,
@@ -204,7 +176,7 @@ def population_train_step(
                          f"model, or a scalar")
 
     def one(s, x, y, key, lam):
-        weight = jr_lambdas if static else _TracedWeight(lam)
+        weight = jr_lambdas if static else lam  # traced: the penalty is computed for every model (skips_penalty)
         return train_step(s, x, y, key, weight, jr_num_proj, input_std, adversary, jr_mode, jr_power_iters,
                           trades_beta)
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jacuap.train import regularizers
 from jacuap.train.adversarial import ADVERSARIES, Adversary, uat_inputs, uat_update
-from jacuap.train.loss import loss_fn
+from jacuap.train.loss import loss_fn, skips_penalty
 from jacuap.train.state import TrainState
 
 __all__ = ["STATIC_ARGNAMES", "train_step", "eval_step", "step_key"]
@@ -79,7 +79,7 @@ def train_step(
     universal = kind.universal
     class_of = labels if kind.class_wise else None  # class-wise: input b uses delta_{y_b}
     jr_vec = getattr(state, "jr_vec", None)  # a SpectralTrainState's
-    if jr_mode == "stacked_spectral" and jr_lambda != 0:
+    if jr_mode == "stacked_spectral" and not skips_penalty(jr_lambda):
         inputs = uat_inputs(images, state.uap, class_of) if universal else images
         jr_apply, jr_inputs = regularizers.jr_view(state.apply_fn, inputs, input_std)
         jr_vec = regularizers.spectral_power_iterations(jr_apply, state.params, jr_inputs, jr_vec, jr_power_iters)
