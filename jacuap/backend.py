@@ -24,6 +24,9 @@ any backend), and each has an environment override:
 
 (``benchmarks/SPEED.md`` holds the measurements.)
 
+One workaround lives here too: :func:`pace`, which host loops call once per
+iteration so that XLA:CPU never deadlocks on a mesh of several CPU devices.
+
 >>> chunk_loop() in ("host", "scan"), conv_kind() in ("jacuap", "lax")
 (True, True)
 """
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["LOOP_ENV", "CONV_ENV", "LOOPS", "CONVS", "chunk_loop", "conv_kind"]
+__all__ = ["LOOP_ENV", "CONV_ENV", "LOOPS", "CONVS", "chunk_loop", "conv_kind", "pace"]
 
 LOOP_ENV = "JACUAP_LOOP"
 CONV_ENV = "JACUAP_CONV"
@@ -61,3 +64,36 @@ def chunk_loop() -> str:
 def conv_kind() -> str:
     """``"jacuap"`` on CPU and GPU, ``"lax"`` elsewhere, unless ``JACUAP_CONV`` says otherwise (module docstring)."""
     return _forced(CONV_ENV, CONVS) or ("jacuap" if _backend() in ("cpu", "gpu", "cuda", "rocm") else "lax")
+
+
+def pace(tree):
+    """Waits for ``tree`` when its arrays span several CPU devices; returns ``tree``.
+
+    Every host loop of jacuap that dispatches compiled steps (the chunk loops,
+    the power iteration, the attacks' epochs, training) calls it once per
+    iteration on what the iteration produced.  Why: XLA:CPU (jaxlib 0.10)
+    deadlocks when, on a mesh of several CPU devices, a program with an
+    all-reduce (a sharded chunk or training step) is dispatched while another
+    multi-device program of the loop (a replicated update: the power step's
+    normalisation, the running sums) is still pending.  Some devices' threads
+    then wait in the all-reduce's rendezvous for participants that never
+    come, and after 40 s XLA aborts the process ("Termination timeout for
+    `all reduce ...`").  A loop alternating a sharded step and a replicated
+    update on ``--xla_force_host_platform_device_count=8`` aborted in 3 runs of
+    3, with synchronous dispatch too; waiting once per iteration, 0 of 3.
+    Elsewhere (one device, GPU, TPU) it returns at once, and dispatch stays
+    asynchronous.
+
+    >>> import jax.numpy as jnp
+    >>> float(pace(jnp.ones(())))
+    1.0
+    """
+    import jax
+
+    for leaf in jax.tree_util.tree_leaves(tree):
+        devices = getattr(getattr(leaf, "sharding", None), "device_set", None)
+        if devices:
+            if len(devices) > 1 and next(iter(devices)).platform == "cpu":
+                jax.block_until_ready(tree)
+            break
+    return tree

@@ -166,7 +166,7 @@ def reduce_chunks(
             raise ValueError("loop='host' needs concrete arguments (it cannot run under jit/vmap/grad); use loop='scan'")
         x = jnp.asarray(x)
         for i in range(num):
-            carry = _host_chunk_step(fn, static, carry, args, x, b, jnp.asarray(i, jnp.int32))
+            carry = backend.pace(_host_chunk_step(fn, static, carry, args, x, b, jnp.asarray(i, jnp.int32)))
         return carry
 
     def body(c, i):

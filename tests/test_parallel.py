@@ -160,6 +160,23 @@ def test_stacked_spectral_norm_and_metrics_on_8_devices(model):
     np.testing.assert_array_equal(metrics.predict(apply_fn, params, x), metrics.predict(sharded, rparams, x))
 
 
+def test_a_long_host_loop_on_8_cpu_devices_does_not_deadlock(model):
+    """300 power iterations of 4 sharded chunk steps each, a replicated update between them.
+
+    Without :func:`jacuap.backend.pace` XLA:CPU aborted this process in the
+    all-reduce's rendezvous ("Termination timeout ... only 7 of them arrived")
+    every time it was run.
+    """
+    ds, apply_fn, params = model
+    mesh = parallel.make_mesh()
+    sharded, rparams = parallel.batch_sharded_apply(apply_fn, mesh), parallel.replicate(params, mesh)
+    x, key = ds.test_images[:256], jax.random.PRNGKey(1)
+    kwargs = dict(method="power", num_iters=300, batch_size=64, loop="host")
+    s8, _ = jacuap.jacobian.stacked_spectral_norm(sharded, rparams, x, key, **kwargs)
+    s1, _ = jacuap.jacobian.stacked_spectral_norm(apply_fn, params, x, key, **kwargs)
+    assert float(s8) == pytest.approx(float(s1), rel=METRIC_RTOL)
+
+
 def test_sgd_uap_on_8_devices_matches_1_device(model):
     ds, apply_fn, params = model
     mesh = parallel.make_mesh()

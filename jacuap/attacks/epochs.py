@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jacuap import backend
+
 __all__ = ["EpochFn", "run_epochs"]
 
 #: ``epoch(v, key, decay) -> (v, per-step objectives)``: one compiled epoch, its settings bound.
@@ -54,7 +56,7 @@ def run_epochs(
     """
     losses = []
     for e, epoch_key in enumerate(jax.random.split(key, num_epochs)):
-        v, epoch_losses = epoch(v, epoch_key, step_decay**e)
+        v, epoch_losses = backend.pace(epoch(v, epoch_key, step_decay**e))
         losses.append(epoch_losses)
         if progress is not None or until is not None:
             mean = float(jnp.mean(epoch_losses))

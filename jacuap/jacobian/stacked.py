@@ -19,6 +19,7 @@ from typing import Any, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
+from jacuap import backend
 from jacuap.batching import LOOPS, reduce_chunks
 from jacuap.checks import check_jacobian_inputs, check_key, check_positive_int
 from jacuap.jacobian.kernels import ApplyFn, input_jacobian
@@ -170,7 +171,7 @@ def stacked_spectral_norm(
     if loop == "host":
         v, rayleigh = v0, rayleigh0
         for _ in range(num_iters):
-            v, rayleigh = _power_update(v, gram_times(v, "host"))
+            v, rayleigh = backend.pace(_power_update(v, gram_times(v, "host")))
     else:
         body = lambda _, carry: _power_update(carry[0], gram_times(carry[0], loop))
         v, rayleigh = jax.lax.fori_loop(0, num_iters, body, (v0, rayleigh0))

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jacuap import configs, data, io, jacobian, metrics, models, parallel, summaries
+from jacuap import backend, configs, data, io, jacobian, metrics, models, parallel, summaries
 from jacuap.batching import round_up
 from jacuap.errors import ConfigError, ParallelError
 from jacuap.train import checkpoints, runtime
@@ -245,7 +245,9 @@ def _train_epoch(job: _Job, step_fn: Callable, mngr, stop: runtime.StopSignals, 
             job.state, aux = step_fn(job.state, images, labels, key, float(config.jr_lambda), job.jr_num_proj,
                                      job.input_std, job.adversary, config.jr_mode, int(config.jr_power_iters),
                                      float(config.trades_beta) if job.adversary.kind == "trades" else 0.0)
-            acc = _add_sums(acc, {k: aux[k] for k in acc})
+            # A sharded step, then a replicated sum: the pattern that deadlocks XLA:CPU's collectives
+            # in the chunk loops (backend.pace); not seen here, paced the same way all the same.
+            acc = backend.pace(_add_sums(acc, {k: aux[k] for k in acc}))
             step += 1
             timer.step(aux)
             # A signal may reach one host only: every process must agree to stop.
