@@ -34,6 +34,8 @@ __all__ = [
     "eps_at_half",
     "eps50_ratio_interval",
     "correlation_interval",
+    "ratio_of_sums_interval",
+    "median_interval",
     "verdict_robustness",
     "verdict_accuracy",
     "verdict_correlation",
@@ -304,6 +306,63 @@ def correlation_interval(x: Any, y: Any, reps: int = 2000, seed: Any = 0, level:
     keys = ("estimate", "low", "high")
     return {"pearson": {k: r[k] for k in keys}, "spearman": {k: rho[k] for k in keys}, "n": int(xs.size),
             "reps": int(pear_all.size), "skipped": int(reps) - int(pear_all.size), "level": float(level)}
+
+
+def _sample(values: Any, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(values, np.float64)
+    except (TypeError, ValueError):
+        a = np.zeros(0)
+    if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be a non-empty 1-D sample of finite values, got shape {a.shape}")
+    return a
+
+
+def ratio_of_sums_interval(numerator: Any, denominator: Any, reps: int = 2000, seed: Any = 0,
+                           level: float = 0.95) -> Dict[str, Any]:
+    """``sum_n a_n / sum_n b_n`` over ``N`` paired per-input values, with a percentile bootstrap interval.
+
+    ``numerator`` ``a`` and ``denominator`` ``b`` are ``(N,)`` (e.g. per test
+    input ``||J_n v||^2`` and ``||f(x_n + v) - f(x_n)||^2``).  A replicate
+    draws ``N`` inputs with replacement (counts ``c``, the same draw for both
+    sides) and takes ``sum_n c_n a_n / sum_n c_n b_n``; a replicate with a zero
+    denominator is dropped (``skipped``).  A quantity fixed by the whole set
+    is held fixed by passing it spread evenly: ``b_n = B / N`` for every ``n``.
+    ``estimate`` is None when ``sum b = 0``.  Returns ``{"estimate", "low", "high", "level", "reps" (used), "skipped"}``.
+
+    >>> out = ratio_of_sums_interval([1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0], reps=200)
+    >>> out["estimate"], out["low"] < 1.25 < out["high"]
+    (1.25, True)
+    """
+    _check_options(reps, level)
+    a, b = _sample(numerator, "numerator"), _sample(denominator, "denominator")
+    if a.shape != b.shape:
+        raise ValueError(f"denominator's shape {b.shape} does not match numerator's {a.shape}")
+    rng = np.random.default_rng(seed)
+    ratios = []
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):  # see _replicate_means
+        for start in range(0, int(reps), _BLOCK):
+            counts = _counts(rng, min(_BLOCK, int(reps) - start), a.size).astype(np.float64)
+            ratios.append(np.where(counts @ b > 0, _divide(counts @ a, counts @ b), np.nan))
+    total = float(np.sum(b))
+    return _interval(None if total == 0 else float(np.sum(a)) / total, np.concatenate(ratios), level)
+
+
+def median_interval(values: Any, reps: int = 2000, seed: Any = 0, level: float = 0.95) -> Dict[str, Any]:
+    """The median of a 1-D sample (e.g. one value per model) with a percentile bootstrap interval.
+
+    A replicate resamples the ``M`` values with replacement and takes their median (one value: ``[v, v]``).
+
+    >>> out = median_interval([0.2, 0.3, 0.4, 0.5, 0.9], reps=200)
+    >>> out["estimate"], 0.2 <= out["low"] <= 0.4 <= out["high"] <= 0.9
+    (0.4, True)
+    """
+    _check_options(reps, level)
+    xs = _sample(values, "values")
+    rng = np.random.default_rng(seed)
+    meds = [np.median(xs[rng.integers(0, xs.size, (min(_BLOCK, int(reps) - start), xs.size))], axis=1)
+            for start in range(0, int(reps), _BLOCK)]
+    return _interval(float(np.median(xs)), np.concatenate(meds), level, n=int(xs.size))
 
 
 def _measured(*values: Any) -> bool:
