@@ -64,3 +64,18 @@ def test_dataset_repr_is_short(digits):
 def test_data_dir_is_ignored_by_digits(tmp_path, digits):
     ds = data.load_dataset("digits", data_dir=tmp_path)
     np.testing.assert_array_equal(ds.train_images, digits.train_images)
+
+
+def test_digits_read_from_sklearns_file_equal_sklearns_loader(monkeypatch):
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    from jacuap.data import digits as digits_module
+
+    bunch = sklearn_digits()
+    pixels, labels = digits_module._sklearn_digits_table()  # the CSV file, without importing sklearn
+    np.testing.assert_array_equal(pixels, bunch.data)
+    np.testing.assert_array_equal(labels, bunch.target)
+    monkeypatch.setattr(digits_module.importlib.util, "find_spec", lambda name: None)  # another layout
+    pixels, labels = digits_module._sklearn_digits_table()
+    np.testing.assert_array_equal(pixels, bunch.data)
+    np.testing.assert_array_equal(labels, bunch.target)
