@@ -27,6 +27,23 @@ def bits(rng, rate):
     return records.pack_bits(values)
 
 
+def make_bound(s, rate):
+    """A ``test.bound`` in bound.uap_bound's layout: tightness s (0.5 + eps); first order exact below eps 0.1,
+    1.5x too small from there (it "breaks" at 0.1); the bound allows every input to be fooled."""
+    iv = lambda x: {"estimate": x, "low": 0.9 * x, "high": 1.1 * x, "level": 0.95, "reps": REPS, "skipped": 0}
+    budgets = []
+    for e in WC_EPS:
+        b = 1000.0 * e * e
+        fo = b * s * (0.5 + e)
+        ob = fo * (1.0 if e < 0.1 else 1.5)
+        budgets.append({"eps": e, "bound": b, "first_order": fo, "observed": ob, "unclipped": ob, "holds": True,
+                        "tightness": iv(fo / b), "observed_over_first_order": iv(ob / fo),
+                        "unclipped_over_first_order": iv(ob / fo), "in_band": e < 0.1,
+                        "implied_fooling_rate": 1.0, "fooling_rate": min(rate * e / 0.1, 1.0) * 0.9})
+    return {"norm": "linf", "num_inputs": 100, "input_dim": 64, "sigma_max": 10.0, "band": [0.8, 1.25],
+            "rtol": 1e-4, "holds": True, "first_order_breaks_at_eps": 0.1, "budgets": budgets}
+
+
 def make_record(method, strength, seed, rate, acc, s, arch="cnn"):
     """A record of schema jacuap.reproduction.model/1; the wrong rate grows linearly with eps."""
     rng = np.random.default_rng([int(1000 * strength), seed, len(method)])
@@ -53,6 +70,7 @@ def make_record(method, strength, seed, rate, acc, s, arch="cnn"):
                          "changed": bits(rng, at(e))} for e in SGD_EPS],
             "targeted": [{"eps": 0.1, "success": success, "source_counts": [N // K] * K}],
             "metrics": metrics,
+            "bound": make_bound(s, rate),
         },
     }
 
@@ -76,7 +94,7 @@ def test_analyse_and_write_report(tmp_path):
     recs = make_records()
     analysis = report.analyse(recs, SELECTION, reps=REPS)
     claims = claims_by_id(analysis)
-    assert [c["id"] for c in analysis["claims"]] == ["robustness", "accuracy", "correlation", "class_pairs"]
+    assert [c["id"] for c in analysis["claims"]] == ["robustness", "accuracy", "correlation", "bound", "class_pairs"]
     for c in analysis["claims"]:
         assert {"claim", "arch", "estimate", "ci95", "verdict", "detail"} <= set(c)
         assert c["verdict"] in {"holds", "holds partly", "does not hold"}
@@ -130,7 +148,7 @@ def test_analyse_and_write_report(tmp_path):
 
     paths = report.write_report(analysis, recs, str(tmp_path), "fmnist")
     for name in ("fmnist.md", "fmnist.json", "fmnist_cnn_frontier.png", "fmnist_cnn_uer_vs_eps.png",
-                 "fmnist_cnn_metrics_vs_uer.png", "fmnist_cnn_class_pairs.png"):
+                 "fmnist_cnn_metrics_vs_uer.png", "fmnist_cnn_class_pairs.png", "fmnist_cnn_bound_vs_observed.png"):
         assert str(tmp_path / name) in paths and (tmp_path / name).stat().st_size > 0
     def no_constants(name):
         raise AssertionError(f"{name} in the JSON")
@@ -158,6 +176,39 @@ def test_analyse_and_write_report(tmp_path):
     assert "![fmnist cnn frontier](results/fmnist_cnn_frontier.png)" in block
 
 
+def test_the_bound_row(tmp_path):
+    recs = make_records()
+    claim = claims_by_id(report.analyse(recs, SELECTION, reps=REPS))["bound"]
+    # The median over the 6 models of tightness s (0.5 + 0.1) at eps 0.1: s = 0.5, 0.5, 0.2, 0.2, 0.1, 0.3.
+    assert claim["estimate"] == pytest.approx(0.6 * 0.25) and claim["verdict"] == "holds"
+    assert claim["ci95"][0] <= claim["estimate"] <= claim["ci95"][1] and claim["detail"]["eps"] == 0.1
+    assert claim["claim"] == "The UAP's effect is bounded by norms of data-dependent Jacobians"
+    where = claim["where"]
+    assert "bound held at 12/12 (model, eps)" in where and "implied FR >= measured FR at 12/12" in where
+    assert "first order breaks from eps 0.1" in where and claim["detail"]["breaks_at_eps"] == 0.1
+    assert len(claim["detail"]["points"]) == 12 and "not measured" not in where
+    # A point above its bound is a finding; a measured fooling rate above the implied one makes it partial.
+    recs[0]["test"]["bound"]["budgets"][1].update(first_order=1e6, holds=False)
+    recs[1]["test"]["bound"]["budgets"][0]["implied_fooling_rate"] = 0.0
+    claim = claims_by_id(report.analyse(recs, SELECTION, reps=REPS))["bound"]
+    assert claim["verdict"] == "does not hold" and [p["id"] for p in claim["detail"]["violations"]] == [recs[0]["id"]]
+    assert "bound held at 11/12" in claim["where"] and "implied FR >= measured FR at 11/12" in claim["where"]
+    recs[0]["test"]["bound"]["budgets"][1].update(first_order=1.0, holds=True)
+    assert claims_by_id(report.analyse(recs, SELECTION, reps=REPS))["bound"]["verdict"] == "holds partly"
+    # Records without test.bound (the model's workdir was elsewhere) are counted, never an error.
+    del recs[2]["test"]["bound"]
+    claim = claims_by_id(report.analyse(recs, SELECTION, reps=REPS))["bound"]
+    assert "1 of 6 records not measured" in claim["where"] and claim["detail"]["not_measured"] == [recs[2]["id"]]
+    for r in recs:
+        r["test"].pop("bound", None)
+    analysis = report.analyse(recs, SELECTION, reps=REPS)
+    claim = claims_by_id(analysis)["bound"]
+    assert claim["verdict"] == "not measured (6 records without test.bound)" and claim["estimate"] is None
+    paths = report.write_report(analysis, recs, str(tmp_path), "fmnist")
+    assert str(tmp_path / "fmnist_cnn_bound_vs_observed.png") in paths
+    assert "none of the 6 records has test.bound" in (tmp_path / "fmnist.md").read_text()
+
+
 CLAIM_TEXT = report.CLAIMS["robustness"]
 
 
@@ -177,7 +228,7 @@ def test_missing_chosen_model_is_not_measured(tmp_path):
     # 4 models left: the correlation is reported but decides nothing (MIN_CORRELATION_MODELS).
     assert claims["correlation"]["verdict"] == "not measured (4 models < 6)"
     assert claims["correlation"]["estimate"] is not None
-    assert len(report.write_report(analysis, recs, str(tmp_path), "fmnist")) == 6
+    assert len(report.write_report(analysis, recs, str(tmp_path), "fmnist")) == 2 + len(report.PLOTS)
 
 
 def test_missing_base_and_unselected_method(tmp_path):
@@ -200,7 +251,7 @@ def test_one_seed_everywhere_and_two_archs(tmp_path):
     assert rob["detail"]["paired"] and rob["ci95"][0] < rob["estimate"] < rob["ci95"][1]
     assert by_arch[("mlp", "robustness")]["verdict"] == "not measured"  # no JR choice for mlp
     assert [d["arch"] for d in analysis["defences"]] == ["cnn", "mlp"]
-    assert len(report.write_report(analysis, recs, str(tmp_path), "fmnist")) == 10
+    assert len(report.write_report(analysis, recs, str(tmp_path), "fmnist")) == 2 + 2 * len(report.PLOTS)
 
 
 def test_bad_records():

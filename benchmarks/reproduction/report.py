@@ -13,13 +13,17 @@ bootstrap intervals of :mod:`.stats` (seeds and test inputs resampled):
 * ``correlation``: each Jacobian metric against worst-case UER at eps 0.1,
   one point per record (headline: ``shared_perturbation_strength``; a positive
   correlation means a larger metric goes with a less robust model);
+* ``bound``: the paper's upper bound on a UAP's first-order effect,
+  ``sigma_max(J_X)^2 r^2``, against what the worst-case UAP does, from the
+  records' ``test.bound`` (:mod:`.bound_claim`: tightness, whether it held,
+  the fooling rate it implies, where the first-order approximation breaks);
 * ``class_pairs``: per ordered class pair ``i != j``, the mean ``s_ij`` between
   inputs of classes i and j against the targeted i -> j success rate, the
   base's and the chosen JR's points pooled separately (headline: the base's).
 
 Every other defence at its chosen strength gets the robustness comparison and
 its accuracy cost too (``defences``, not claims).  :func:`write_report` writes
-``<dataset>.md``, ``<dataset>.json`` and four PNG plots per architecture.
+``<dataset>.md``, ``<dataset>.json`` and five PNG plots per architecture.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import numpy as np
 
 from jacuap import io as jacuap_io
 
+from . import bound_claim
 from . import records as rec
 from . import stats
 
@@ -46,9 +51,10 @@ CLAIMS = {
     "robustness": "JR makes models up to 4x more robust to UAPs",
     "accuracy": "Clean accuracy is maintained",
     "correlation": "The shared-perturbation metric correlates highly with observed robustness",
+    "bound": bound_claim.CLAIM,
     "class_pairs": "Class pairs with larger shared perturbation s_ij are the ones targeted UAPs push between",
 }
-PLOTS = ("frontier", "uer_vs_eps", "metrics_vs_uer", "class_pairs")
+PLOTS = ("frontier", "uer_vs_eps", "metrics_vs_uer", "class_pairs", "bound_vs_observed")
 _ORDER = ("jr", "stacked_spectral", "uat", "cw_uat", "sat", "pgd", "trades")
 _LEVEL = 0.95
 
@@ -305,6 +311,8 @@ def _analyse_arch(arch: str, recs: List[Dict[str, Any]], choice: Dict[str, Any],
                           "jr_only": {"n_records": len(in_jr), "metrics": corr_jr},
                           "jr_per_lambda": {"n_points": len(by_lambda), "metrics": corr_lambda}}, where))
 
+    claims.append({"id": "bound", "claim": CLAIMS["bound"], "arch": arch, **bound_claim.analyse_bound(recs, reps, seed)})
+
     t_ref = _ref_eps(_eps((base or []) + (jr or []), "targeted", common=False))
     pair_points = {"base": _class_points(base or [], t_ref), "jr": _class_points(jr or [], t_ref)}
     pair_corr = {k: _correlations(p["x"], p["y"], reps, seed) for k, p in pair_points.items()}
@@ -493,6 +501,11 @@ def _markdown(analysis: Dict[str, Any], records: Sequence[Dict[str, Any]], datas
         lines += _table(["metric", "Pearson r [95%]", "Spearman rho [95%]", "JR only: Pearson", "JR only: Spearman"],
                         [[m, _ci(c and c["pearson"]), _ci(c and c["spearman"]), _ci(j and j["pearson"]),
                           _ci(j and j["spearman"])] for m, c, j in corr])
+        bound = mine["bound"]["detail"]
+        lines += ["", f"### Bound on the worst-case UAP's effect (medians over models; the first "
+                  f"{', '.join(map(str, bound['num_inputs'])) or '-'} "
+                  "test inputs; tightness = first order / bound)"]
+        lines += bound_claim.bound_table(bound)
         lines += _schedule_lines(arch, (analysis.get("schedule") or {}).get(arch))
         lines += _transfer_lines((analysis.get("transfer") or {}).get(arch))
         lines += ["", "### Plots", ""] + [f"![{dataset} {arch} {name}]({dataset}_{arch}_{name}.png)" for name in PLOTS]
@@ -633,6 +646,11 @@ def _plots(analysis: Dict[str, Any], arch: str, out_dir: str, dataset: str) -> L
     ax.set(xlabel="mean s_ij (class i, class j)", ylabel=f"targeted i->j success, eps={_f(a['reference_eps']['targeted'])}",
            title=f"{dataset} {arch}: class pairs")
     save(fig, ax, "class_pairs")
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    bound = next(c for c in analysis["claims"] if c["arch"] == arch and c["id"] == "bound")["detail"]
+    bound_claim.draw_bound_vs_observed(ax, bound["points"], f"{dataset} {arch}: bound vs observed")
+    save(fig, ax, "bound_vs_observed")
     return paths
 
 
