@@ -13,8 +13,13 @@ within 1 point of lambda 0's accuracy), the claims' extra seeds (lambda 0 and
 lambda*), then the defences' grids, their strengths chosen on the validation
 split, and their extra seeds; last, the transfer matrix between the seed-0
 models of lambda 0 and every chosen strength (``transfer.json``; it needs the
-trained models, so it runs where they were trained).  Every finished model is a JSON record under
-``<out>/<dataset>/models/`` (benchmarks/reproduction/records.py) with its
+trained models, so it runs where they were trained); and the bound step, which
+adds ``test.bound`` (the paper's Jacobian bound beside what the worst-case UAPs
+do: benchmarks/reproduction/bound_records.py) to every record whose model's
+workdir is on this machine, from its checkpoint and saved UAPs, without
+training or attacking (also with --max_models=0; --nobounds skips it; --plan
+lists the records it cannot measure here).  Every finished model is a JSON
+record under ``<out>/<dataset>/models/`` (benchmarks/reproduction/records.py) with its
 parameters' fingerprint and per-input outcomes; a rerun, on any machine,
 skips finished records and resumes a model cut short (its training and each
 attack row resume on their own).  The analysis (claims with bootstrap
@@ -58,6 +63,8 @@ flags.DEFINE_integer("max_models", None, "Evaluate at most this many new models,
 flags.DEFINE_bool("plan", False, "Print the plan and what is done, then exit.")
 flags.DEFINE_integer("reps", 2000, "Bootstrap replicates of each interval.")
 flags.DEFINE_bool("progress", False, "Progress bars of the attacks.")
+flags.DEFINE_bool("bounds", True, "Add test.bound to every record whose model workdir is here (no training or "
+                  "attacks; also with --max_models=0).")
 flags.DEFINE_string("results_md", None, "A file whose <!-- claims:DATASET --> block gets the claims table and "
                     "whose <!-- report:DATASET --> block the report's tables and plots "
                     "(default: RESULTS.md when --out is the default results/, else none).")
@@ -124,6 +131,7 @@ class Sweep:
         record = evaluate.evaluate(spec, self.plan, self.workroot, self.data_dir, progress=FLAGS.progress)
         records.save_record(self.out, record)
         self.evaluated += 1
+        self.bounds([record])
         self.analyse()
         return record
 
@@ -184,6 +192,16 @@ class Sweep:
             self._write("transfer.json", state)
         self._write("transfer.json", state)
 
+    def bounds(self, found: Optional[List[Dict[str, Any]]] = None) -> List[str]:
+        """The bound step: ``test.bound`` added to each record of ``found`` (default: all) whose workdir is here."""
+        from benchmarks.reproduction import bound_records
+
+        if not FLAGS.bounds:
+            return []
+        log = lambda m: print(m, flush=True)
+        return bound_records.add_bounds(self.out, self.workroot, self.records() if found is None else found,
+                                        reps=FLAGS.reps, log=log)
+
     def run(self, archs: List[plans.Arch], methods: List[str]) -> None:
         epochs = {a.name: self.schedule(a) for a in archs}
         defences = [m for m in methods if m != "jr"]
@@ -236,8 +254,11 @@ class Sweep:
         return written
 
     def describe(self, archs: List[plans.Arch], methods: List[str]) -> None:
+        from benchmarks.reproduction import bound_records
+
         sched, sel = self._json("schedule.json"), self._json("selection.json").get("archs", {})
-        done = {r["id"] for r in self.records()}
+        found = self.records()
+        done = {r["id"] for r in found}
         print(f"== {self.plan.dataset}: {len(done)} records in {self.dir}")
         for arch in archs:
             e = sched.get(arch.name, {}).get("epochs")
@@ -250,6 +271,7 @@ class Sweep:
                 print(f"    {m:17s} grid {', '.join(f'{s:g}' for s in grid)}: "
                       f"{sum(i in done for i in ids)}/{len(ids)} done; chosen "
                       f"{'-' if pick is None else f'{pick:g}'}; seeds {list(self.plan.claim_seeds)}")
+        print("\n".join(bound_records.plan_lines(self.workroot, found)))
 
 
 def run_dataset(name: str) -> bool:
@@ -275,6 +297,9 @@ def run_dataset(name: str) -> bool:
             print(f"{name}: sweep complete", flush=True)
     except _Budget:
         print(f"{name}: stopped after {sweep.evaluated} new models (--max_models); rerun to continue", flush=True)
+    measured = sweep.bounds()
+    if measured:
+        print(f"{name}: test.bound added to {len(measured)} records", flush=True)
     written = sweep.analyse()
     print(f"{name}: {sweep.evaluated} new models in {(time.time() - start) / 60:.1f} min; wrote "
           f"{', '.join(os.path.relpath(p, FLAGS.out) for p in written) or 'nothing (no records)'}", flush=True)

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import jacuap
-from benchmarks.reproduction import bound, stats
+from benchmarks.reproduction import bound, bound_records, stats
 from jacuap import attacks, metrics
 
 SHAPE = (4, 4, 1)
@@ -222,6 +222,96 @@ def test_bad_arguments_raise_value_errors_naming_them(call, name):
 
 
 def test_doctests():
-    for module in (bound, stats):
+    for module in (bound, stats, bound_records):
         failed, attempted = doctest.testmod(module)
         assert attempted > 0 and failed == 0, module.__name__
+
+
+# -- the sweep's bound step (benchmarks/reproduction/bound_records.py) on a real workdir ------------------------------
+
+@pytest.fixture(scope="module")
+def workroot(tmp_path_factory):
+    """A 1-epoch 8-unit digits MLP where the sweep keeps it (``<root>/digits/mlp/e1/jr_0_s0``), and its record
+    with two suite worst cases whose UAPs are saved in ``suite/`` (no attack: sign vectors)."""
+    from jacuap import train
+    from jacuap.configs import default
+    from jacuap.evaluation import restore, store
+
+    from benchmarks.reproduction import records
+
+    root = tmp_path_factory.mktemp("work")
+    workdir = root / "digits" / "mlp" / "e1" / "jr_0_s0"
+    config = default.get_config()
+    config.update(dataset="digits", model="mlp", jr_lambda=0.0, num_epochs=1, progress=False, eval_num_inputs=20)
+    config.model_kwargs = {"hidden": (8,)}
+    train.train_and_evaluate(config, str(workdir))
+    _, ds, apply_fn, params = restore(str(workdir))
+    num_eval, n = 40, 30
+    x = np.asarray(ds.test_images[:num_eval])
+    (workdir / "suite").mkdir()
+    rng = np.random.default_rng(0)
+    clean = metrics.predict(apply_fn, params, x)
+    worst = []
+    for eps, attack, seed in ((0.1, "sgd_uap", 1), (0.2, "sgd_uap_restarts", 0)):
+        v = (eps * np.sign(rng.normal(size=ds.image_shape))).astype(np.float32)
+        np.save(workdir / "suite" / (store.stem(attack, "linf", eps, seed) + ".npy"), v)
+        changed = metrics.predict(apply_fn, params, np.clip(x + v, 0, 1)) != clean
+        worst.append({"eps": eps, "attack": attack, "seed": seed, "uer": 0.5, "fooling_rate": float(changed.mean()),
+                      "craft_uer": 0.5, "wrong": records.pack_bits(changed), "changed": records.pack_bits(changed)})
+    record = {"id": "digits/mlp/jr_0_s0", "dataset": "digits", "arch": "mlp", "method": "jr", "strength": 0.0,
+              "seed": 0, "config": {"num_epochs": 1}, "params_fingerprint": store.model_fingerprint(params),
+              "train": {"num_epochs": 1},
+              "test": {"num_eval": num_eval, "worst_case": worst, "clean_correct": records.pack_bits(clean == clean),
+                       "metrics": {"num_inputs": n,
+                                   "stacked_spectral_norm": metrics.stacked_sigma_max(apply_fn, params, x[:n])}}}
+    return str(root), record
+
+
+def test_the_bound_step_adds_test_bound_once_and_leaves_what_it_cannot_measure(workroot, tmp_path):
+    import copy
+
+    from benchmarks.reproduction import records
+
+    br = bound_records
+    root, record = workroot
+    results = str(tmp_path / "results")
+    mine = copy.deepcopy(record)
+    missing = copy.deepcopy(record)
+    missing.update(id="digits/mlp/jr_0_s1", seed=1)  # trained elsewhere: no workdir here
+    other = copy.deepcopy(record)
+    other["params_fingerprint"] = "sha256:0000000000000000"  # its workdir holds another model
+    for r in (mine, missing):
+        records.save_record(results, r)
+    assert [br.bound_status(root, r) for r in (mine, missing)] == [br.PENDING, br.MISSING]
+    logged = []
+    assert br.add_bounds(results, root, [other], reps=50, log=logged.append) == []
+    assert "holds another model" in logged[0] and "bound" not in other["test"]
+    before_missing = open(records.record_path(results, missing["id"]), "rb").read()
+    assert br.add_bounds(results, root, [mine, missing], reps=50, log=logged.append) == [mine["id"]]
+    saved = records.load_record(results, mine["id"])
+    b = saved["test"]["bound"]
+    assert br.bound_status(root, saved) == br.MEASURED and b["num_inputs"] == 30 and b["input_dim"] == 64
+    assert [(r["eps"], r["attack"], r["seed"], r["file"]) for r in b["budgets"]] == [
+        (0.1, "sgd_uap", 1, "sgd_uap_linf_eps0.1_seed1.npy"), (0.2, "sgd_uap_restarts", 0,
+                                                              "sgd_uap_restarts_linf_eps0.2_seed0.npy")]
+    assert b["sigma_max"] == pytest.approx(b["sigma_max_record"], rel=1e-5) and b["holds"]
+    for r in b["budgets"]:
+        assert r["fooling_rate"] == pytest.approx(r["fooling_rate_record"], abs=1 / 30 + 1e-12)
+        assert r["first_order"] <= r["bound"] and r["tightness"]["reps"] == 50
+    # Idempotent: a rerun measures nothing and rewrites nothing; the record without a workdir is untouched.
+    before = open(records.record_path(results, mine["id"]), "rb").read()
+    assert br.add_bounds(results, root, [saved, records.load_record(results, missing["id"])], reps=50) == []
+    assert open(records.record_path(results, mine["id"]), "rb").read() == before
+    assert open(records.record_path(results, missing["id"]), "rb").read() == before_missing
+
+
+def test_plan_lists_records_whose_bound_cannot_be_measured(workroot):
+    br = bound_records
+    root, record = workroot
+    missing = dict(record, id="digits/mlp/jr_0_s1", seed=1)
+    lines = br.plan_lines(root, [record, missing])
+    assert lines == ["  bound (test.bound): 0 measured, 1 to measure, 1 not measured (workdir missing)",
+                     "    digits/mlp/jr_0_s0: bound: to measure",
+                     "    digits/mlp/jr_0_s1: bound: not measured (workdir missing)"]
+    measured = dict(record, test={**record["test"], "bound": {"budgets": []}})
+    assert br.plan_lines(root, [measured])[1:] == []

@@ -4,5 +4,7 @@
 * :mod:`.plan` - which models the sweep trains, in what order, and how strengths are chosen;
 * :mod:`.evaluate` - trains one model and measures everything its record holds;
 * :mod:`.stats` - bootstrap intervals over seeds and test inputs, correlations, verdicts;
+* :mod:`.bound` - the paper's Jacobian bound beside what a model's UAPs do; :mod:`.bound_records` adds it to
+  records (``test.bound``), :mod:`.bound_claim` makes it a row of the claims;
 * :mod:`.report` - the claims, tables and plots from a set of records.
 """

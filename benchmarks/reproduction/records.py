@@ -31,6 +31,8 @@ Schema ``jacuap.reproduction.model/1`` (every number a float or int, ``None`` wh
       "sgd_uap":    [{"eps", "uer", "fooling_rate", "wrong": bits, "changed": bits}],     the finer grid
       "targeted":   [{"eps", "success": K x K (None on the diagonal), "source_counts": [K]}],
       "metrics":    jacuap.metrics.jacobian_metrics's dict (with the *_by_class K x K tables)
+      "bound":      optional, added later by the bound step (bound_records.py) where the model's workdir is:
+                    benchmarks.reproduction.bound.uap_bound's dict on the metric inputs, per worst-case budget
     }
     seconds       {"train", "evaluate"}
     machine       {"platform", "backend", "devices"}
