@@ -159,6 +159,13 @@ def test_reproduce_quick_on_digits(tmp_path):
     analysis = json.load(open(out / "digits.json"))
     for claim in analysis["claims"]:
         assert {"claim", "estimate", "ci95", "verdict"} <= set(claim)
+    # The bound step measured every record from its workdir: test.bound at each worst-case budget, a claims row.
+    for rid in ids:
+        b = records.load_record(str(out), f"digits/mlp/{rid}")["test"]["bound"]
+        assert [x["eps"] for x in b["budgets"]] == [0.1] and b["num_inputs"] == 60 and b["holds"]
+    bound_row = next(c for c in analysis["claims"] if c["id"] == "bound")
+    assert bound_row["verdict"] in ("holds", "holds partly") and "bound held at 7/7 (model, eps)" in bound_row["where"]
+    assert (out / "digits_mlp_bound_vs_observed.png").stat().st_size > 0
     assert (out / "digits.md").stat().st_size > 500
     assert any(f.endswith(".png") for f in os.listdir(out))
     # A rerun, as on another machine: nothing trained or attacked, the same records.
@@ -177,6 +184,21 @@ def test_reproduce_quick_on_digits(tmp_path):
     assert before == {f: (out / "digits" / "models" / "mlp" / f).read_bytes()
                       for f in os.listdir(out / "digits" / "models" / "mlp")}
     assert git("status", "--porcelain") == ""
+    # A record whose model was trained elsewhere (no workdir here) keeps no test.bound, is listed by --plan,
+    # and is counted as not measured in the claims row.
+    moved = records.load_record(str(out), "digits/mlp/jr_0_s1")
+    del moved["test"]["bound"]
+    records.save_record(str(out), moved)
+    work = repo / "runs" / "reproduce_quick" / "work" / "digits" / "mlp" / "e4"
+    os.rename(work / "jr_0_s1", work / "jr_0_s1.elsewhere")
+    plan = _run(*args, "--plan", cwd=repo)
+    assert plan.returncode == 0 and "bound (test.bound): 6 measured, 0 to measure, 1 not measured" in plan.stdout
+    assert "digits/mlp/jr_0_s1: bound: not measured (workdir missing)" in plan.stdout
+    again = _run(*args, "--max_models=0", cwd=repo)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "bound" not in records.load_record(str(out), "digits/mlp/jr_0_s1")["test"]
+    bound_row = next(c for c in json.load(open(out / "digits.json"))["claims"] if c["id"] == "bound")
+    assert "1 of 7 records not measured" in bound_row["where"]
 
 
 def test_user_mistakes_are_one_line(tmp_path):
