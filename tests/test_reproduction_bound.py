@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import jacuap
-from benchmarks.reproduction import bound, bound_records, stats
+from benchmarks.reproduction import bound, bound_claim, bound_records, stats
 from jacuap import attacks, metrics
 
 SHAPE = (4, 4, 1)
@@ -214,6 +214,8 @@ def test_implied_fooling_count_is_the_largest_affordable_set():
     (lambda v: bound.margins_of([1.0, 2.0]), "logits"),
     (lambda v: stats.ratio_of_sums_interval([1.0, 2.0], [1.0]), "denominator"),
     (lambda v: stats.median_interval([]), "values"),
+    (lambda v: bound_records.workdir_of_record("/w", {"id": "d/mlp/jr_0_s0"}), "record"),
+    (lambda v: bound_claim.analyse_bound({"test": {}}), "recs"),
 ])
 def test_bad_arguments_raise_value_errors_naming_them(call, name):
     v = np.full(SHAPE, 0.1, np.float32)

@@ -196,6 +196,7 @@ def per_input_effects(apply_fn: Any, params: Any, x: Any, vs: Any, batch_size: i
 
 
 def _ratio(a: float, b: float) -> Optional[float]:
+    """``a / b``, None when ``b <= 0`` (JSON has no NaN)."""
     return float(a / b) if b > 0 else None
 
 
@@ -233,7 +234,7 @@ def uap_bound(apply_fn: Any, params: Any, x: Any, uaps: Sequence[Tuple[float, An
     x = np.asarray(x)
     budgets = _checked_uaps(uaps, x.shape[1:], norm)
     n, d = int(x.shape[0]), int(np.prod(x.shape[1:]))
-    stats.ratio_of_sums_interval([1.0], [1.0], reps=reps, level=level)  # checks reps and level before the work
+    stats.ratio_of_sums_interval([1.0], [1.0], reps=reps, level=level)  # ValueError on reps or level, before the work
     sigma = metrics.stacked_sigma_max(apply_fn, params, x, jax.random.PRNGKey(0) if key is None else key,
                                       batch_size=batch_size)
     vs = np.stack([v for _, v in budgets])

@@ -40,14 +40,17 @@ CLAIM = "The UAP's effect is bounded by norms of data-dependent Jacobians"
 
 
 def _ek(eps: float) -> float:
+    """An eps as a dict key (rounded: two programs' 8/255 need not agree to the last bit)."""
     return round(float(eps), 6)
 
 
 def _f(v: Any) -> str:
+    """A number in 3 significant digits, "-" for None."""
     return "-" if v is None else f"{v:.3g}"
 
 
 def _median(values: Sequence[Any]) -> Optional[float]:
+    """The median of the values that are not None; None when there are none."""
     vals = [float(v) for v in values if v is not None]
     return float(np.median(vals)) if vals else None
 
@@ -79,6 +82,8 @@ def analyse_bound(recs: Sequence[Dict[str, Any]], reps: int = 2000, seed: int = 
     "linearity", "unclipped_linearity", "implied_fooling_rate", "fooling_rate" (medians), "fr_bound_held"}],
     "points": [one per (model, budget)]}``.
     """
+    if isinstance(recs, dict) or not all(isinstance(r, dict) and isinstance(r.get("test"), dict) for r in recs):
+        raise ValueError("recs must be a list of record dicts (each with a test part)")
     measured = [r for r in recs if r["test"].get("bound")]
     missing = [r["id"] for r in recs if not r["test"].get("bound")]
     points = _points(measured)
@@ -120,7 +125,8 @@ def analyse_bound(recs: Sequence[Dict[str, Any]], reps: int = 2000, seed: int = 
               f"outside [{band[0]:g}, {band[1]:g}])" if detail["breaks_at_eps"] is not None else
               f"first order within [{band[0]:g}, {band[1]:g}] at every eps")]
     if missing:
-        parts.append(f"{len(missing)} of {len(recs)} records not measured (no test.bound: workdir missing)")
+        parts.append(f"{len(missing)} of {len(recs)} records not measured (no test.bound: their workdirs were not "
+                     f"where the bound step ran)")
     return {"estimate": head.get("estimate"), "ci95": [head.get("low"), head.get("high")], "verdict": verdict,
             "where": "; ".join(parts), "detail": detail}
 
@@ -139,7 +145,7 @@ def bound_table(detail: Dict[str, Any]) -> List[str]:
     lines = ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     if detail["not_measured"]:
-        lines += ["", f"Not measured (no test.bound: the model's workdir was not on the machine): "
+        lines += ["", f"Not measured (no test.bound: their workdirs were not where the bound step ran): "
                       f"{len(detail['not_measured'])} of {detail['n_records']} records."]
     return lines
 

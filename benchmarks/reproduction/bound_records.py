@@ -35,10 +35,28 @@ __all__ = ["MEASURED", "PENDING", "MISSING", "workdir_of_record", "bound_status"
 MEASURED, PENDING, MISSING = "measured", "to measure", "not measured (workdir missing)"
 
 
+_FIELDS = ("id", "dataset", "arch", "method", "strength", "seed", "test")
+
+
+def _check_record(record: Any) -> None:
+    """ValueError naming ``record`` unless it is a record dict with the fields the step reads."""
+    if not isinstance(record, dict) or any(k not in record for k in _FIELDS) or not isinstance(record["test"], dict):
+        raise ValueError(f"record must be a model record (a dict with {', '.join(_FIELDS)}), got "
+                         f"{sorted(record) if isinstance(record, dict) else type(record).__name__}")
+    if not (record.get("config") or {}).get("num_epochs") and not (record.get("train") or {}).get("num_epochs"):
+        raise ValueError(f"record {record['id']} names no num_epochs (config or train): its workdir is unknown")
+
+
 def workdir_of_record(workroot: str, record: Dict[str, Any]) -> str:
-    """Where the sweep trained ``record``'s model: :func:`.evaluate.workdir_of` of its spec."""
+    """Where the sweep trained ``record``'s model: :func:`.evaluate.workdir_of` of its spec.
+
+    >>> workdir_of_record("/w", {"id": "d/mlp/jr_0.1_s2", "dataset": "d", "arch": "mlp", "method": "jr",
+    ...                          "strength": 0.1, "seed": 2, "test": {}, "config": {"num_epochs": 4}})
+    '/w/d/mlp/e4/jr_0.1_s2'
+    """
     from benchmarks.reproduction import evaluate
 
+    _check_record(record)
     epochs = int((record.get("config") or {}).get("num_epochs") or record["train"]["num_epochs"])
     arch = plans.Arch(record["arch"], epochs, epochs)
     spec = plans.ModelSpec(record["dataset"], arch, record["method"], float(record["strength"]),
@@ -47,6 +65,7 @@ def workdir_of_record(workroot: str, record: Dict[str, Any]) -> str:
 
 
 def _uap_path(workdir: str, entry: Dict[str, Any]) -> str:
+    """``<workdir>/suite/<attack>_linf_eps<eps>_seed<seed>.npy``: the suite's file of a worst-case entry."""
     from jacuap.evaluation import store
 
     return os.path.join(workdir, "suite", store.stem(entry["attack"], "linf", entry["eps"], entry["seed"]) + ".npy")
@@ -112,6 +131,7 @@ def measure_bound(workroot: str, record: Dict[str, Any], reps: int = 2000, seed:
 
 
 def _g(v: Any) -> str:
+    """A number in 3 significant digits, "-" for None."""
     return "-" if v is None else f"{v:.3g}"
 
 
