@@ -116,13 +116,15 @@ def analyse_bound(recs: Sequence[Dict[str, Any]], reps: int = 2000, seed: int = 
     head = ref["tightness"] or {}
     verdict = ("does not hold" if detail["violations"] else "holds partly" if detail["fr_exceeded"] else "holds")
     n = len(points)
+    brk = next((x for x in detail["per_eps"] if x["eps"] == detail["breaks_at_eps"]), None)
     parts = [f"bound held at {n - len(detail['violations'])}/{n} (model, eps)",
              "median tightness " + ", ".join(f"{_f(x['tightness'] and x['tightness']['estimate'])} (eps {x['eps']:g})"
                                              for x in detail["per_eps"]),
              f"implied FR >= measured FR at {n - len(detail['fr_exceeded'])}/{n} (eps {ref['eps']:g}: median "
              f"{_f(ref['implied_fooling_rate'])} vs {_f(ref['fooling_rate'])})",
-             (f"first order breaks from eps {detail['breaks_at_eps']:g} (median observed/first-order "
-              f"outside [{band[0]:g}, {band[1]:g}])" if detail["breaks_at_eps"] is not None else
+             (f"first order breaks from eps {brk['eps']:g} (median observed/first-order {_f(brk['linearity'])} "
+              f"outside [{band[0]:g}, {band[1]:g}]; without clipping {_f(brk['unclipped_linearity'])})"
+              if brk is not None else
               f"first order within [{band[0]:g}, {band[1]:g}] at every eps")]
     if missing:
         parts.append(f"{len(missing)} of {len(recs)} records not measured (no test.bound: their workdirs were not "
