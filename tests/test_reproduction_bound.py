@@ -7,7 +7,6 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import jacuap
@@ -99,27 +98,13 @@ def test_linear_l2_bound_is_exact_for_the_top_singular_vector_and_clipping_shrin
 
 
 @pytest.fixture(scope="module")
-def mlp():
-    """A 16-unit MLP trained full-batch on jacuap.load_dataset("digits"), and SGD-UAPs at three budgets."""
-    ds = jacuap.load_dataset("digits")
-    model = jacuap.models.MODELS["mlp"](num_classes=10, hidden=(16,))
-    apply_fn = jacuap.make_apply_fn(model)
-    params = jacuap.init_params(model, jax.random.PRNGKey(0), ds.image_shape)
-    xtr, ytr = jnp.asarray(ds.train_images), jnp.asarray(ds.train_labels)
-    opt = optax.adam(1e-2)
-
-    @jax.jit
-    def step(p, s):
-        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(apply_fn(p, xtr), ytr).mean()
-        updates, s = opt.update(jax.grad(loss)(p), s)
-        return optax.apply_updates(p, updates), s
-
-    state = opt.init(params)
-    for _ in range(150):
-        params, state = step(params, state)
-    x = np.asarray(ds.test_images[:200])
-    assert metrics.accuracy(apply_fn, params, x, ds.test_labels[:200]) > 0.85
-    uaps = [(e, np.asarray(attacks.sgd_uap(apply_fn, params, xtr[:400], ytr[:400], eps=e, key=jax.random.PRNGKey(1),
+def mlp(trained_digits):
+    """The suite's trained digits MLP (conftest's ``trained_digits``) and SGD-UAPs at three budgets."""
+    apply_fn, params = trained_digits["apply_fn"], trained_digits["params"]
+    x = np.asarray(trained_digits["xe"][:200])
+    assert metrics.accuracy(apply_fn, params, x, trained_digits["ye"][:200]) > 0.85
+    xa, ya = trained_digits["xa"], trained_digits["ya"]
+    uaps = [(e, np.asarray(attacks.sgd_uap(apply_fn, params, xa, ya, eps=e, key=jax.random.PRNGKey(1),
                                                  num_epochs=3).v))
             for e in (0.05, 0.1, 0.2)]
     return apply_fn, params, x, uaps
