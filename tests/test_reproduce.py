@@ -150,6 +150,12 @@ def test_reproduce_quick_on_digits(tmp_path):
     assert wrong.mean() == pytest.approx(record["test"]["worst_case"][0]["uer"], abs=1e-12)
     assert [r["eps"] for r in record["test"]["sgd_uap"]] == [0.05, 0.1, 0.2]
     assert record["params_fingerprint"].startswith("sha256:") and record["train"]["validation_accuracy"] > 0.5
+    # The worst case chosen by fooling rate on the crafting split, beside the one chosen by UER.
+    by_fr = record["test"]["worst_case_by_fooling_rate"]
+    assert [w["eps"] for w in by_fr] == [0.1] and by_fr[0]["craft_fooling_rate"] >= record["test"]["worst_case"][0][
+        "craft_fooling_rate"]
+    changed = records.unpack_bits(by_fr[0]["changed"], n)
+    assert changed.mean() == pytest.approx(by_fr[0]["fooling_rate"], abs=1e-12)
     # The transfer matrix's diagonal is each model's own worst case.
     transfer = json.load(open(out / "digits" / "transfer.json"))["mlp"]
     assert len(transfer["models"]) == 3  # lambda 0, lambda*, uat at seed 0
@@ -211,6 +217,8 @@ def test_user_mistakes_are_one_line(tmp_path):
 def test_doctests():
     import doctest
 
-    for module in (plans, records):
+    from benchmarks.reproduction import class_pairs
+
+    for module in (plans, records, class_pairs):
         failed, attempted = doctest.testmod(module)
         assert attempted > 0 and failed == 0, module.__name__

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.reproduction import records, report
 
-K, N = 3, 200
+K, N = 4, 200
 REPS = 100
 WC_EPS = (0.05, 0.1)
 SGD_EPS = (0.05, 0.1, 0.2, 0.3)
@@ -111,9 +111,9 @@ def test_analyse_and_write_report(tmp_path):
     assert rob["where"].startswith("4x within the interval: ") and "UER ratio at lambda 1, eps 0.1: 8 [" in rob["where"]
     tight = [{"strength": 0.5, "uer_ratio": [{"eps": 0.1, "estimate": 2.0, "low": 1.5, "high": 2.5}],
               "fooling_rate_ratio": [{"eps": 0.1, "estimate": 3.5, "low": 3.0, "high": 4.2}], "eps50_ratio": None}]
-    assert report._where_robustness(tight) == "4x within the interval: fooling rate ratio at lambda 0.5, eps 0.1: 3.5 [3, 4.2]"
+    assert report._where_robustness(tight) == "4x within the interval: fooling rate ratio (worst case by UER) at lambda 0.5, eps 0.1: 3.5 [3, 4.2]"
     assert report._where_robustness(tight, {0.5: {"estimate": 3.5, "low": 3.1, "high": 3.9}}) == (
-        "4x within the interval: fooling rate ratio at lambda 0.5, eps 0.1: 3.5 [3, 4.2] (accuracy cost 3.5 [3.1, 3.9] "
+        "4x within the interval: fooling rate ratio (worst case by UER) at lambda 0.5, eps 0.1: 3.5 [3, 4.2] (accuracy cost 3.5 [3.1, 3.9] "
         "points)")
     assert "UER ratio at lambda 1, eps 0.1: 8 [" in rob["where"] and "(accuracy cost " in rob["where"]
     tight[0]["fooling_rate_ratio"][0]["high"] = 3.9
@@ -136,9 +136,13 @@ def test_analyse_and_write_report(tmp_path):
     assert corr["detail"]["jr_per_lambda"]["n_points"] == 3
     assert corr["detail"]["jr_per_lambda"]["metrics"]["shared_perturbation_strength"]["spearman"]["estimate"] == pytest.approx(1.0)
     assert "lambda*'s class pairs: Spearman" in claims["class_pairs"]["where"]
-    # Class pairs: 5 known ordered pairs per record (6, one None), two base seeds pooled.
-    assert len(analysis["archs"]["cnn"]["class_pair_points"]["base"]["x"]) == 10
-    assert claims["class_pairs"]["detail"]["pools"]["jr"]["n"] == 10
+    # Class pairs: 11 known ordered pairs per record (12, one None), two base seeds pooled for the plot; the
+    # interval resamples the 5 complete unordered pairs (both directions known) and the 2 seeds.
+    assert len(analysis["archs"]["cnn"]["class_pair_points"]["base"]["x"]) == 22
+    pool = claims["class_pairs"]["detail"]["pools"]["jr"]
+    assert (pool["n"], pool["clusters"], pool["seeds"]) == (20, 5, 2)
+    assert claims["class_pairs"]["sample"] == "base: 5 pairs x 2 seeds; lambda*: 5 pairs x 2 seeds"
+    assert claims["robustness"]["sample"] == "2 vs 2 seeds" and claims["correlation"]["sample"] == "6 models, one point each"
     assert [d["method"] for d in analysis["defences"]] == ["uat"] and not analysis["defences"][0]["paired"]
     table = analysis["archs"]["cnn"]["table"]
     assert [(r["method"], r["strength"], r["chosen"]) for r in table] == [
@@ -292,3 +296,25 @@ def test_results_md_claims_are_the_committed_outputs():
             assert block == report.results_block(dataset, f.read()), \
                 f"RESULTS.md's report:{dataset} block differs from results/{dataset}.md: rerun benchmarks/reproduce.py"
     assert blocks, "RESULTS.md shows no report block"
+
+
+def test_fooling_rate_ratio_uses_the_worst_case_chosen_by_fooling_rate():
+    """Where every record of both sides has it, the FR ratio reads the FR-chosen worst case (here twice the
+    UER-chosen one's fooling rate on JR's side), and says so; one older record anywhere: the UER-chosen one."""
+    recs = make_records()
+    rng = np.random.default_rng(9)
+    for r in recs:
+        r["test"]["worst_case_by_fooling_rate"] = [
+            {**w, "attack": "sga_uap", "fooling_rate": min(1.0, 2 * w["fooling_rate"] if r["strength"] else w["fooling_rate"]),
+             "changed": bits(rng, min(1.0, 2 * w["fooling_rate"] if r["strength"] else w["fooling_rate"]))}
+            for w in r["test"]["worst_case"]]
+    rob = claims_by_id(report.analyse(recs, SELECTION, reps=REPS))["robustness"]
+    assert rob["detail"]["fooling_rate_worst_case_by"] == "fooling_rate"
+    fr = rob["detail"]["fooling_rate_ratio"][1]  # eps 0.1: 0.36 on the base, 0.216 on lambda 0.1
+    assert fr["estimate"] == pytest.approx(0.36 / 0.216, rel=0.05)
+    table = report.analyse(recs, SELECTION, reps=REPS)["archs"]["cnn"]["table"]
+    assert table[1]["worst_case"][1]["fooling_rate_by_fooling_rate"] == pytest.approx(0.216)
+    del recs[0]["test"]["worst_case_by_fooling_rate"]
+    rob = claims_by_id(report.analyse(recs, SELECTION, reps=REPS))["robustness"]
+    assert rob["detail"]["fooling_rate_worst_case_by"] == "uer"
+    assert rob["detail"]["fooling_rate_ratio"][1]["estimate"] == pytest.approx(0.36 / 0.108, rel=0.05)

@@ -155,6 +155,10 @@ def test_correlation_skips_constant_replicates():
     (lambda: stats.correlation_interval([1, 2, 3], [1, 2]), "y"),
     (lambda: stats.correlation_interval([1, 2, 3], [1, 2, np.nan]), "y"),
     (lambda: stats.correlation_interval([1, 2, 3], [1, 2, 3], level=1.5), "level"),
+    (lambda: stats.cluster_correlation_interval(np.ones((1, 2, 2)), np.ones((1, 2, 2))), "x"),
+    (lambda: stats.cluster_correlation_interval(np.ones((6,)), np.ones((6,))), "x"),
+    (lambda: stats.cluster_correlation_interval(np.ones((1, 3, 2)), np.ones((1, 3, 1))), "y"),
+    (lambda: stats.cluster_correlation_interval(np.ones((1, 3, 2)), np.full((1, 3, 2), np.nan)), "y"),
 ])
 def test_bad_inputs_raise_naming_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
@@ -213,3 +217,33 @@ def test_replicates_equal_explicit_resampling_in_float64(paired):
     got_b, got_m = stats._replicate_means(*stats._pair(b, m, paired, 3), 300, 7, paired)
     np.testing.assert_allclose(got_b, want_b, rtol=0, atol=1e-12)
     np.testing.assert_allclose(got_m, want_m, rtol=0, atol=1e-12)
+
+
+def test_cluster_bootstrap_counts_a_cluster_once():
+    """Each of 20 clusters holds the same point twice (a class pair's two directions): the estimate is the
+    points' correlation, and the interval is as wide as the one over the 20 distinct points, where the
+    point-level bootstrap over 40 points would be about sqrt(2) too narrow."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=20)
+    y = x + rng.normal(size=20)
+    twice = lambda v: np.repeat(v[None, :, None], 2, axis=2)  # (1 seed, 20 clusters, 2 points)
+    clustered = stats.cluster_correlation_interval(twice(x), twice(y), reps=2000, seed=1)
+    distinct = stats.correlation_interval(x, y, reps=2000, seed=1)
+    points = stats.correlation_interval(np.repeat(x, 2), np.repeat(y, 2), reps=2000, seed=1)
+    assert clustered["n"] == 40 and clustered["clusters"] == 20 and clustered["seeds"] == 1
+    assert clustered["pearson"]["estimate"] == pytest.approx(points["pearson"]["estimate"], abs=1e-12)
+    w = lambda out: out["pearson"]["high"] - out["pearson"]["low"]
+    assert w(clustered) == pytest.approx(w(distinct), rel=0.15)
+    assert w(points) < 0.85 * w(clustered)
+
+
+def test_cluster_bootstrap_resamples_seeds():
+    """Two seeds whose relations disagree: resampling seeds widens the interval beyond one seed's."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 30, 2))
+    y = np.stack([x[0] + 0.3 * rng.normal(size=(30, 2)), -x[1] + 0.3 * rng.normal(size=(30, 2))])
+    both = stats.cluster_correlation_interval(x, y, reps=1000, seed=0)
+    one = stats.cluster_correlation_interval(x[:1], y[:1], reps=1000, seed=0)
+    assert both["seeds"] == 2 and abs(both["spearman"]["estimate"]) < 0.3
+    assert both["spearman"]["low"] < -0.5 and both["spearman"]["high"] > 0.5  # a draw of one seed twice
+    assert one["spearman"]["low"] > 0.8

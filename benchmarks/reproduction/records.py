@@ -27,7 +27,10 @@ Schema ``jacuap.reproduction.model/1`` (every number a float or int, ``None`` wh
       "clean_correct": bits, length N (prediction == label, no perturbation)
       "worst_case": [{"eps", "attack", "seed", "uer", "fooling_rate", "craft_uer",
                       "wrong": bits (prediction != label under the UAP),
-                      "changed": bits (prediction under the UAP != clean prediction)}],   one per suite budget
+                      "changed": bits (prediction under the UAP != clean prediction)}],   one per suite budget:
+                    the suite's row with the highest crafting-split UER
+      "worst_case_by_fooling_rate": the same, the row with the highest crafting-split fooling rate (with its
+                    "craft_fooling_rate"; absent from records made before it was recorded)
       "sgd_uap":    [{"eps", "uer", "fooling_rate", "wrong": bits, "changed": bits}],     the finer grid
       "targeted":   [{"eps", "success": K x K (None on the diagonal), "source_counts": [K]}],
       "metrics":    jacuap.metrics.jacobian_metrics's dict (with the *_by_class K x K tables)
@@ -35,7 +38,9 @@ Schema ``jacuap.reproduction.model/1`` (every number a float or int, ``None`` wh
                     benchmarks.reproduction.bound.uap_bound's dict on the metric inputs, per worst-case budget
     }
     seconds       {"train", "evaluate"}
-    machine       {"platform", "backend", "devices"}
+    machine       {"platform", "cpu", "backend", "devices"}   (cpu: the host's model name; absent in old
+                  records.  XLA:CPU compiles for the host's instruction set, so retraining on another CPU
+                  gives another fingerprint)
 
 Bits are ``base64(numpy.packbits(bool_array))``; :func:`unpack_bits` needs the length.
 """

@@ -38,7 +38,7 @@ import numpy as np
 
 from jacuap import io as jacuap_io
 
-from . import bound_claim
+from . import bound_claim, class_pairs
 from . import records as rec
 from . import stats
 
@@ -116,15 +116,30 @@ def _group(recs: Sequence[Dict[str, Any]]) -> Dict[tuple, List[Dict[str, Any]]]:
     return {k: sorted(groups[k], key=lambda r: int(r["seed"])) for k in sorted(groups, key=rank)}
 
 
+FR_WORST_CASE = "worst_case_by_fooling_rate"
+
+
+def fooling_rate_part(recs: Sequence[Dict[str, Any]]) -> str:
+    """Where the fooling rate's worst case is read: the one chosen by fooling rate when every record of
+    ``recs`` has it (:data:`FR_WORST_CASE`), else the one chosen by UER (``"worst_case"``, older records)."""
+    return FR_WORST_CASE if recs and all(r["test"].get(FR_WORST_CASE) for r in recs) else "worst_case"
+
+
 def _compare(base: List[Dict[str, Any]], model: List[Dict[str, Any]], reps: int, seed: int) -> Dict[str, Any]:
-    """Robustness ratios, base over model: worst-case UER and fooling rate per eps, SGD-UAP eps50."""
+    """Robustness ratios, base over model: worst-case UER and fooling rate per eps, SGD-UAP eps50.
+
+    The UER ratio compares the worst cases chosen by UER; the fooling-rate ratio those chosen by fooling
+    rate where both sides' records have them (``fooling_rate_worst_case_by`` says which was used).
+    """
     n, paired = _n(base, model), _seeds(base) == _seeds(model)
     kw = dict(reps=reps, seed=seed, level=_LEVEL, paired=paired)
+    fr_part = fooling_rate_part(base + model)
     out: Dict[str, Any] = {"seeds_base": _seeds(base), "seeds_model": _seeds(model), "paired": paired,
-                           "uer_ratio": [], "fooling_rate_ratio": [], "eps50_ratio": None}
-    for e in _eps(base + model, "worst_case"):
-        for key, name in (("wrong", "uer_ratio"), ("changed", "fooling_rate_ratio")):
-            xb, xm = ([_bits(r, _entry(r, "worst_case", e)[key], n) for r in g] for g in (base, model))
+                           "uer_ratio": [], "fooling_rate_ratio": [], "eps50_ratio": None,
+                           "fooling_rate_worst_case_by": "fooling_rate" if fr_part == FR_WORST_CASE else "uer"}
+    for key, name, part in (("wrong", "uer_ratio", "worst_case"), ("changed", "fooling_rate_ratio", fr_part)):
+        for e in _eps(base + model, part):
+            xb, xm = ([_bits(r, _entry(r, part, e)[key], n) for r in g] for g in (base, model))
             out[name].append({"eps": e, **stats.rate_ratio_interval(np.stack(xb), np.stack(xm), **kw)})
     grid = _eps(base + model, "sgd_uap")
     if grid:
@@ -134,7 +149,7 @@ def _compare(base: List[Dict[str, Any]], model: List[Dict[str, Any]], reps: int,
     return out
 
 
-_RATIOS = ("seeds_model", "paired", "uer_ratio", "fooling_rate_ratio", "eps50_ratio")
+_RATIOS = ("seeds_model", "paired", "uer_ratio", "fooling_rate_ratio", "eps50_ratio", "fooling_rate_worst_case_by")
 
 
 def _accuracy_cost(base: List[Dict[str, Any]], model: List[Dict[str, Any]], reps: int, seed: int) -> Dict[str, Any]:
@@ -156,8 +171,12 @@ def _row(key: tuple, recs: List[Dict[str, Any]], chosen: bool) -> Dict[str, Any]
     for e in _eps(recs, "worst_case", common=False):
         ents = [x for x in (_entry(r, "worst_case", e) for r in recs) if x is not None]
         uer = [x.get("uer") for x in ents]
+        by_fr = [x for x in (_entry(r, FR_WORST_CASE, e) for r in recs) if x is not None]
         row["worst_case"].append({"eps": e, "uer": _mean(uer), "uer_std": _std(uer), "n_seeds": len(ents),
-                                  "fooling_rate": _mean([x.get("fooling_rate") for x in ents])})
+                                  "fooling_rate": _mean([x.get("fooling_rate") for x in ents]),
+                                  # the fooling rate of the worst case chosen by fooling rate, where every seed has it
+                                  "fooling_rate_by_fooling_rate": _mean([x.get("fooling_rate") for x in by_fr])
+                                  if len(by_fr) == len(recs) else None})
     grid = _eps(recs, "sgd_uap", common=False)
     curve = [_mean([(_entry(r, "sgd_uap", e) or {}).get("uer") for r in recs]) for e in grid]
     ok = [(e, u) for e, u in zip(grid, curve) if u is not None]
@@ -182,10 +201,11 @@ def _where_robustness(per_lambda: Sequence[Dict[str, Any]], costs: Optional[Dict
     for x in per_lambda:
         cost = (costs or {}).get(x["strength"])
         paid = f" (accuracy cost {_ci(cost)} points)" if cost and cost.get("estimate") is not None else ""
-        for name, label in (("uer_ratio", "UER"), ("fooling_rate_ratio", "fooling rate")):
+        by = "fooling rate" if x.get("fooling_rate_worst_case_by") == "fooling_rate" else "UER"
+        for name, label in (("uer_ratio", "UER ratio"), ("fooling_rate_ratio", f"fooling rate ratio (worst case by {by})")):
             for y in x[name]:
                 if stats.verdict_robustness(y["low"], y["high"]) == "holds":
-                    hits.append(f"{label} ratio at lambda {x['strength']:g}, eps {_f(y['eps'])}: {_ci(y)}{paid}")
+                    hits.append(f"{label} at lambda {x['strength']:g}, eps {_f(y['eps'])}: {_ci(y)}{paid}")
         e50 = x.get("eps50_ratio")
         if e50 and stats.verdict_robustness(e50["low"], e50["high"]) == "holds":
             hits.append(f"eps50 ratio at lambda {x['strength']:g}: {_ci(e50)}{paid}")
@@ -223,22 +243,6 @@ def _correlations(x: Sequence[Any], y: Sequence[Any], reps: int, seed: int) -> O
     return stats.correlation_interval(x, y, reps=reps, seed=seed, level=_LEVEL)
 
 
-def _class_points(recs: Sequence[Dict[str, Any]], eps: Optional[float]) -> Dict[str, List[float]]:
-    """(mean s_ij, targeted i -> j success) per record and ordered class pair i != j, where both are known."""
-    xs, ys = [], []
-    for r in recs:
-        table = (r["test"].get("metrics") or {}).get("shared_perturbation_strength_by_class")
-        target = _entry(r, "targeted", eps) if eps is not None else None
-        if table is None or target is None:
-            continue
-        for i, row in enumerate(target["success"]):
-            for j, success in enumerate(row):
-                if i != j and _finite(success) and _finite(table[i][j]):
-                    xs.append(float(table[i][j]))
-                    ys.append(float(success))
-    return {"x": xs, "y": ys}
-
-
 def _versus_base(arch: str, method: str, choice: Optional[Dict[str, Any]], base: Optional[list], model: Optional[list],
                  reps: int, seed: int) -> Dict[str, Any]:
     """A defence at its chosen strength against the base: robustness ratios, headline, verdict, accuracy cost."""
@@ -254,6 +258,7 @@ def _versus_base(arch: str, method: str, choice: Optional[Dict[str, Any]], base:
 
 def _analyse_arch(arch: str, recs: List[Dict[str, Any]], choice: Dict[str, Any], reps: int, seed: int,
                   claims: List[Dict[str, Any]], defences: List[Dict[str, Any]]) -> Dict[str, Any]:
+    first = len(claims)
     groups = _group(recs)
     chosen = {m: {"strength": float(c["chosen"]), "rule": c.get("rule")}
               for m, c in choice.items() if c.get("chosen") is not None}
@@ -314,14 +319,28 @@ def _analyse_arch(arch: str, recs: List[Dict[str, Any]], choice: Dict[str, Any],
     claims.append({"id": "bound", "claim": CLAIMS["bound"], "arch": arch, **bound_claim.analyse_bound(recs, reps, seed)})
 
     t_ref = _ref_eps(_eps((base or []) + (jr or []), "targeted", common=False))
-    pair_points = {"base": _class_points(base or [], t_ref), "jr": _class_points(jr or [], t_ref)}
-    pair_corr = {k: _correlations(p["x"], p["y"], reps, seed) for k, p in pair_points.items()}
+    pair_points = {"base": class_pairs.class_pair_points(base or [], t_ref),
+                   "jr": class_pairs.class_pair_points(jr or [], t_ref)}
+    pair_corr = {k: class_pairs.class_pair_correlation(p, reps, seed, _LEVEL) for k, p in pair_points.items()}
     head = (pair_corr["base"] or {}).get("spearman")
     head_jr = (pair_corr["jr"] or {}).get("spearman")
+    count = lambda c: f"{c['clusters']} unordered pairs x {c['seeds']} seed{'s' * (c['seeds'] > 1)}"
     where = (f"lambda*'s class pairs: Spearman {_ci(head_jr)}, "
-             f"{stats.verdict_correlation(head_jr['low'], head_jr['estimate'])}") if head_jr else ""
+             f"{stats.verdict_correlation(head_jr['low'], head_jr['estimate'])} ({count(pair_corr['jr'])})"
+             ) if head_jr else ""
+    if head:
+        where = f"base: {count(pair_corr['base'])}" + (f"; {where}" if where else "")
     claims.append(_claim("class_pairs", arch, head, head and stats.verdict_correlation(head["low"], head["estimate"]),
                          {**missing, "eps": t_ref, "pools": pair_corr}, where))
+
+    versus = f"{len(base or [])} vs {len(jr or [])} seeds" if base and jr else "-"
+    pools = [(k, pair_corr[p]) for k, p in (("base", "base"), ("lambda*", "jr")) if pair_corr[p]]
+    for c in claims[first:]:  # what each estimate rests on: a row with one seed ignores training noise
+        c["sample"] = {"robustness": versus, "accuracy": versus,
+                       "correlation": f"{len(points['ids'])} models, one point each",
+                       "bound": f"{c['detail'].get('n_measured', 0)} of {c['detail'].get('n_records', 0)} models",
+                       "class_pairs": "; ".join(f"{k}: {x['clusters']} pairs x {x['seeds']} seeds"
+                                                for k, x in pools) or "-"}[c["id"]]
 
     for method in sorted(chosen, key=lambda m: (_ORDER.index(m) if m in _ORDER else len(_ORDER), m)):
         if method != "jr" and pick(method):
@@ -331,7 +350,8 @@ def _analyse_arch(arch: str, recs: List[Dict[str, Any]], choice: Dict[str, Any],
     return {"base": {"method": "jr", "strength": 0.0, "seeds": _seeds(base)} if base else None,
             "chosen": chosen, "reference_eps": {"worst_case": ref, "targeted": t_ref},
             "table": [_row(k, g, k in keys_chosen) for k, g in groups.items()],
-            "metric_points": points, "class_pair_points": pair_points}
+            "metric_points": points,
+            "class_pair_points": {k: {"x": p["x"], "y": p["y"], "pairs": p["pairs"]} for k, p in pair_points.items()}}
 
 
 def analyse(records: Sequence[Dict[str, Any]], selection: Optional[Dict[str, Any]], reps: int = 2000,
@@ -407,18 +427,36 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
         "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+#: Claims of this project, not of the paper: reported in their own table.
+PROJECT_CLAIMS = ("class_pairs",)
+
+
 def claims_table(claims: Sequence[Dict[str, Any]]) -> List[str]:
-    """The claims as markdown table lines (a blank line first), from ``analyse()``'s claims or the JSON's."""
-    return _table(["arch", "claim", "estimate", "95% interval", "verdict", "where"], [
+    """The claims as markdown table lines (a blank line first), from ``analyse()``'s claims or the JSON's.
+
+    ``sample`` says what an estimate rests on (seeds compared, models): a row of one seed per side has an
+    interval over test inputs only, not over training noise.
+    """
+    return _table(["arch", "claim", "estimate", "95% interval", "verdict", "sample", "where"], [
         [c["arch"], f"{c['claim']} ({c['id']})", _f(c["estimate"]), f"[{_f(c['ci95'][0])}, {_f(c['ci95'][1])}]",
-         c["verdict"], c.get("where") or "-"] for c in claims])
+         c["verdict"], c.get("sample") or "-", c.get("where") or "-"] for c in claims])
+
+
+def claims_tables(claims: Sequence[Dict[str, Any]]) -> List[str]:
+    """The paper's claims, then the project's own (:data:`PROJECT_CLAIMS`) under their own heading."""
+    paper = [c for c in claims if c["id"] not in PROJECT_CLAIMS]
+    own = [c for c in claims if c["id"] in PROJECT_CLAIMS]
+    lines = claims_table(paper)
+    if own:
+        lines += ["", "The project's own claims (not the paper's):"] + claims_table(own)
+    return lines
 
 
 def claims_block(dataset: str, claims: Sequence[Dict[str, Any]], num_models: int) -> str:
     """What RESULTS.md holds between ``<!-- claims:DATASET -->`` and ``<!-- /claims:DATASET -->``."""
     head = (f"Generated by `python benchmarks/reproduce.py` from the {num_models} model records in "
             f"`results/{dataset}/models/` (the whole report: `results/{dataset}.md`).")
-    return "\n".join([head] + claims_table(claims)) + "\n"
+    return "\n".join([head] + claims_tables(claims)) + "\n"
 
 
 def replace_marked(path: str, name: str, text: str) -> bool:
@@ -451,7 +489,7 @@ def _markdown(analysis: Dict[str, Any], records: Sequence[Dict[str, Any]], datas
     lines += _machine_lines(records, analysis.get("schedule") or {})
     lines += [f"- bootstrap: {analysis['reps']} replicates (seeds and test inputs resampled), seed {analysis['seed']}",
               "", "## Claims"]
-    lines += claims_table(analysis["claims"])
+    lines += claims_tables(analysis["claims"])
     for arch, a in analysis["archs"].items():
         table = a["table"]
         wc = sorted({e["eps"] for row in table for e in row["worst_case"]})
@@ -463,9 +501,13 @@ def _markdown(analysis: Dict[str, Any], records: Sequence[Dict[str, Any]], datas
             e50 = (">" + _f(sgd_row["eps"][-1])) if sgd_row["eps50_censored"] else _f(sgd_row["eps50"])
             rows.append([row["method"] + (" *" if row["chosen"] else ""), f"{row['strength']:g}", len(row["seeds"]),
                          _f(acc["mean"] and 100 * acc["mean"], 4) + ("" if acc["std"] is None else " ± " + _f(100 * acc["std"], 2))]
-                        + [f"{_f((at.get(e) or {}).get('uer'))} / {_f((at.get(e) or {}).get('fooling_rate'))}" for e in wc]
+                        + [" / ".join(_f((at.get(e) or {}).get(k)) for k in ("uer", "fooling_rate",
+                                                                           "fooling_rate_by_fooling_rate"))
+                           for e in wc]
                         + [e50])
-        lines += _table(["method", "strength", "seeds", "clean acc %"] + [f"UER / FR @{e:.3g}" for e in wc]
+        lines += ["", "UER and FR of the worst case chosen by UER, then FR\\* of the worst case chosen by fooling "
+                  "rate (\"-\" where a record predates it)."]
+        lines += _table(["method", "strength", "seeds", "clean acc %"] + [f"UER / FR / FR\\* @{e:.3g}" for e in wc]
                         + ["eps50 SGD-UAP"], rows)
         lines += ["", "### SGD-UAP UER by eps"] + _table(["method", "strength"] + [f"{e:.3g}" for e in sgd], [
             [row["method"], f"{row['strength']:g}"] + [_f(dict(zip(row["sgd_uap"]["eps"], row["sgd_uap"]["uer"])).get(e))
@@ -486,10 +528,11 @@ def _markdown(analysis: Dict[str, Any], records: Sequence[Dict[str, Any]], datas
         per = mine["robustness"]["detail"].get("lambdas") or []
         lines += ["", "### JR per lambda: robustness (ratios lambda 0 / lambda, > 1: more robust) and accuracy cost (points)"]
         lines += _table(["lambda", "seeds"] + [f"UER ratio @{e:.3g}" for e in wc] + [f"FR ratio @{e:.3g}" for e in wc]
-                        + ["eps50 ratio", "accuracy cost", "accuracy verdict"], [
+                        + ["FR worst case by", "eps50 ratio", "accuracy cost", "accuracy verdict"], [
             [f"{x['strength']:g}", len(x["seeds_model"])]
             + [_ci(next((y for y in x[k] if _ek(y["eps"]) == _ek(e)), None)) for k in ("uer_ratio", "fooling_rate_ratio")
-               for e in wc] + [_ci(x["eps50_ratio"]), _ci(costs.get(x["strength"])),
+               for e in wc] + [("fooling rate" if x.get("fooling_rate_worst_case_by") == "fooling_rate" else "UER"),
+                               _ci(x["eps50_ratio"]), _ci(costs.get(x["strength"])),
                                (costs.get(x["strength"]) or {}).get("verdict", "-")] for x in per])
         detail = mine["correlation"]["detail"]
         jr_only = (detail.get("jr_only") or {}).get("metrics") or {}

@@ -34,6 +34,7 @@ __all__ = [
     "eps_at_half",
     "eps50_ratio_interval",
     "correlation_interval",
+    "cluster_correlation_interval",
     "ratio_of_sums_interval",
     "median_interval",
     "verdict_robustness",
@@ -306,6 +307,63 @@ def correlation_interval(x: Any, y: Any, reps: int = 2000, seed: Any = 0, level:
     keys = ("estimate", "low", "high")
     return {"pearson": {k: r[k] for k in keys}, "spearman": {k: rho[k] for k in keys}, "n": int(xs.size),
             "reps": int(pear_all.size), "skipped": int(reps) - int(pear_all.size), "level": float(level)}
+
+
+def cluster_correlation_interval(x: Any, y: Any, reps: int = 2000, seed: Any = 0,
+                                 level: float = 0.95) -> Dict[str, Any]:
+    """Pearson and Spearman over points grouped in clusters, with a bootstrap that resamples whole clusters.
+
+    ``x`` and ``y`` have shape ``(S, P, M)``: ``S`` training seeds, ``P``
+    clusters (e.g. the unordered class pairs ``{i, j}``), ``M`` points per
+    cluster and seed (e.g. the two directions ``i -> j`` and ``j -> i``, whose
+    ``s_ij`` is the same number).  The estimates are the correlations of all
+    ``S P M`` points.  A replicate draws ``S`` seeds and ``P`` clusters with
+    replacement (one cluster draw for every seed: the clusters are the same
+    classes in every model) and correlates the ``S P M`` points they hold, so
+    points that are not independent (one pair's two directions, one model's
+    pairs) never count as separate draws.  Replicates where one side is
+    constant are skipped and counted.
+
+    Returns the dict of :func:`correlation_interval` plus ``"clusters": P``
+    and ``"seeds": S``.
+
+    >>> x = [[[1, 1], [2, 2], [3, 3], [4, 4]]]
+    >>> out = cluster_correlation_interval(x, [[[1, 2], [3, 4], [5, 6], [7, 8]]], reps=50)
+    >>> round(out["spearman"]["estimate"], 3), out["n"], out["clusters"], out["seeds"]
+    (0.976, 8, 4, 1)
+    """
+    _check_options(reps, level)
+    xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if xs.ndim != 3 or xs.shape[1] < 3 or xs.shape[0] < 1 or xs.shape[2] < 1:
+        raise ValueError(f"x must have shape (seeds, clusters >= 3, points), got {xs.shape}")
+    if ys.shape != xs.shape:
+        raise ValueError(f"y's shape {ys.shape} does not match x's {xs.shape}")
+    for values, name in ((xs, "x"), (ys, "y")):
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"{name} holds non-finite values")
+    S, P, _ = xs.shape
+    fx, fy = xs.reshape(1, -1), ys.reshape(1, -1)
+    constant = np.ptp(fx) == 0 or np.ptp(fy) == 0
+    est_r = None if constant else float(_rowwise_pearson(fx, fy)[0])
+    est_rho = None if constant else float(_rowwise_pearson(scipy.stats.rankdata(fx, axis=1),
+                                                           scipy.stats.rankdata(fy, axis=1))[0])
+    rng = np.random.default_rng(seed)
+    pear, spear = [], []
+    for start in range(0, int(reps), _BLOCK):
+        b = min(_BLOCK, int(reps) - start)
+        si, pi = rng.integers(0, S, (b, S)), rng.integers(0, P, (b, P))
+        bx = xs[si[:, :, None], pi[:, None, :]].reshape(b, -1)
+        by = ys[si[:, :, None], pi[:, None, :]].reshape(b, -1)
+        ok = (np.ptp(bx, axis=1) > 0) & (np.ptp(by, axis=1) > 0)
+        bx, by = bx[ok], by[ok]
+        pear.append(_rowwise_pearson(bx, by))
+        spear.append(_rowwise_pearson(scipy.stats.rankdata(bx, axis=1), scipy.stats.rankdata(by, axis=1)))
+    pear_all, spear_all = np.concatenate(pear), np.concatenate(spear)
+    r, rho = _interval(est_r, pear_all, level), _interval(est_rho, spear_all, level)
+    keys = ("estimate", "low", "high")
+    return {"pearson": {k: r[k] for k in keys}, "spearman": {k: rho[k] for k in keys}, "n": int(xs.size),
+            "clusters": int(P), "seeds": int(S), "reps": int(pear_all.size),
+            "skipped": int(reps) - int(pear_all.size), "level": float(level)}
 
 
 def _sample(values: Any, name: str) -> np.ndarray:
