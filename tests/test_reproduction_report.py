@@ -141,7 +141,7 @@ def test_analyse_and_write_report(tmp_path):
     assert len(analysis["archs"]["cnn"]["class_pair_points"]["base"]["x"]) == 22
     pool = claims["class_pairs"]["detail"]["pools"]["jr"]
     assert (pool["n"], pool["clusters"], pool["seeds"]) == (20, 5, 2)
-    assert claims["class_pairs"]["sample"] == "base: 5 pairs x 2 seeds; lambda*: 5 pairs x 2 seeds"
+    assert claims["class_pairs"]["sample"] == "base: 5 unordered pairs x 2 seeds; lambda*: 5 unordered pairs x 2 seeds"
     assert claims["robustness"]["sample"] == "2 vs 2 seeds" and claims["correlation"]["sample"] == "6 models, one point each"
     assert [d["method"] for d in analysis["defences"]] == ["uat"] and not analysis["defences"][0]["paired"]
     table = analysis["archs"]["cnn"]["table"]
@@ -190,6 +190,14 @@ def test_the_bound_row(tmp_path):
     where = claim["where"]
     assert "bound held at 12/12 (model, eps)" in where and "implied FR >= measured FR at 12/12" in where
     assert "first order breaks from eps 0.1" in where and claim["detail"]["breaks_at_eps"] == 0.1
+    assert "the real logit change within the bound at 12/12" in where
+    # The bound is on the first-order effect: a real logit change above it makes the row partial.
+    big = [{**r, "test": {**r["test"], "bound": {**r["test"]["bound"], "budgets": [
+        {**b, "observed": 2 * b["bound"]} if k == 0 else b for k, b in enumerate(r["test"]["bound"]["budgets"])]}}}
+        if i == 3 else r for i, r in enumerate(recs)]
+    other = claims_by_id(report.analyse(big, SELECTION, reps=REPS))["bound"]
+    assert other["verdict"] == "holds partly" and "the real logit change within the bound at 11/12" in other["where"]
+    assert [p["id"] for p in other["detail"]["observed_exceeded"]] == [recs[3]["id"]]
     assert len(claim["detail"]["points"]) == 12 and "not measured" not in where
     # A point above its bound is a finding; a measured fooling rate above the implied one makes it partial.
     recs[0]["test"]["bound"]["budgets"][1].update(first_order=1e6, holds=False)

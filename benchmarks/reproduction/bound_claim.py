@@ -16,11 +16,12 @@ change, on the record's metric inputs.  The row gives
   where the median over models of ``observed / first_order`` leaves the band
   (``[0.8, 1.25]``, :data:`.bound.FIRST_ORDER_BAND`).
 
-Verdict rules: "holds" when the bound held at every measured (model, eps)
-and the fooling rate it implies is at least the measured one everywhere;
-"holds partly" when the bound held everywhere but some measured fooling rate
-exceeds the implied one (the first-order bound does not bound what the attack
-achieves there); "does not hold" when the bound was exceeded beyond float
+Verdict rules: "holds" when the bound held at every measured (model, eps),
+the real logit change is within it too, and the fooling rate it implies is
+at least the measured one everywhere; "holds partly" when the bound held
+everywhere but somewhere the real logit change exceeds it or the measured
+fooling rate exceeds the implied one (the first-order bound does not bound
+what the attack achieves there); "does not hold" when the bound was exceeded beyond float
 error somewhere; "not measured (M records without test.bound)" when no record
 of the arch has it.  Records without ``test.bound`` (their model's workdir
 was not on the machine) are counted in ``where``, never an error.
@@ -77,9 +78,11 @@ def analyse_bound(recs: Sequence[Dict[str, Any]], reps: int = 2000, seed: int = 
 
     ``detail``: ``{"n_records", "n_measured", "not_measured" (ids), "num_inputs" (N, the metric inputs),
     "eps" (the estimate's), "band",
-    "violations" (points above the bound), "fr_exceeded" (points whose measured FR > implied FR),
+    "violations" (points whose first-order effect is above the bound), "observed_exceeded" (points whose real
+    logit change is), "fr_exceeded" (points whose measured FR > implied FR),
     "breaks_at_eps", "per_eps": [{"eps", "n_models", "held", "tightness" (median interval over models),
-    "linearity", "unclipped_linearity", "implied_fooling_rate", "fooling_rate" (medians), "fr_bound_held"}],
+    "linearity", "unclipped_linearity", "implied_fooling_rate", "fooling_rate" (medians), "fr_bound_held",
+    "observed_held" (the real logit change <= bound), "observed_over_bound" (median)}],
     "points": [one per (model, budget)]}``.
     """
     if isinstance(recs, dict) or not all(isinstance(r, dict) and isinstance(r.get("test"), dict) for r in recs):
@@ -106,7 +109,10 @@ def analyse_bound(recs: Sequence[Dict[str, Any]], reps: int = 2000, seed: int = 
             "linearity": lin, "unclipped_linearity": _median([p["unclipped_linearity"] for p in at]),
             "implied_fooling_rate": _median([p["implied_fooling_rate"] for p in at]),
             "fooling_rate": _median([p["fooling_rate"] for p in at]),
-            "fr_bound_held": sum(p["implied_fooling_rate"] >= p["fooling_rate"] for p in at)})
+            "fr_bound_held": sum(p["implied_fooling_rate"] >= p["fooling_rate"] for p in at),
+            # The bound is on the first-order effect; whether it also covers the real logit change is empirical.
+            "observed_held": sum(p["observed"] <= p["bound"] for p in at),
+            "observed_over_bound": _median([p["observed"] / p["bound"] for p in at if p["bound"] > 0])})
     detail.update(band=band, violations=[p for p in points if not p["holds"]],
                   fr_exceeded=[p for p in points if p["fooling_rate"] > p["implied_fooling_rate"]],
                   breaks_at_eps=next((x["eps"] for x in detail["per_eps"] if x["linearity"] is not None
@@ -114,12 +120,17 @@ def analyse_bound(recs: Sequence[Dict[str, Any]], reps: int = 2000, seed: int = 
     ref = next((x for x in detail["per_eps"] if x["eps"] == 0.1), detail["per_eps"][len(grid) // 2])
     detail["eps"] = ref["eps"]
     head = ref["tightness"] or {}
-    verdict = ("does not hold" if detail["violations"] else "holds partly" if detail["fr_exceeded"] else "holds")
+    detail["observed_exceeded"] = [p for p in points if p["observed"] > p["bound"]]
+    verdict = ("does not hold" if detail["violations"] else
+               "holds partly" if detail["fr_exceeded"] or detail["observed_exceeded"] else "holds")
     n = len(points)
     brk = next((x for x in detail["per_eps"] if x["eps"] == detail["breaks_at_eps"]), None)
     parts = [f"bound held at {n - len(detail['violations'])}/{n} (model, eps)",
              "median tightness " + ", ".join(f"{_f(x['tightness'] and x['tightness']['estimate'])} (eps {x['eps']:g})"
                                              for x in detail["per_eps"]),
+             f"the real logit change within the bound at {sum(x['observed_held'] for x in detail['per_eps'])}/{n} "
+             "(median observed/bound " + ", ".join(f"{_f(x['observed_over_bound'])} (eps {x['eps']:g})"
+                                                   for x in detail["per_eps"]) + ")",
              f"implied FR >= measured FR at {n - len(detail['fr_exceeded'])}/{n} (eps {ref['eps']:g}: median "
              f"{_f(ref['implied_fooling_rate'])} vs {_f(ref['fooling_rate'])})",
              (f"first order breaks from eps {brk['eps']:g} (median observed/first-order {_f(brk['linearity'])} "
@@ -140,10 +151,13 @@ def bound_table(detail: Dict[str, Any]) -> List[str]:
     rows = [[f"{x['eps']:g}", x["n_models"], f"{x['held']}/{x['n_models']}",
              "-" if not x["tightness"] else f"{_f(x['tightness']['estimate'])} [{_f(x['tightness']['low'])}, "
                                             f"{_f(x['tightness']['high'])}]",
-             _f(x["linearity"]), _f(x["unclipped_linearity"]), _f(x["implied_fooling_rate"]), _f(x["fooling_rate"]),
+             _f(x["linearity"]), _f(x["unclipped_linearity"]),
+             f"{_f(x.get('observed_over_bound'))} ({x.get('observed_held', '-')}/{x['n_models']})",
+             _f(x["implied_fooling_rate"]), _f(x["fooling_rate"]),
              f"{x['fr_bound_held']}/{x['n_models']}"] for x in detail["per_eps"]]
     header = ["eps", "models", "bound held", "tightness [95%, over models]", "observed / first order",
-              "unclipped / first order", "implied FR", "measured FR", "implied >= measured"]
+              "unclipped / first order", "observed / bound (<= 1)", "implied FR", "measured FR",
+              "implied >= measured"]
     lines = ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     if detail["not_measured"]:

@@ -324,12 +324,8 @@ def _analyse_arch(arch: str, recs: List[Dict[str, Any]], choice: Dict[str, Any],
     pair_corr = {k: class_pairs.class_pair_correlation(p, reps, seed, _LEVEL) for k, p in pair_points.items()}
     head = (pair_corr["base"] or {}).get("spearman")
     head_jr = (pair_corr["jr"] or {}).get("spearman")
-    count = lambda c: f"{c['clusters']} unordered pairs x {c['seeds']} seed{'s' * (c['seeds'] > 1)}"
     where = (f"lambda*'s class pairs: Spearman {_ci(head_jr)}, "
-             f"{stats.verdict_correlation(head_jr['low'], head_jr['estimate'])} ({count(pair_corr['jr'])})"
-             ) if head_jr else ""
-    if head:
-        where = f"base: {count(pair_corr['base'])}" + (f"; {where}" if where else "")
+             f"{stats.verdict_correlation(head_jr['low'], head_jr['estimate'])}") if head_jr else ""
     claims.append(_claim("class_pairs", arch, head, head and stats.verdict_correlation(head["low"], head["estimate"]),
                          {**missing, "eps": t_ref, "pools": pair_corr}, where))
 
@@ -339,7 +335,8 @@ def _analyse_arch(arch: str, recs: List[Dict[str, Any]], choice: Dict[str, Any],
         c["sample"] = {"robustness": versus, "accuracy": versus,
                        "correlation": f"{len(points['ids'])} models, one point each",
                        "bound": f"{c['detail'].get('n_measured', 0)} of {c['detail'].get('n_records', 0)} models",
-                       "class_pairs": "; ".join(f"{k}: {x['clusters']} pairs x {x['seeds']} seeds"
+                       "class_pairs": "; ".join(f"{k}: {x['clusters']} unordered pairs x {x['seeds']} "
+                                                f"seed{'s' * (x['seeds'] > 1)}"
                                                 for k, x in pools) or "-"}[c["id"]]
 
     for method in sorted(chosen, key=lambda m: (_ORDER.index(m) if m in _ORDER else len(_ORDER), m)):
