@@ -196,11 +196,35 @@ class Sweep:
         """The bound step: ``test.bound`` added to each record of ``found`` (default: all) whose workdir is here."""
         from benchmarks.reproduction import bound_records
 
+        log = lambda m: print(m, flush=True)
+        found = self.records() if found is None else found
+        self.fooling_rate_worst_cases(found, log)
         if not FLAGS.bounds:
             return []
-        log = lambda m: print(m, flush=True)
-        return bound_records.add_bounds(self.out, self.workroot, self.records() if found is None else found,
-                                        reps=FLAGS.reps, log=log)
+        return bound_records.add_bounds(self.out, self.workroot, found, reps=FLAGS.reps, log=log)
+
+    def fooling_rate_worst_cases(self, found: List[Dict[str, Any]], log) -> List[str]:
+        """``test.worst_case_by_fooling_rate`` added to each record of ``found`` made before it was recorded,
+        where its model's workdir (with a suite run that chose it) is here; nothing is attacked."""
+        from benchmarks.reproduction import bound_records, evaluate
+
+        done = []
+        for record in found:
+            workdir = bound_records.workdir_of_record(self.workroot, record)
+            if record["test"].get("worst_case_by_fooling_rate") or not os.path.isfile(
+                    os.path.join(workdir, "suite", "results.json")):
+                continue
+            try:
+                record["test"]["worst_case_by_fooling_rate"] = evaluate.fooling_rate_worst_case(workdir, record)
+            except ValueError as exc:
+                log(f"  {record['id']}: worst case by fooling rate not added ({exc})")
+                continue
+            records.save_record(self.out, record)
+            log(f"  {record['id']}: worst case by fooling rate added: " + ", ".join(
+                f"{w['eps']:g}: {w['attack']} (FR {w['fooling_rate']:.4f})"
+                for w in record["test"]["worst_case_by_fooling_rate"]))
+            done.append(record["id"])
+        return done
 
     def run(self, archs: List[plans.Arch], methods: List[str]) -> None:
         epochs = {a.name: self.schedule(a) for a in archs}

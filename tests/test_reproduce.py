@@ -190,6 +190,19 @@ def test_reproduce_quick_on_digits(tmp_path):
     assert before == {f: (out / "digits" / "models" / "mlp" / f).read_bytes()
                       for f in os.listdir(out / "digits" / "models" / "mlp")}
     assert git("status", "--porcelain") == ""
+    # A record made before the fooling-rate choice, from a suite run made before it too: the step recomputes
+    # the rows' crafting-split fooling rates from the saved UAPs and gives the record what the sweep gave it.
+    old = records.load_record(str(out), "digits/mlp/jr_0.1_s0")
+    want = old["test"].pop("worst_case_by_fooling_rate")
+    records.save_record(str(out), old)
+    suite_json = repo / "runs" / "reproduce_quick" / "work" / "digits" / "mlp" / "e4" / "jr_0.1_s0" / "suite" / "results.json"
+    res = json.loads(suite_json.read_text())
+    del res["worst_case_by_fooling_rate"]
+    res["results"] = [{k: v for k, v in row.items() if k != "craft_fooling_rate"} for row in res["results"]]
+    suite_json.write_text(json.dumps(res))
+    again = _run(*args, "--max_models=0", cwd=repo)
+    assert again.returncode == 0 and "jr_0.1_s0: worst case by fooling rate added" in again.stdout, again.stderr[-2000:]
+    assert records.load_record(str(out), "digits/mlp/jr_0.1_s0")["test"]["worst_case_by_fooling_rate"] == want
     # A record whose model was trained elsewhere (no workdir here) keeps no test.bound, is listed by --plan,
     # and is counted as not measured in the claims row.
     moved = records.load_record(str(out), "digits/mlp/jr_0_s1")

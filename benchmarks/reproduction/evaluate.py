@@ -87,6 +87,84 @@ def _outcomes(apply_fn, params, x, y, clean_pred, out: str, row: Dict[str, Any])
             "wrong": records.pack_bits(wrong), "changed": records.pack_bits(changed)}
 
 
+def _worst_cases(apply_fn, params, x, y, clean_pred, suite_dir: str, res: Dict[str, Any],
+                 key: str) -> List[Dict[str, Any]]:
+    """The record entries of ``res[key]`` (a suite's results.json worst cases): per-input bits and rates."""
+    by_file = {r["file"]: r for r in res["results"] if r.get("file")}
+    return [{**_outcomes(apply_fn, params, x, y, clean_pred, suite_dir, by_file[w["file"]]),
+             "attack": w["attack"], "seed": w["seed"], "craft_uer": w["craft_uer"],
+             "craft_fooling_rate": w.get("craft_fooling_rate")} for w in res[key]]
+
+
+def _rescore_crafting_fooling_rates(res: Dict[str, Any], dataset, apply_fn, params, suite_dir: str) -> Dict[str, Any]:
+    """A suite run older than the fooling-rate choice: its rows' crafting-split fooling rates, recomputed.
+
+    The crafting set is the run's own (:func:`jacuap.evaluation.sets.craft_and_eval_sets` of its config);
+    each row's recomputed crafting UER must equal the one it recorded, or nothing is returned.
+    """
+    import types
+
+    from jacuap import metrics
+    from jacuap.evaluation import sets, suite
+
+    config = res["config"]
+    request = types.SimpleNamespace(seed=config["seed"], num_craft=config["num_craft"], num_eval=config["num_eval"],
+                                    craft_split=config.get("craft_split", "train"),
+                                    eval_split=config.get("eval_split", "test"))
+    x_craft, y_craft = (np.asarray(a) for a in sets.craft_and_eval_sets(dataset, request)[:2])
+    clean = metrics.predict(apply_fn, params, x_craft)
+    rows = []
+    for row in res["results"]:
+        if row.get("universal") and row.get("file"):
+            pred = metrics.predict(apply_fn, params, np.clip(x_craft + np.load(os.path.join(suite_dir, row["file"])),
+                                                             0.0, 1.0))
+            if float(np.mean(pred != y_craft)) != row["craft_uer"]:
+                raise ValueError(f"{suite_dir}/{row['file']}: the recomputed crafting UER {np.mean(pred != y_craft)} "
+                                 f"is not the run's {row['craft_uer']} (another crafting set?)")
+            row = {**row, "craft_fooling_rate": float(np.mean(pred != clean))}
+        rows.append(row)
+    eps = [float(e) for e in config["eps"]]
+    return {**res, "results": rows, "worst_case_by_fooling_rate": suite.worst_case(rows, eps, by="fooling_rate")}
+
+
+def fooling_rate_worst_case(workdir: str, record: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """``test.worst_case_by_fooling_rate`` of a record made before it was recorded, from its model's workdir.
+
+    Nothing is attacked: the suite's ``results.json`` names, per budget, the
+    member with the highest crafting-split fooling rate, and its UAP file is
+    there; a suite run older than that choice gets its rows' crafting-split
+    fooling rates recomputed on its own crafting set.  Checked first: the
+    checkpoint is the record's model (fingerprint), and the UER-chosen worst
+    case recomputed from the same files gives the record's own per-input bits.
+
+    Raises:
+      ValueError: the workdir holds another model, or its files disagree with
+        the record.
+    """
+    from jacuap import evaluation, metrics
+    from jacuap.evaluation import restore
+
+    suite_dir = os.path.join(workdir, "suite")
+    with open(os.path.join(suite_dir, "results.json")) as f:
+        res = json.load(f)
+    _, dataset, apply_fn, params = restore(workdir)
+    found = evaluation.store.model_fingerprint(params)
+    if found != record.get("params_fingerprint"):
+        raise ValueError(f"{workdir} holds another model (fingerprint {found}, the record's "
+                         f"{record.get('params_fingerprint')})")
+    if not res.get("worst_case_by_fooling_rate"):
+        res = _rescore_crafting_fooling_rates(res, dataset, apply_fn, params, suite_dir)
+    n = int(record["test"]["num_eval"])
+    x, y = np.asarray(dataset.test_images[:n]), np.asarray(dataset.test_labels[:n])
+    clean_pred = metrics.predict(apply_fn, params, x)
+    again = _worst_cases(apply_fn, params, x, y, clean_pred, suite_dir, res, "worst_case")
+    keep = lambda entries: [(round(float(w["eps"]), 6), w["attack"], int(w["seed"]), w["wrong"], w["changed"])
+                            for w in entries]
+    if keep(again) != keep(record["test"]["worst_case"]):
+        raise ValueError(f"{suite_dir}: its UER-chosen worst case differs from the record's")
+    return _worst_cases(apply_fn, params, x, y, clean_pred, suite_dir, res, "worst_case_by_fooling_rate")
+
+
 def evaluate(spec: ModelSpec, plan: Plan, workroot: str, data_dir: str = "", progress: bool = False,
              log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Trains and measures ``spec``; returns its record (not yet saved)."""
@@ -118,13 +196,9 @@ def evaluate(spec: ModelSpec, plan: Plan, workroot: str, data_dir: str = "", pro
     n = res["config"]["num_eval"]
     x, y = np.asarray(dataset.test_images[:n]), np.asarray(dataset.test_labels[:n])
     clean_pred = metrics.predict(apply_fn, params, x)
-    by_file = {r["file"]: r for r in res["results"] if r.get("file")}
     # The worst case of each budget chosen on the crafting split by UER, and separately by fooling rate
     # (the ratio of each metric is read from the worst case chosen by that metric).
-    worst, worst_fr = ([{**_outcomes(apply_fn, params, x, y, clean_pred, os.path.join(workdir, "suite"),
-                                     by_file[w["file"]]),
-                         "attack": w["attack"], "seed": w["seed"], "craft_uer": w["craft_uer"],
-                         "craft_fooling_rate": w.get("craft_fooling_rate")} for w in res[key]]
+    worst, worst_fr = (_worst_cases(apply_fn, params, x, y, clean_pred, os.path.join(workdir, "suite"), res, key)
                        for key in ("worst_case", "worst_case_by_fooling_rate"))
     sgd_rows = [(os.path.join(workdir, "suite"), r) for r in res["results"]
                 if r["attack"] == "sgd_uap" and r["seed"] == first.seeds[0] and r.get("file")]
