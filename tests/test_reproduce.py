@@ -235,3 +235,42 @@ def test_doctests():
     for module in (plans, records, class_pairs):
         failed, attempted = doctest.testmod(module)
         assert attempted > 0 and failed == 0, module.__name__
+
+
+def test_promote_a_rerun(tmp_path):
+    """A whole-arch re-run replaces every record of that arch and its selection/transfer entries; another arch
+    only the ids the re-run has; the replaced ones land in the archive, which is never overwritten."""
+    from benchmarks.reproduction import promote
+
+    def put(out, key, **extra):
+        path = tmp_path / out / "d" / "models" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"id": f"d/{key[:-5]}", **extra}))
+
+    for key in ("mlp/jr_0_s0.json", "mlp/jr_0.1_s0.json", "mlp/jr_0.5_s1.json", "cnn/jr_0_s0.json",
+                "cnn/jr_0.1_s0.json"):
+        put("results", key, v=2)
+    for key in ("mlp/jr_0_s0.json", "mlp/jr_0.1_s0.json", "cnn/jr_0_s0.json"):
+        put("rerun", key, v=3)
+    (tmp_path / "results" / "d" / "selection.json").write_text(json.dumps({"archs": {"mlp": {"jr": 1}, "cnn": {"jr": 2}}}))
+    (tmp_path / "rerun" / "d" / "selection.json").write_text(json.dumps({"archs": {"mlp": {"jr": 3}}}))
+    (tmp_path / "results" / "d" / "transfer.json").write_text(json.dumps({"mlp": {"old": 1}}))
+    args = [str(tmp_path / p) for p in ("rerun", "results", "v2")]
+    moved = promote.promote(*args, "d", whole=["mlp"])
+    assert moved == ["cnn/jr_0_s0.json", "mlp/jr_0.1_s0.json", "mlp/jr_0_s0.json"]
+    now = {p.relative_to(tmp_path / "results" / "d" / "models").as_posix(): json.loads(p.read_text())["v"]
+           for p in (tmp_path / "results" / "d" / "models").rglob("*.json")}
+    assert now == {"mlp/jr_0_s0.json": 3, "mlp/jr_0.1_s0.json": 3, "cnn/jr_0_s0.json": 3, "cnn/jr_0.1_s0.json": 2}
+    archived = sorted(p.relative_to(tmp_path / "v2" / "d" / "models").as_posix()
+                      for p in (tmp_path / "v2" / "d" / "models").rglob("*.json"))
+    assert archived == ["cnn/jr_0_s0.json", "mlp/jr_0.1_s0.json", "mlp/jr_0.5_s1.json", "mlp/jr_0_s0.json"]
+    assert json.loads((tmp_path / "results" / "d" / "selection.json").read_text()) == {"archs": {"mlp": {"jr": 3}, "cnn": {"jr": 2}}}
+    assert json.loads((tmp_path / "v2" / "d" / "selection.json").read_text()) == {"archs": {"mlp": {"jr": 1}}}
+    assert json.loads((tmp_path / "results" / "d" / "transfer.json").read_text()) == {}
+    assert json.loads((tmp_path / "v2" / "d" / "transfer.json").read_text()) == {"mlp": {"old": 1}}
+    with pytest.raises(ValueError, match="already holds"):
+        promote.promote(*args, "d", whole=["mlp"])
+    with pytest.raises(ValueError, match="whole names resnet"):
+        promote.promote(str(tmp_path / "rerun"), *args[1:], "d", whole=["resnet"])
+    with pytest.raises(ValueError, match="has no records"):
+        promote.promote(str(tmp_path / "empty"), *args[1:], "d")
