@@ -23,7 +23,7 @@ record under ``<out>/<dataset>/models/`` (benchmarks/reproduction/records.py) wi
 parameters' fingerprint and per-input outcomes; a rerun, on any machine,
 skips finished records and resumes a model cut short (its training and each
 attack row resume on their own).  The analysis (claims with bootstrap
-intervals, tables, plots: benchmarks/reproduction/report.py) is rewritten from
+intervals: benchmarks/reproduction/report.py; tables and plots: render.py) is rewritten from
 all the records there after every model, into ``<out>/<dataset>.md``,
 ``<out>/<dataset>.json`` and ``<out>/<dataset>_*.png``.
 """
@@ -255,7 +255,7 @@ class Sweep:
         return found
 
     def analyse(self) -> List[str]:
-        from benchmarks.reproduction import report
+        from benchmarks.reproduction import render, report
 
         found = self.records()
         if not found:
@@ -263,17 +263,17 @@ class Sweep:
         analysis = report.analyse(found, self._json("selection.json"), reps=FLAGS.reps)
         analysis["schedule"] = self._json("schedule.json")
         analysis["transfer"] = self._json("transfer.json")
-        written = report.write_report(analysis, found, self.out, self.plan.dataset)
+        written = render.write_report(analysis, found, self.out, self.plan.dataset)
         results_md = FLAGS.results_md
         if results_md is None:
             results_md = os.path.join(ROOT, "RESULTS.md") if os.path.abspath(self.out) == DEFAULT_OUT else ""
         if results_md:
             with open(os.path.join(self.out, f"{self.plan.dataset}.md")) as f:
-                block = report.results_block(self.plan.dataset, f.read())
-            claims = report.claims_block(self.plan.dataset, analysis["claims"], len(found))
+                block = render.results_block(self.plan.dataset, f.read())
+            claims = render.claims_block(self.plan.dataset, analysis["claims"], len(found))
             # Either block may be absent: a RESULTS.md holds the ones its text places.
-            if (report.replace_marked(results_md, f"claims:{self.plan.dataset}", claims)
-                    | report.replace_marked(results_md, f"report:{self.plan.dataset}", block)):
+            if (render.replace_marked(results_md, f"claims:{self.plan.dataset}", claims)
+                    | render.replace_marked(results_md, f"report:{self.plan.dataset}", block)):
                 written.append(results_md)
         return written
 

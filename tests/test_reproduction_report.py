@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from benchmarks.reproduction import records, report
+from benchmarks.reproduction import records, render, report
 
 K, N = 4, 200
 REPS = 100
@@ -150,7 +150,7 @@ def test_analyse_and_write_report(tmp_path):
     assert table[0]["clean_accuracy"]["mean"] == pytest.approx(0.9) and table[0]["clean_accuracy"]["std"] == 0
     assert table[2]["clean_accuracy"]["std"] is None
 
-    paths = report.write_report(analysis, recs, str(tmp_path), "fmnist")
+    paths = render.write_report(analysis, recs, str(tmp_path), "fmnist")
     for name in ("fmnist.md", "fmnist.json", "fmnist_cnn_frontier.png", "fmnist_cnn_uer_vs_eps.png",
                  "fmnist_cnn_metrics_vs_uer.png", "fmnist_cnn_class_pairs.png", "fmnist_cnn_bound_vs_observed.png"):
         assert str(tmp_path / name) in paths and (tmp_path / name).stat().st_size > 0
@@ -166,7 +166,7 @@ def test_analyse_and_write_report(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
     # 6 records of 0.5 h each, and the schedule search's runs but the one the base record is.
     analysis["schedule"] = {"cnn": {"epochs": 3, "runs": {"3": {"train_seconds": 360.0}, "6": {"train_seconds": 720.0}}}}
-    report.write_report(analysis, recs, str(tmp_path), "fmnist")
+    render.write_report(analysis, recs, str(tmp_path), "fmnist")
     text = (tmp_path / "fmnist.md").read_text()
     assert ("- **cnn** machine time: 3.2 h (training 0.6 h, evaluation 2.4 h, schedule search 0.2 h; on cpu x1)"
             in text)
@@ -174,7 +174,7 @@ def test_analyse_and_write_report(tmp_path):
         assert f"![fmnist cnn {name}](fmnist_cnn_{name}.png)" in text
 
     # RESULTS.md's copy: no title, no claims section (it has its own block), headings one level down.
-    block = report.results_block("fmnist", text)
+    block = render.results_block("fmnist", text)
     assert block.startswith("### Setup\n") and "## Claims" not in block and CLAIM_TEXT not in block
     assert "\n### cnn\n" in block and "\n#### Models" in block and "| uat | 0.1 |" in block
     assert "![fmnist cnn frontier](results/fmnist_cnn_frontier.png)" in block
@@ -216,7 +216,7 @@ def test_the_bound_row(tmp_path):
     analysis = report.analyse(recs, SELECTION, reps=REPS)
     claim = claims_by_id(analysis)["bound"]
     assert claim["verdict"] == "not measured (6 records without test.bound)" and claim["estimate"] is None
-    paths = report.write_report(analysis, recs, str(tmp_path), "fmnist")
+    paths = render.write_report(analysis, recs, str(tmp_path), "fmnist")
     assert str(tmp_path / "fmnist_cnn_bound_vs_observed.png") in paths
     assert "none of the 6 records has test.bound" in (tmp_path / "fmnist.md").read_text()
 
@@ -240,7 +240,7 @@ def test_missing_chosen_model_is_not_measured(tmp_path):
     # 4 models left: the correlation is reported but decides nothing (MIN_CORRELATION_MODELS).
     assert claims["correlation"]["verdict"] == "not measured (4 models < 6)"
     assert claims["correlation"]["estimate"] is not None
-    assert len(report.write_report(analysis, recs, str(tmp_path), "fmnist")) == 2 + len(report.PLOTS)
+    assert len(render.write_report(analysis, recs, str(tmp_path), "fmnist")) == 2 + len(report.PLOTS)
 
 
 def test_missing_base_and_unselected_method(tmp_path):
@@ -249,7 +249,7 @@ def test_missing_base_and_unselected_method(tmp_path):
     claims = claims_by_id(analysis)
     assert {claims[k]["verdict"] for k in ("robustness", "accuracy", "class_pairs")} == {"not measured"}
     assert [(d["method"], d["base_missing"]) for d in analysis["defences"]] == [("uat", True), ("trades", True)]
-    report.write_report(analysis, recs, str(tmp_path), "fmnist")
+    render.write_report(analysis, recs, str(tmp_path), "fmnist")
 
 
 def test_one_seed_everywhere_and_two_archs(tmp_path):
@@ -263,7 +263,7 @@ def test_one_seed_everywhere_and_two_archs(tmp_path):
     assert rob["detail"]["paired"] and rob["ci95"][0] < rob["estimate"] < rob["ci95"][1]
     assert by_arch[("mlp", "robustness")]["verdict"] == "not measured"  # no JR choice for mlp
     assert [d["arch"] for d in analysis["defences"]] == ["cnn", "mlp"]
-    assert len(report.write_report(analysis, recs, str(tmp_path), "fmnist")) == 2 + 2 * len(report.PLOTS)
+    assert len(render.write_report(analysis, recs, str(tmp_path), "fmnist")) == 2 + 2 * len(report.PLOTS)
 
 
 def test_bad_records():
@@ -276,11 +276,11 @@ def test_bad_records():
 def test_replace_marked(tmp_path):
     path = tmp_path / "R.md"
     path.write_text("intro\n<!-- claims:x -->\nold\n<!-- /claims:x -->\nrest\n")
-    assert report.replace_marked(str(path), "claims:x", "new\n")
+    assert render.replace_marked(str(path), "claims:x", "new\n")
     assert path.read_text() == "intro\n<!-- claims:x -->\nnew\n<!-- /claims:x -->\nrest\n"
-    assert report.replace_marked(str(path), "claims:x", "new\n")  # idempotent
-    assert not report.replace_marked(str(path), "claims:y", "z\n")
-    assert not report.replace_marked(str(tmp_path / "absent.md"), "claims:x", "z\n")
+    assert render.replace_marked(str(path), "claims:x", "new\n")  # idempotent
+    assert not render.replace_marked(str(path), "claims:y", "z\n")
+    assert not render.replace_marked(str(tmp_path / "absent.md"), "claims:x", "z\n")
     assert path.read_text().count("new") == 1
 
 
@@ -296,12 +296,12 @@ def test_results_md_claims_are_the_committed_outputs():
         analysis = json.load(open(os.path.join(root, "results", f"{dataset}.json")))
         models = os.path.join(root, "results", dataset, "models")
         count = sum(name.endswith(".json") for arch in os.listdir(models) for name in os.listdir(os.path.join(models, arch)))
-        assert block == report.claims_block(dataset, analysis["claims"], count), \
+        assert block == render.claims_block(dataset, analysis["claims"], count), \
             f"RESULTS.md's claims:{dataset} block differs from results/{dataset}.json: rerun benchmarks/reproduce.py"
     blocks = re.findall(r"<!-- report:(\w+) -->\n(.*?)<!-- /report:\1 -->", text, re.S)
     for dataset, block in blocks:
         with open(os.path.join(root, "results", f"{dataset}.md")) as f:
-            assert block == report.results_block(dataset, f.read()), \
+            assert block == render.results_block(dataset, f.read()), \
                 f"RESULTS.md's report:{dataset} block differs from results/{dataset}.md: rerun benchmarks/reproduce.py"
     assert blocks, "RESULTS.md shows no report block"
 

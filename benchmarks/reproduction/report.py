@@ -22,27 +22,22 @@ bootstrap intervals of :mod:`.stats` (seeds and test inputs resampled):
   base's and the chosen JR's points pooled separately (headline: the base's).
 
 Every other defence at its chosen strength gets the robustness comparison and
-its accuracy cost too (``defences``, not claims).  :func:`write_report` writes
-``<dataset>.md``, ``<dataset>.json`` and five PNG plots per architecture.
+its accuracy cost too (``defences``, not claims).  :mod:`.render` writes the
+analysis out: ``<dataset>.md``, ``<dataset>.json``, plots and RESULTS.md's blocks.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-
-from jacuap import io as jacuap_io
 
 from . import bound_claim, class_pairs
 from . import records as rec
 from . import stats
 
-__all__ = ["analyse", "write_report", "results_block", "CLAIMS", "METRICS", "PLOTS"]
+__all__ = ["analyse", "fooling_rate_part", "CLAIMS", "METRICS", "PLOTS", "FR_WORST_CASE"]
 
 SCHEMA = "jacuap.reproduction.analysis/1"
 METRICS = ("mean_frobenius_sq", "stacked_spectral_norm", "mean_spectral_norm_sq", "universality_ratio",
@@ -184,6 +179,20 @@ def _row(key: tuple, recs: List[Dict[str, Any]], chosen: bool) -> Dict[str, Any]
     row["sgd_uap"] = {"eps": grid, "uer": curve, "eps50": e50, "eps50_censored": bool(ok) and e50 is None}
     row["metrics"] = {m: _mean([(r["test"].get("metrics") or {}).get(m) for r in recs]) for m in METRICS}
     return row
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    return "inf" if v == math.inf else f"{v:.{digits}g}"
+
+
+def _ci(x: Optional[Dict[str, Any]]) -> str:
+    if not x or x.get("estimate") is None:
+        return "-"
+    # A censored eps50 bounds the ratio: the model's from below, the base's from above.
+    bound = ">= " if x.get("censored_model") else "<= " if x.get("censored_base") else ""
+    return f"{bound}{_f(x['estimate'])} [{_f(x['low'])}, {_f(x['high'])}]"
 
 
 def _claim(kind: str, arch: str, head: Optional[Dict[str, Any]], verdict: Optional[str],
@@ -359,7 +368,7 @@ def analyse(records: Sequence[Dict[str, Any]], selection: Optional[Dict[str, Any
     "chosen", "reference_eps", "table", "metric_points", "class_pair_points"}},
     "claims": [{"id", "claim", "arch", "estimate", "ci95", "verdict", "detail"}],
     "defences": [...]}``.  Interval bounds may be ``inf`` (a zero rate);
-    :func:`write_report`'s JSON writes them as null.
+    :func:`.render.write_report`'s JSON writes them as null.
     """
     if isinstance(records, dict) or not all(isinstance(r, dict) for r in records):
         raise ValueError("records must be a list of record dicts")
@@ -376,330 +385,3 @@ def analyse(records: Sequence[Dict[str, Any]], selection: Optional[Dict[str, Any
              for a in sorted(by_arch)}
     return {"schema": SCHEMA, "dataset": datasets[0] if datasets else None, "reps": reps, "seed": seed,
             "level": _LEVEL, "selection": selection, "archs": archs, "claims": claims, "defences": defences}
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON values; NaN and inf as None (strict JSON has neither)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.bool_, np.integer)):
-        return obj.item()
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
-
-
-def _write(path: str, data: bytes) -> str:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return path
-
-
-def _f(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    return "inf" if v == math.inf else f"{v:.{digits}g}"
-
-
-def _ci(x: Optional[Dict[str, Any]]) -> str:
-    if not x or x.get("estimate") is None:
-        return "-"
-    # A censored eps50 bounds the ratio: the model's from below, the base's from above.
-    bound = ">= " if x.get("censored_model") else "<= " if x.get("censored_base") else ""
-    return f"{bound}{_f(x['estimate'])} [{_f(x['low'])}, {_f(x['high'])}]"
-
-
-def _at_eps(x: Optional[Dict[str, Any]]) -> str:
-    """A ratio's interval and the budget it was measured at (the largest over budgets is at one of them)."""
-    text = _ci(x)
-    return f"{text} (eps {_f(x['eps'])})" if text != "-" and x.get("eps") is not None else text
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
-    return ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + [
-        "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-
-
-#: Claims of this project, not of the paper: reported in their own table.
-PROJECT_CLAIMS = ("class_pairs",)
-
-
-def claims_table(claims: Sequence[Dict[str, Any]]) -> List[str]:
-    """The claims as markdown table lines (a blank line first), from ``analyse()``'s claims or the JSON's.
-
-    ``sample`` says what an estimate rests on (seeds compared, models): a row of one seed per side has an
-    interval over test inputs only, not over training noise.
-    """
-    return _table(["arch", "claim", "estimate", "95% interval", "verdict", "sample", "where"], [
-        [c["arch"], f"{c['claim']} ({c['id']})", _f(c["estimate"]), f"[{_f(c['ci95'][0])}, {_f(c['ci95'][1])}]",
-         c["verdict"], c.get("sample") or "-", c.get("where") or "-"] for c in claims])
-
-
-def claims_tables(claims: Sequence[Dict[str, Any]]) -> List[str]:
-    """The paper's claims, then the project's own (:data:`PROJECT_CLAIMS`) under their own heading."""
-    paper = [c for c in claims if c["id"] not in PROJECT_CLAIMS]
-    own = [c for c in claims if c["id"] in PROJECT_CLAIMS]
-    lines = claims_table(paper)
-    if own:
-        lines += ["", "The project's own claims (not the paper's):"] + claims_table(own)
-    return lines
-
-
-def claims_block(dataset: str, claims: Sequence[Dict[str, Any]], num_models: int) -> str:
-    """What RESULTS.md holds between ``<!-- claims:DATASET -->`` and ``<!-- /claims:DATASET -->``."""
-    head = (f"Generated by `python benchmarks/reproduce.py` from the {num_models} model records in "
-            f"`results/{dataset}/models/` (the whole report: `results/{dataset}.md`).")
-    return "\n".join([head] + claims_tables(claims)) + "\n"
-
-
-def replace_marked(path: str, name: str, text: str) -> bool:
-    """Replaces what ``path`` holds between ``<!-- name -->`` and ``<!-- /name -->`` by ``text``.
-
-    Returns False (and writes nothing) when the file or either marker is absent.
-    """
-    try:
-        with open(path) as f:
-            old = f.read()
-    except OSError:
-        return False
-    new = jacuap_io.replace_between(old, f"<!-- {name} -->\n", f"<!-- /{name} -->", text)
-    if new is None:
-        return False
-    if new != old:
-        _write(path, new.encode())
-    return True
-
-
-def _markdown(analysis: Dict[str, Any], records: Sequence[Dict[str, Any]], dataset: str) -> str:
-    lines = [f"# Reproduction: {dataset}", "", "## Setup", ""]
-    for arch, a in analysis["archs"].items():
-        recs = [r for r in records if r["arch"] == arch]
-        epochs = sorted({str((r.get("config") or {}).get("num_epochs", (r.get("train") or {}).get("num_epochs")))
-                         for r in recs})
-        lines.append(f"- **{arch}**: {len(recs)} models; epochs {', '.join(epochs) or '-'}; seeds "
-                     f"{sorted({int(r['seed']) for r in recs})}; test inputs "
-                     f"{sorted({int(r['test']['num_eval']) for r in recs})}; base seeds {(a['base'] or {}).get('seeds')}")
-    lines += _machine_lines(records, analysis.get("schedule") or {})
-    lines += [f"- bootstrap: {analysis['reps']} replicates (seeds and test inputs resampled), seed {analysis['seed']}",
-              "", "## Claims"]
-    lines += claims_tables(analysis["claims"])
-    for arch, a in analysis["archs"].items():
-        table = a["table"]
-        wc = sorted({e["eps"] for row in table for e in row["worst_case"]})
-        sgd = sorted({e for row in table for e in row["sgd_uap"]["eps"]})
-        lines += ["", f"## {arch}", "", "### Models (test split; means over seeds; * chosen)"]
-        rows = []
-        for row in table:
-            at, acc, sgd_row = {e["eps"]: e for e in row["worst_case"]}, row["clean_accuracy"], row["sgd_uap"]
-            e50 = (">" + _f(sgd_row["eps"][-1])) if sgd_row["eps50_censored"] else _f(sgd_row["eps50"])
-            rows.append([row["method"] + (" *" if row["chosen"] else ""), f"{row['strength']:g}", len(row["seeds"]),
-                         _f(acc["mean"] and 100 * acc["mean"], 4) + ("" if acc["std"] is None else " ± " + _f(100 * acc["std"], 2))]
-                        + [" / ".join(_f((at.get(e) or {}).get(k)) for k in ("uer", "fooling_rate",
-                                                                           "fooling_rate_by_fooling_rate"))
-                           for e in wc]
-                        + [e50])
-        lines += ["", "UER and FR of the worst case chosen by UER, then FR\\* of the worst case chosen by fooling "
-                  "rate (\"-\" where a record predates it)."]
-        lines += _table(["method", "strength", "seeds", "clean acc %"] + [f"UER / FR / FR\\* @{e:.3g}" for e in wc]
-                        + ["eps50 SGD-UAP"], rows)
-        lines += ["", "### SGD-UAP UER by eps"] + _table(["method", "strength"] + [f"{e:.3g}" for e in sgd], [
-            [row["method"], f"{row['strength']:g}"] + [_f(dict(zip(row["sgd_uap"]["eps"], row["sgd_uap"]["uer"])).get(e))
-                                                       for e in sgd] for row in table])
-        lines += ["", "### Jacobian metrics (test split)"] + _table(["method", "strength", *METRICS], [
-            [row["method"], f"{row['strength']:g}"] + [_f(row["metrics"][m]) for m in METRICS] for row in table])
-        mine = {c["id"]: c for c in analysis["claims"] if c["arch"] == arch}
-        versus = [mine["robustness"]["detail"]] + [d for d in analysis["defences"] if d["arch"] == arch]
-        lines += ["", "### Chosen defences vs the base (ratio > 1: more robust; cost in accuracy points)"]
-        rules = list(dict.fromkeys(d["rule"] for d in versus if d.get("rule")))  # each selection rule stated once
-        label = lambda r: f"({rules.index(r) + 1})" if r else "-"
-        lines += _table(["method", "strength", "rule", "max UER ratio [95%] (at eps)", "eps50 ratio [95%]",
-                         "accuracy cost [95%]"], [
-            [d["method"], _f(d.get("strength")), label(d.get("rule")), _at_eps(d.get("headline")),
-             _ci(d.get("eps50_ratio")), _ci(d.get("accuracy_cost"))] for d in versus])
-        lines += [""] + [f"- rule ({k + 1}): {r}" for k, r in enumerate(rules)]
-        costs = {c["strength"]: c for c in mine["accuracy"]["detail"]["lambdas"]}
-        per = mine["robustness"]["detail"].get("lambdas") or []
-        lines += ["", "### JR per lambda: robustness (ratios lambda 0 / lambda, > 1: more robust) and accuracy cost (points)"]
-        lines += _table(["lambda", "seeds"] + [f"UER ratio @{e:.3g}" for e in wc] + [f"FR ratio @{e:.3g}" for e in wc]
-                        + ["FR worst case by", "eps50 ratio", "accuracy cost", "accuracy verdict"], [
-            [f"{x['strength']:g}", len(x["seeds_model"])]
-            + [_ci(next((y for y in x[k] if _ek(y["eps"]) == _ek(e)), None)) for k in ("uer_ratio", "fooling_rate_ratio")
-               for e in wc] + [("fooling rate" if x.get("fooling_rate_worst_case_by") == "fooling_rate" else "UER"),
-                               _ci(x["eps50_ratio"]), _ci(costs.get(x["strength"])),
-                               (costs.get(x["strength"]) or {}).get("verdict", "-")] for x in per])
-        detail = mine["correlation"]["detail"]
-        jr_only = (detail.get("jr_only") or {}).get("metrics") or {}
-        corr = [(m, c, jr_only.get(m)) for m, c in detail["metrics"].items()]
-        corr += [(f"s_ij vs targeted success, class pairs ({k})", c, None)
-                 for k, c in mine["class_pairs"]["detail"]["pools"].items()]
-        lines += ["", "### Correlations with worst-case UER at eps " + _f(a["reference_eps"]["worst_case"])
-                  + f" (all {detail['n_records']} models; JR's {(detail.get('jr_only') or {}).get('n_records', 0)})"]
-        lines += _table(["metric", "Pearson r [95%]", "Spearman rho [95%]", "JR only: Pearson", "JR only: Spearman"],
-                        [[m, _ci(c and c["pearson"]), _ci(c and c["spearman"]), _ci(j and j["pearson"]),
-                          _ci(j and j["spearman"])] for m, c, j in corr])
-        bound = mine["bound"]["detail"]
-        lines += ["", f"### Bound on the worst-case UAP's effect (medians over models; the first "
-                  f"{', '.join(map(str, bound['num_inputs'])) or '-'} "
-                  "test inputs; tightness = first order / bound)"]
-        lines += bound_claim.bound_table(bound)
-        lines += _schedule_lines(arch, (analysis.get("schedule") or {}).get(arch))
-        lines += _transfer_lines((analysis.get("transfer") or {}).get(arch))
-        lines += ["", "### Plots", ""] + [f"![{dataset} {arch} {name}]({dataset}_{arch}_{name}.png)" for name in PLOTS]
-    return "\n".join(lines) + "\n"
-
-
-def _machine_lines(records: Sequence[Dict[str, Any]], schedule: Dict[str, Any]) -> List[str]:
-    """Machine time per architecture: each record's ``seconds`` and the schedule runs', and where they ran."""
-    lines = []
-    for arch in sorted({r["arch"] for r in records}):
-        recs = [r for r in records if r["arch"] == arch]
-        train = sum(float((r.get("seconds") or {}).get("train") or 0) for r in recs)
-        evaluate = sum(float((r.get("seconds") or {}).get("evaluate") or 0) for r in recs)
-        # The base model at the chosen epochs is the schedule search's run of that length: count it once.
-        sched = schedule.get(arch) or {}
-        base = any(r["method"] == "jr" and float(r["strength"]) == 0 and int(r["seed"]) == 0 for r in recs)
-        search = sum(float(run.get("train_seconds") or 0) for e, run in (sched.get("runs") or {}).items()
-                     if not (base and str(e) == str(sched.get("epochs"))))
-        where = sorted({f"{(r.get('machine') or {}).get('backend', '?')} x{(r.get('machine') or {}).get('devices', '?')}"
-                        for r in recs})
-        lines.append(f"- **{arch}** machine time: {(train + evaluate + search) / 3600:.1f} h "
-                     f"(training {train / 3600:.1f} h, evaluation {evaluate / 3600:.1f} h, schedule search "
-                     f"{search / 3600:.1f} h; on {', '.join(where)})")
-    return lines
-
-
-def results_block(dataset: str, markdown: str) -> str:
-    """What RESULTS.md holds between ``<!-- report:DATASET -->`` markers: ``<dataset>.md`` from its setup on.
-
-    The report's title and its claims section (RESULTS.md shows the claims in
-    their own block) are dropped, headings go one level down, and the plots
-    are linked from the repository root.
-    """
-    out, skipping = [], False
-    for line in markdown.splitlines()[1:]:
-        if line.startswith("## "):
-            skipping = line == "## Claims"
-        if skipping:
-            continue
-        if line.startswith("#"):
-            line = "#" + line
-        out.append(line.replace(f"]({dataset}_", f"](results/{dataset}_"))
-    return "\n".join(out).strip("\n") + "\n"
-
-
-def _schedule_lines(arch: str, schedule: Optional[Dict[str, Any]]) -> List[str]:
-    """The schedule search of ``arch`` (the driver's schedule.json entry): accuracy at each epoch count."""
-    if not schedule or not schedule.get("runs"):
-        return []
-    runs = sorted(schedule["runs"].items(), key=lambda kv: int(kv[0]))
-    chosen = schedule.get("epochs")
-    head = ["", f"### Schedule: {chosen if chosen is not None else 'not yet chosen'} epochs"
-            + (" (capped)" if schedule.get("capped") else ""), "", schedule.get("rule", "")]
-    return head + _table(["epochs", "validation acc", "test acc", "train s"], [
-        [e, _f(r.get("validation_accuracy"), 4), _f(r.get("test_accuracy"), 4),
-         "-" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}"]
-        for e, r in runs])
-
-
-def _transfer_lines(transfer: Optional[Dict[str, Any]]) -> List[str]:
-    """The transfer matrix: rows craft the UAP, columns are evaluated under it (the driver's transfer.json entry)."""
-    if not transfer or not transfer.get("uer"):
-        return []
-    models = transfer["models"]
-    short = [m.split("/")[-1] for m in models]
-    rows = [[src] + [_f((transfer["uer"].get(m) or {}).get(t)) for t in models] for src, m in zip(short, models)]
-    return (["", f"### Transfer: UER at eps {_f(transfer.get('eps'))} (row: UAP crafted on; column: evaluated on)"]
-            + _table(["from \\ on"] + short, rows))
-
-
-def _plots(analysis: Dict[str, Any], arch: str, out_dir: str, dataset: str) -> List[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    a = analysis["archs"][arch]
-    ref = a["reference_eps"]["worst_case"]
-    corr = next(c for c in analysis["claims"] if c["arch"] == arch and c["id"] == "correlation")["detail"]["metrics"]
-    paths = []
-
-    def save(fig, ax, name):
-        if ax is not None and ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=90)
-        plt.close(fig)
-        paths.append(_write(os.path.join(out_dir, f"{dataset}_{arch}_{name}.png"), buf.getvalue()))
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for method in dict.fromkeys(row["method"] for row in a["table"]):
-        pts = [(row, next((e for e in row["worst_case"] if ref is not None and _ek(e["eps"]) == _ek(ref)), None))
-               for row in a["table"] if row["method"] == method]
-        pts = [(row, e) for row, e in pts if e and e["uer"] is not None and row["clean_accuracy"]["mean"] is not None]
-        if pts:
-            ax.errorbar([100 * r["clean_accuracy"]["mean"] for r, _ in pts], [e["uer"] for _, e in pts],
-                        xerr=[100 * (r["clean_accuracy"]["std"] or 0) for r, _ in pts],
-                        yerr=[e["uer_std"] or 0 for _, e in pts], marker="o", capsize=2, label=method)
-            for r, e in pts:
-                ax.annotate(f"{r['strength']:g}", (100 * r["clean_accuracy"]["mean"], e["uer"]), fontsize=6)
-    ax.set(xlabel="clean accuracy (%)", ylabel=f"worst-case UER, eps={_f(ref)}", title=f"{dataset} {arch}: frontier")
-    save(fig, ax, "frontier")
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    shown = [("jr", 0.0, "base (jr 0)")] + [(m, c["strength"], f"{m} {c['strength']:g}") for m, c in a["chosen"].items()]
-    for method, strength, label in shown:
-        row = next((r for r in a["table"] if r["method"] == method and r["strength"] == float(rec.strength_tag(strength))), None)
-        if row and row["sgd_uap"]["eps"]:
-            ax.plot(row["sgd_uap"]["eps"], row["sgd_uap"]["uer"], marker="o", label=label)
-    ax.axhline(0.5, color="grey", lw=0.5)
-    ax.set(xlabel="l_inf eps", ylabel="SGD-UAP UER (test)", title=f"{dataset} {arch}: UER vs eps")
-    save(fig, ax, "uer_vs_eps")
-
-    pts = a["metric_points"]
-    fig, axes = plt.subplots(2, 4, figsize=(13, 6.5), sharey=True)
-    fig.subplots_adjust(left=0.05, right=0.98, top=0.9, bottom=0.06, wspace=0.3, hspace=0.45)  # tight_layout: 4x slower
-    for ax, m in zip(axes.ravel(), METRICS):
-        for jr_family, colour, label in ((True, "C0", "jr (any lambda)"), (False, "C1", "other defences")):
-            xy = [(x, y) for x, y, method in zip(pts[m], pts["uer"], pts["methods"])
-                  if _finite(x) and _finite(y) and (method == "jr") == jr_family]
-            if xy:
-                ax.scatter(*zip(*xy), s=12, color=colour, label=label)
-        c = corr[m]
-        ax.set_title(f"{m}\nr={_f(c and c['pearson']['estimate'], 2)} rho={_f(c and c['spearman']['estimate'], 2)}",
-                     fontsize=8)
-    for ax in axes[:, 0]:
-        ax.set_ylabel(f"worst-case UER, eps={_f(ref)}")
-    axes.ravel()[-1].axis("off")
-    handles, labels = axes.ravel()[0].get_legend_handles_labels()
-    if handles:
-        axes.ravel()[-1].legend(handles, labels, loc="center")
-    save(fig, None, "metrics_vs_uer")
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for pool, p in a["class_pair_points"].items():
-        if p["x"]:
-            jr = (a["chosen"].get("jr") or {}).get("strength")
-            ax.scatter(p["x"], p["y"], s=10, alpha=0.7, label="base (jr 0)" if pool == "base" else f"jr {_f(jr)}")
-    ax.set(xlabel="mean s_ij (class i, class j)", ylabel=f"targeted i->j success, eps={_f(a['reference_eps']['targeted'])}",
-           title=f"{dataset} {arch}: class pairs")
-    save(fig, ax, "class_pairs")
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    bound = next(c for c in analysis["claims"] if c["arch"] == arch and c["id"] == "bound")["detail"]
-    bound_claim.draw_bound_vs_observed(ax, bound["points"], f"{dataset} {arch}: bound vs observed")
-    save(fig, ax, "bound_vs_observed")
-    return paths
-
-
-def write_report(analysis: Dict[str, Any], records: Sequence[Dict[str, Any]], out_dir: str, dataset: str) -> List[str]:
-    """Writes ``<dataset>.md``, ``<dataset>.json`` (strict JSON) and the plots into ``out_dir``; returns their paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    text = json.dumps(_jsonable(analysis), indent=1, allow_nan=False) + "\n"
-    paths = [_write(os.path.join(out_dir, f"{dataset}.md"), _markdown(analysis, records, dataset).encode()),
-             _write(os.path.join(out_dir, f"{dataset}.json"), text.encode())]
-    for arch in analysis["archs"]:
-        paths += _plots(analysis, arch, out_dir, dataset)
-    return paths
