@@ -25,6 +25,24 @@ def test_full_plan_covers_the_issue():
     assert plans.full_plan("cifar10").archs[0].name == "resnet"
 
 
+def test_the_cnn_suite_is_the_standard_one_without_deepfool(tmp_path):
+    from jacuap.evaluation import suite
+
+    from benchmarks.reproduction import evaluate
+
+    p = plans.full_plan("fashion_mnist")
+    mlp, cnn = p.archs
+    assert p.suite_of(mlp) == "standard" and p.suite_of(cnn) == plans.CNN_SUITE
+    standard, cut = suite.SUITES["standard"], suite.SUITES[plans.CNN_SUITE]
+    assert [m for m in standard.members if m.attack != "deepfool_uap"] == list(cut.members)
+    assert len(cut.members) == len(standard.members) - 1 and cut.targeted_epochs == standard.targeted_epochs
+    # A model whose suite run started under another suite finishes under it.
+    assert evaluate._started_suite(str(tmp_path)) == ""
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / "request.json").write_text(json.dumps({"suite": "standard", "eps": [0.1]}))
+    assert evaluate._started_suite(str(tmp_path)) == "standard"
+
+
 def test_every_method_config_is_a_valid_training_config():
     from jacuap import configs
     from jacuap.configs import default

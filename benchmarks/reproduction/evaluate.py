@@ -64,6 +64,19 @@ def _cpu_model() -> str:
         return platform.processor()
 
 
+def _started_suite(workdir: str) -> str:
+    """The suite of a suite run already started in ``workdir`` (its request.json), or "".
+
+    A changed plan must not restart a model's attacks half-way: the request
+    would differ, and a different request replaces the folder's rows.
+    """
+    try:
+        with open(os.path.join(workdir, "suite", "request.json")) as f:
+            return str(json.load(f).get("suite") or "")
+    except (OSError, ValueError):
+        return ""
+
+
 def _request(spec: ModelSpec, plan: Plan, workdir: str, out: str, progress: bool, **kw):
     from jacuap import evaluation
 
@@ -183,9 +196,10 @@ def evaluate(spec: ModelSpec, plan: Plan, workroot: str, data_dir: str = "", pro
                    eval_split="validation", num_eval=plan.num_validation)
     val_row = val["results"][0]
     wc_eps = list(plan.worst_case_eps)
-    res = _request(spec, plan, workdir, "suite", progress, attacks=[], suite=plan.suite, targeted=True,
+    suite_name = _started_suite(workdir) or plan.suite_of(spec.arch)
+    res = _request(spec, plan, workdir, "suite", progress, attacks=[], suite=suite_name, targeted=True,
                    eps=wc_eps, num_metrics=plan.num_metrics)
-    first = evaluation.suite.SUITES[plan.suite].members[0]
+    first = evaluation.suite.SUITES[suite_name].members[0]
     assert first.attack == "sgd_uap", "the grid's SGD-UAP rows reuse the suite's first member"
     extra_eps = [e for e in plan.sgd_eps if not any(abs(e - w) < 1e-9 for w in wc_eps)]
     grid = _request(spec, plan, workdir, "sgd_grid", progress, attacks=["sgd_uap"], eps=extra_eps,
@@ -223,7 +237,7 @@ def evaluate(spec: ModelSpec, plan: Plan, workroot: str, data_dir: str = "", pro
         "test": {"num_eval": int(n), "clean_correct": records.pack_bits(clean_pred == y), "worst_case": worst,
                  "worst_case_by_fooling_rate": worst_fr,
                  "sgd_uap": sgd, "targeted": targeted, "metrics": m,
-                 "suite": plan.suite, "num_craft": res["config"]["num_craft"]},
+                 "suite": suite_name, "num_craft": res["config"]["num_craft"]},
         "seconds": {"train": summary.get("train_seconds"), "evaluate": time.time() - trained},
         "machine": {"platform": platform.platform(), "cpu": _cpu_model(), "backend": jax.default_backend(),
                     "devices": jax.device_count()},
