@@ -211,8 +211,9 @@ class Sweep:
         done = []
         for record in found:
             workdir = bound_records.workdir_of_record(self.workroot, record)
-            if record["test"].get("worst_case_by_fooling_rate") or not os.path.isfile(
-                    os.path.join(workdir, "suite", "results.json")):
+            if (record["test"].get("worst_case_by_fooling_rate")
+                    or not os.path.isfile(os.path.join(workdir, "suite", "results.json"))
+                    or not bound_records.holds_the_record_model(workdir, record)):
                 continue
             try:
                 record["test"]["worst_case_by_fooling_rate"] = evaluate.fooling_rate_worst_case(workdir, record)
@@ -296,6 +297,23 @@ class Sweep:
                       f"{sum(i in done for i in ids)}/{len(ids)} done; chosen "
                       f"{'-' if pick is None else f'{pick:g}'}; seeds {list(self.plan.claim_seeds)}")
         print("\n".join(bound_records.plan_lines(self.workroot, found)))
+        print(self._fooling_rate_line(found))
+
+    def _fooling_rate_line(self, found: List[Dict[str, Any]]) -> str:
+        """``--plan``'s count of the records with, and without, the worst case chosen by fooling rate."""
+        from benchmarks.reproduction import bound_records
+
+        def status(r):
+            workdir = bound_records.workdir_of_record(self.workroot, r)
+            if r["test"].get("worst_case_by_fooling_rate"):
+                return "recorded"
+            if not os.path.isfile(os.path.join(workdir, "suite", "results.json")):
+                return "not here (workdir missing)"
+            return "to add" if bound_records.holds_the_record_model(workdir, r) else "not here (another model)"
+        counts = [status(r) for r in found]
+        kinds = ["recorded", "to add", "not here (workdir missing)", "not here (another model)"]
+        return "  worst case by fooling rate (test.worst_case_by_fooling_rate): " + ", ".join(
+            f"{counts.count(k)} {k}" for k in kinds if k in counts or k in kinds[:3])
 
 
 def run_dataset(name: str) -> bool:

@@ -231,6 +231,7 @@ def test_reproduce_quick_on_digits(tmp_path):
     plan = _run(*args, "--plan", cwd=repo)
     assert plan.returncode == 0 and "bound (test.bound): 6 measured, 0 to measure, 1 not measured" in plan.stdout
     assert "digits/mlp/jr_0_s1: bound: not measured (workdir missing)" in plan.stdout
+    assert "worst case by fooling rate (test.worst_case_by_fooling_rate): 7 recorded, 0 to add" in plan.stdout
     again = _run(*args, "--max_models=0", cwd=repo)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "bound" not in records.load_record(str(out), "digits/mlp/jr_0_s1")["test"]

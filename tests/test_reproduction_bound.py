@@ -302,3 +302,21 @@ def test_plan_lists_records_whose_bound_cannot_be_measured(workroot):
                      "    digits/mlp/jr_0_s1: bound: not measured (workdir missing)"]
     measured = dict(record, test={**record["test"], "bound": {"budgets": []}})
     assert br.plan_lines(root, [measured])[1:] == []
+
+
+def test_a_workdir_holding_another_model_is_named_and_skipped(tmp_path):
+    """The same config retrained on another CPU leaves a workdir whose suite run names another fingerprint:
+    the record's bound is "not measured (workdir holds another model)", never measured on the wrong model."""
+    record = {"id": "d/mlp/jr_0_s0", "dataset": "d", "arch": "mlp", "method": "jr", "strength": 0.0, "seed": 0,
+              "params_fingerprint": "sha256:aaaa", "config": {"num_epochs": 4},
+              "test": {"worst_case": [{"eps": 0.1, "attack": "sgd_uap", "seed": 0}]}}
+    workdir = tmp_path / "d" / "mlp" / "e4" / "jr_0_s0"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "suite").mkdir()
+    (workdir / "suite" / "sgd_uap_linf_eps0.1_seed0.npy").write_bytes(b"")
+    assert bound_records.bound_status(str(tmp_path), record) == bound_records.PENDING  # names no model
+    for fingerprint, status in (("sha256:aaaa", bound_records.PENDING), ("sha256:bbbb", bound_records.OTHER)):
+        (workdir / "suite" / "request.json").write_text(json.dumps({"model_fingerprint": fingerprint}))
+        assert bound_records.bound_status(str(tmp_path), record) == status
+    assert bound_records.add_bounds(str(tmp_path / "out"), str(tmp_path), [record]) == []
+    assert "1 not measured (workdir holds another model)" in bound_records.plan_lines(str(tmp_path), [record])[0]

@@ -22,6 +22,7 @@ another model (its parameters' fingerprint differs), is left alone too.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable, Dict, List, Sequence
 
@@ -29,10 +30,11 @@ import numpy as np
 
 from benchmarks.reproduction import plan as plans, records
 
-__all__ = ["MEASURED", "PENDING", "MISSING", "workdir_of_record", "bound_status", "plan_lines", "measure_bound",
+__all__ = ["MEASURED", "PENDING", "MISSING", "OTHER", "workdir_of_record", "holds_the_record_model", "bound_status", "plan_lines", "measure_bound",
            "add_bounds"]
 
 MEASURED, PENDING, MISSING = "measured", "to measure", "not measured (workdir missing)"
+OTHER = "not measured (workdir holds another model)"
 
 
 _FIELDS = ("id", "dataset", "arch", "method", "strength", "seed", "test")
@@ -79,7 +81,20 @@ def bound_status(workroot: str, record: Dict[str, Any]) -> str:
     workdir = workdir_of_record(workroot, record)
     have = os.path.isdir(os.path.join(workdir, "checkpoints")) and all(
         os.path.isfile(_uap_path(workdir, w)) for w in record["test"]["worst_case"])
+    if have and not holds_the_record_model(workdir, record):
+        return OTHER
     return PENDING if have else MISSING
+
+
+def holds_the_record_model(workdir: str, record: Dict[str, Any]) -> bool:
+    """False when ``workdir``'s suite run names another model than ``record``'s (its request's fingerprint),
+    e.g. the same config retrained on another CPU; True when it names the record's or names none."""
+    try:
+        with open(os.path.join(workdir, "suite", "request.json")) as f:
+            found = json.load(f).get("model_fingerprint")
+    except (OSError, ValueError):
+        return True
+    return not found or found == record.get("params_fingerprint")
 
 
 def plan_lines(workroot: str, found: Sequence[Dict[str, Any]]) -> List[str]:
@@ -89,7 +104,8 @@ def plan_lines(workroot: str, found: Sequence[Dict[str, Any]]) -> List[str]:
     ['  bound (test.bound): 0 measured, 0 to measure, 0 not measured (workdir missing)']
     """
     status = {r["id"]: bound_status(workroot, r) for r in found}
-    counts = ", ".join(f"{sum(v == s for v in status.values())} {s}" for s in (MEASURED, PENDING, MISSING))
+    counts = ", ".join(f"{sum(v == s for v in status.values())} {s}" for s in (MEASURED, PENDING, MISSING, OTHER)
+                       if s != OTHER or s in status.values())
     return [f"  bound (test.bound): {counts}"] + [f"    {rid}: bound: {s}" for rid, s in status.items()
                                                   if s != MEASURED]
 
