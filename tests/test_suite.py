@@ -236,7 +236,10 @@ def test_compiled_programs_are_reused_across_budgets_and_restarts():
 
 
 def test_gradient_budget_and_suites_are_fixed():
-    assert set(evaluation.suite.SUITES) == {"standard", "quick", "strong", "zoo"}
+    assert set(evaluation.suite.SUITES) == {"standard", "quick", "strong", "zoo", "standard_without_deepfool"}
+    without = evaluation.suite.SUITES["standard_without_deepfool"]
+    assert list(without.members) == [m for m in evaluation.suite.SUITES["standard"].members
+                                     if m.attack != "deepfool_uap"]
     zoo = evaluation.suite.SUITES["zoo"].members
     assert {m.attack for m in zoo} == set(attacks.universal_names())  # the benchmark ranks every attack
     assert all(m.seeds == (0,) for m in zoo) and len({m.name for m in zoo}) == len(zoo)

@@ -46,21 +46,11 @@ class Arch:
     suite: str = ""
 
 
-def _suite_without(name: str, base: str, dropped: str) -> str:
-    """Registers suite ``name``: ``base``'s members without the attack ``dropped`` (same targeted matrix)."""
-    from jacuap.evaluation import suite
-
-    b = suite.SUITES[base]
-    suite.SUITES.setdefault(name, suite.Suite(name, tuple(m for m in b.members if m.attack != dropped),
-                                              targeted_epochs=b.targeted_epochs))
-    return name
-
-
 # The CNN's evaluation drops DeepFool-UAP, the standard suite's slowest member after SGA (about a quarter of a
 # CNN model's attack time), on evidence: before the cut it was never the worst case of any record and budget,
 # chosen by UER or by fooling rate (RESULTS.md, "One cut, on evidence", has the counts).  Records say which
 # suite made them (test.suite); a model whose suite run had started under another suite finishes under it.
-CNN_SUITE = _suite_without("standard_without_deepfool", "standard", "deepfool_uap")
+CNN_SUITE = "standard_without_deepfool"  # jacuap.evaluation.suite.SUITES
 
 
 @dataclasses.dataclass(frozen=True)
