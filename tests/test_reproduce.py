@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks.reproduction import plan as plans, records, render, report
+from benchmarks.reproduction import plan as plans, records, render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
