@@ -192,6 +192,34 @@ def winners_markdown(lines: List[Dict[str, Any]]) -> List[str]:
     return out + [""]
 
 
+def worst_counts(lines: List[Dict[str, Any]]) -> List[tuple]:
+    """``(attack, by UER, by fooling rate)``: how many (model, budget, seed) each attack was the worst case of,
+    most first; attacks never the worst case (and ART's, which no suite ranks) are left out.
+
+    >>> worst_counts([{"attack": "a", "worst_by_uer": 1, "worst_by_fooling_rate": 2},
+    ...               {"attack": "b", "worst_by_uer": 3, "worst_by_fooling_rate": 2},
+    ...               {"attack": "a", "worst_by_uer": 0, "worst_by_fooling_rate": 0},
+    ...               {"attack": "art_fgsm", "worst_by_uer": None, "worst_by_fooling_rate": None}])
+    [('b', 3, 2), ('a', 1, 2)]
+    """
+    counts: Dict[str, List[int]] = {}
+    for line in lines:
+        if line.get("worst_by_uer") is not None:
+            c = counts.setdefault(line["attack"], [0, 0])
+            c[0] += line["worst_by_uer"]
+            c[1] += line["worst_by_fooling_rate"] or 0
+    return sorted(((a, u, f) for a, (u, f) in counts.items() if u or f), key=lambda t: (-t[1], -t[2], t[0]))
+
+
+def worst_counts_markdown(lines: List[Dict[str, Any]]) -> List[str]:
+    counts = worst_counts(lines)
+    total = sum(u for _, u, _ in counts)
+    return (["## How often each attack was the worst case", "",
+             f"Over all {total} (model, budget, seed), chosen on the crafting split; every attack not listed "
+             "was never the worst case.", "", "| attack | by UER | by fooling rate |", "|---|---:|---:|"]
+            + [f"| {a} | {u} | {f} |" for a, u, f in counts] + [""])
+
+
 def markdown(lines: List[Dict[str, Any]], info: Dict[str, Any]) -> str:
     out = [f"# The UAP attack zoo ({info['dataset']})", "",
            f"`python benchmarks/attack_zoo.py {' '.join(info['argv'])}`: {info['num_craft']} crafting "
@@ -201,6 +229,7 @@ def markdown(lines: List[Dict[str, Any]], info: Dict[str, Any]) -> str:
            f"Load average at start {info['loadavg_at_start']}. Seconds are wall time on a machine shared "
            "with other jobs: compare them within a row's order of magnitude only.", ""]
     out += winners_markdown(lines)
+    out += worst_counts_markdown(lines)
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for line in lines:
         groups.setdefault((line["model"], line["norm"], line["eps"]), []).append(line)
@@ -262,6 +291,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             "budgets": {n: budgets[n] for n in norms}, "models": models,
             "argv": sys.argv[1:] if argv is None else list(argv),
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+    if args.table and state.get("info"):
+        info = state["info"]  # the table is rewritten from the runs that made it: their command and load
     state.update(info=info)
     state.setdefault("runs", {})
     state.setdefault("art", {})

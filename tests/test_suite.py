@@ -361,6 +361,9 @@ def test_attack_zoo_benchmark_ranks_every_attack(trained, tmp_path):
     assert won["families"]["standard suite"][1] == max(line["uer"] for line in lines if line["attack"] in
                                                         {m.name for m in evaluation.suite.SUITES["standard"].members})
     assert "## Who wins where" in (tmp_path / "zoo.md").read_text()
+    counts = attack_zoo.worst_counts(lines)  # one budget and seed: one worst case by each metric
+    assert sum(c[1] for c in counts) == 1 == sum(c[2] for c in counts)
+    assert "## How often each attack was the worst case" in (tmp_path / "zoo.md").read_text()
     again = attack_zoo.main([f"--workdirs={trained}", "--seeds=0", "--norms=l2", "--quick", "--no_art",
                              "--num_craft=64", "--num_eval=50", f"--workroot={tmp_path / 'runs'}",
                              f"--out={tmp_path / 'zoo'}"])  # resumes: nothing is recomputed
