@@ -289,6 +289,16 @@ def correlation_interval(x: Any, y: Any, reps: int = 2000, seed: Any = 0, level:
     for values, name in ((xs, "x"), (ys, "y")):
         if not np.all(np.isfinite(values)):
             raise ValueError(f"{name} holds non-finite values")
+    return _resampled_correlations(xs, ys, lambda rng, b: rng.integers(0, xs.size, (b, xs.size)), reps, seed, level)
+
+
+def _resampled_correlations(xs: np.ndarray, ys: np.ndarray, draw, reps: int, seed: Any,
+                            level: float) -> Dict[str, Any]:
+    """Pearson and Spearman of the 1-D samples ``xs``, ``ys`` with percentile intervals over replicates.
+
+    ``draw(rng, b)`` gives ``b`` replicates as a ``(b, n)`` array of indices into the samples; replicates
+    where one side is constant are skipped and counted.
+    """
     constant = np.ptp(xs) == 0 or np.ptp(ys) == 0
     # The estimates by the replicates' own formula, so that identical samples give identical values.
     est_r = None if constant else float(_rowwise_pearson(xs[None], ys[None])[0])
@@ -296,7 +306,7 @@ def correlation_interval(x: Any, y: Any, reps: int = 2000, seed: Any = 0, level:
     rng = np.random.default_rng(seed)
     pear, spear = [], []
     for start in range(0, int(reps), _BLOCK):
-        idx = rng.integers(0, xs.size, (min(_BLOCK, int(reps) - start), xs.size))
+        idx = draw(rng, min(_BLOCK, int(reps) - start))
         bx, by = xs[idx], ys[idx]
         ok = (np.ptp(bx, axis=1) > 0) & (np.ptp(by, axis=1) > 0)
         bx, by = bx[ok], by[ok]
@@ -341,29 +351,14 @@ def cluster_correlation_interval(x: Any, y: Any, reps: int = 2000, seed: Any = 0
     for values, name in ((xs, "x"), (ys, "y")):
         if not np.all(np.isfinite(values)):
             raise ValueError(f"{name} holds non-finite values")
-    S, P, _ = xs.shape
-    fx, fy = xs.reshape(1, -1), ys.reshape(1, -1)
-    constant = np.ptp(fx) == 0 or np.ptp(fy) == 0
-    est_r = None if constant else float(_rowwise_pearson(fx, fy)[0])
-    est_rho = None if constant else float(_rowwise_pearson(scipy.stats.rankdata(fx, axis=1),
-                                                           scipy.stats.rankdata(fy, axis=1))[0])
-    rng = np.random.default_rng(seed)
-    pear, spear = [], []
-    for start in range(0, int(reps), _BLOCK):
-        b = min(_BLOCK, int(reps) - start)
+    S, P, M = xs.shape
+
+    def draw(rng, b):  # flat indices of the points of S drawn seeds x P drawn clusters
         si, pi = rng.integers(0, S, (b, S)), rng.integers(0, P, (b, P))
-        bx = xs[si[:, :, None], pi[:, None, :]].reshape(b, -1)
-        by = ys[si[:, :, None], pi[:, None, :]].reshape(b, -1)
-        ok = (np.ptp(bx, axis=1) > 0) & (np.ptp(by, axis=1) > 0)
-        bx, by = bx[ok], by[ok]
-        pear.append(_rowwise_pearson(bx, by))
-        spear.append(_rowwise_pearson(scipy.stats.rankdata(bx, axis=1), scipy.stats.rankdata(by, axis=1)))
-    pear_all, spear_all = np.concatenate(pear), np.concatenate(spear)
-    r, rho = _interval(est_r, pear_all, level), _interval(est_rho, spear_all, level)
-    keys = ("estimate", "low", "high")
-    return {"pearson": {k: r[k] for k in keys}, "spearman": {k: rho[k] for k in keys}, "n": int(xs.size),
-            "clusters": int(P), "seeds": int(S), "reps": int(pear_all.size),
-            "skipped": int(reps) - int(pear_all.size), "level": float(level)}
+        return ((si[:, :, None, None] * P + pi[:, None, :, None]) * M + np.arange(M)).reshape(b, -1)
+
+    out = _resampled_correlations(xs.reshape(-1), ys.reshape(-1), draw, reps, seed, level)
+    return {**out, "clusters": int(P), "seeds": int(S)}
 
 
 def _sample(values: Any, name: str) -> np.ndarray:
