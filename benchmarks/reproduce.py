@@ -11,20 +11,24 @@ moves by less than 0.3 points), the JR grid (lambda 0, 0.01, 0.05, 0.1, 0.5,
 1; seed 0), lambda* chosen on the validation split (the largest lambda
 within 1 point of lambda 0's accuracy), the claims' extra seeds (lambda 0 and
 lambda*), then the defences' grids, their strengths chosen on the validation
-split, and their extra seeds; last, the transfer matrix between the seed-0
-models of lambda 0 and every chosen strength (``transfer.json``; it needs the
-trained models, so it runs where they were trained); and the bound step, which
-adds ``test.bound`` (the paper's Jacobian bound beside what the worst-case UAPs
-do: benchmarks/reproduction/bound_records.py) to every record whose model's
-workdir is on this machine, from its checkpoint and saved UAPs, without
+split, and their extra seeds; last, the transfer matrix between lambda 0
+and every chosen strength, one model each: the lowest claim seed whose model
+is here or in the store (``transfer.json``; it needs the trained models); and
+the bound step, which adds ``test.bound`` (the paper's Jacobian bound beside
+what the worst-case UAPs do: benchmarks/reproduction/bound_records.py) to
+every record whose model is here, from its checkpoint and saved UAPs, without
 training or attacking (also with --max_models=0; --nobounds skips it; --plan
 lists the records it cannot measure here).  Every finished model is a JSON
 record under ``<out>/<dataset>/models/`` (benchmarks/reproduction/records.py) with its
 parameters' fingerprint and per-input outcomes; a rerun, on any machine,
 skips finished records and resumes a model cut short (its training and each
-attack row resume on their own).  The analysis (claims with bootstrap
-intervals: benchmarks/reproduction/report.py; tables and plots: render.py) is rewritten from
-all the records there after every model, into ``<out>/<dataset>.md``,
+attack row resume on their own).  The workdirs (``--workroot``) are not
+committed, so each finished model's parameters and suite UAPs are, beside its
+record (``<out>/<dataset>/weights/``: benchmarks/reproduction/model_store.py;
+--nostore_weights skips it), and the steps above restore a missing workdir
+from there when they need it: a fresh clone can still run them.  The
+analysis (claims with bootstrap intervals: benchmarks/reproduction/report.py;
+tables and plots: render.py) is rewritten from all the records there after every model, into ``<out>/<dataset>.md``,
 ``<out>/<dataset>.json`` and ``<out>/<dataset>_*.png``.
 """
 
@@ -65,6 +69,8 @@ flags.DEFINE_integer("reps", 2000, "Bootstrap replicates of each interval.")
 flags.DEFINE_bool("progress", False, "Progress bars of the attacks.")
 flags.DEFINE_bool("bounds", True, "Add test.bound to every record whose model workdir is here (no training or "
                   "attacks; also with --max_models=0).")
+flags.DEFINE_bool("store_weights", True, "Commit each finished model's parameters and suite UAPs beside its record "
+                  "(<out>/<dataset>/weights/), from its workdir, so that a fresh clone can restore the workdir.")
 flags.DEFINE_string("results_md", None, "A file whose <!-- claims:DATASET --> block gets the claims table and "
                     "whose <!-- report:DATASET --> block the report's tables and plots "
                     "(default: RESULTS.md when --out is the default results/, else none).")
@@ -148,6 +154,8 @@ class Sweep:
         records.save_record(self.out, record)
         self.evaluated += 1
         self.bounds([record])
+        if FLAGS.store_weights:
+            self.store_models([record])
         self.analyse()
         _release_compiled()
         return record
@@ -171,23 +179,60 @@ class Sweep:
             self._write("selection.json", state)
         return chosen
 
-    def transfer(self, arch: plans.Arch, epochs: int, chosen: Dict[str, float]) -> None:
-        """The transfer matrix (transfer.json): each seed-0 model's worst-case UAP at the selection eps, on each.
+    def _log(self, message: str) -> None:
+        print(message, flush=True)
 
-        Needs the trained models (the workdirs), so it runs where the sweep ran;
-        a pair whose models are not there is left out and named in the report.
+    def restore_stored(self, found: List[Dict[str, Any]]) -> List[str]:
+        """:func:`.model_store.restore_missing`: the workdirs of ``found`` restored from the store."""
+        from benchmarks.reproduction import model_store
+
+        return model_store.restore_missing(self.out, self.workroot, found, log=self._log)
+
+    def store_models(self, found: List[Dict[str, Any]]) -> List[str]:
+        """:func:`.model_store.store_missing`: the models of ``found`` whose workdir is here, stored."""
+        from benchmarks.reproduction import model_store
+
+        return model_store.store_missing(self.out, self.workroot, found, log=self._log)
+
+    def transfer_models(self, arch: plans.Arch, epochs: int, chosen: Dict[str, float]) -> List[plans.ModelSpec]:
+        """The transfer matrix's models: for lambda 0, then each chosen strength, the model of the lowest claim
+        seed whose workdir is here or whose weights are stored; seed 0 where none is."""
+        from benchmarks.reproduction import evaluate, model_store
+
+        def stored(spec: plans.ModelSpec) -> bool:
+            record = records.load_record(self.out, spec.id)
+            return record is not None and model_store.holds(self.out, record)
+
+        picked = []
+        for m, s in [("jr", 0.0), *chosen.items()]:
+            specs = [plans.ModelSpec(self.plan.dataset, arch, m, s, seed, epochs)
+                     for seed in sorted(self.plan.claim_seeds)]
+            usable = [spec for spec in specs if model_store.finished_here(evaluate.workdir_of(self.workroot, spec))
+                      or stored(spec)]
+            picked.append(usable[0] if usable else plans.ModelSpec(self.plan.dataset, arch, m, s, 0, epochs))
+        return picked
+
+    def transfer(self, arch: plans.Arch, epochs: int, chosen: Dict[str, float]) -> None:
+        """The transfer matrix (transfer.json): each model's worst-case UAP at the selection eps, on each.
+
+        One model per group (lambda 0, each chosen strength): :meth:`transfer_models`; its ``models`` lists the
+        ids used.  It needs the trained models: a missing workdir is restored from the store first, and a pair
+        whose models are neither here nor stored is left out and named in the report.
         """
         from jacuap import metrics
         from jacuap.evaluation import restore
         from benchmarks.reproduction import evaluate
 
         eps = self.plan.selection_eps
-        specs = [plans.ModelSpec(self.plan.dataset, arch, m, s, 0, epochs) for m, s in [("jr", 0.0), *chosen.items()]]
+        specs = self.transfer_models(arch, epochs, chosen)
         state = self._json("transfer.json")
         entry = state.setdefault(arch.name, {})
         entry.update(eps=eps, models=[s.id for s in specs], note="UER of the column model under the row model's "
                      "worst-case UAP (crafted on the row model), first num_eval test inputs")
         pairs = entry.setdefault("uer", {})
+        unmeasured = {rid for a in specs for b in specs if pairs.get(a.id, {}).get(b.id) is None
+                      for rid in (a.id, b.id)}  # the models of the pairs still to measure
+        self.restore_stored([r for r in (records.load_record(self.out, rid) for rid in sorted(unmeasured)) if r])
         uaps = {}
         for src in specs:
             path = os.path.join(evaluate.workdir_of(self.workroot, src), "suite", "results.json")
@@ -210,11 +255,14 @@ class Sweep:
         self._write("transfer.json", state)
 
     def bounds(self, found: Optional[List[Dict[str, Any]]] = None) -> List[str]:
-        """The bound step: ``test.bound`` added to each record of ``found`` (default: all) whose workdir is here."""
+        """The bound step: ``test.bound`` added to each record of ``found`` (default: all) whose workdir is here
+        (restored from the store first where it is missing), after the fooling-rate backfill."""
         from benchmarks.reproduction import bound_records
 
         log = lambda m: print(m, flush=True)
         found = self.records() if found is None else found
+        self.restore_stored([r for r in found if not r["test"].get("worst_case_by_fooling_rate")
+                             or (FLAGS.bounds and not r["test"].get("bound"))])
         self.fooling_rate_worst_cases(found, log)
         if not FLAGS.bounds:
             return []
@@ -296,7 +344,7 @@ class Sweep:
         return written
 
     def describe(self, archs: List[plans.Arch], methods: List[str]) -> None:
-        from benchmarks.reproduction import bound_records
+        from benchmarks.reproduction import bound_records, model_store
 
         sched, sel = self._json("schedule.json"), self._json("selection.json").get("archs", {})
         found = self.records()
@@ -315,6 +363,9 @@ class Sweep:
                       f"{'-' if pick is None else f'{pick:g}'}; seeds {list(self.plan.claim_seeds)}")
         print("\n".join(bound_records.plan_lines(self.workroot, found)))
         print(self._fooling_rate_line(found))
+        stored = sum(model_store.holds(self.out, r) for r in found)
+        print(f"  weights stored: {stored} of {len(found)} records ({os.path.join(self.dir, 'weights')}; a missing "
+              f"workdir is restored from them when a step needs it)")
 
     def _fooling_rate_line(self, found: List[Dict[str, Any]]) -> str:
         """``--plan``'s count of the records with, and without, the worst case chosen by fooling rate."""
@@ -359,6 +410,10 @@ def run_dataset(name: str) -> bool:
     measured = sweep.bounds()
     if measured:
         print(f"{name}: test.bound added to {len(measured)} records", flush=True)
+    if FLAGS.store_weights:
+        stored = sweep.store_models(sweep.records())
+        if stored:
+            print(f"{name}: weights stored for {len(stored)} records", flush=True)
     written = sweep.analyse()
     print(f"{name}: {sweep.evaluated} new models in {(time.time() - start) / 60:.1f} min; wrote "
           f"{', '.join(os.path.relpath(p, FLAGS.out) for p in written) or 'nothing (no records)'}", flush=True)

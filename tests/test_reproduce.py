@@ -191,6 +191,8 @@ def test_reproduce_quick_on_digits(tmp_path):
     assert bound_row["verdict"] in ("holds", "holds partly") and "bound held at 7/7 (model, eps)" in bound_row["where"]
     assert (out / "digits_mlp_bound_vs_observed.png").stat().st_size > 0
     assert (out / "digits.md").stat().st_size > 500
+    # Every finished model's weights are stored beside its record (under the git-ignored quick folder).
+    assert sorted(f[:-4] for f in os.listdir(out / "digits" / "weights" / "mlp")) == sorted(ids)
     assert any(f.endswith(".png") for f in os.listdir(out))
     # A rerun, as on another machine: nothing trained or attacked, the same records.
     before = {f: (out / "digits" / "models" / "mlp" / f).read_bytes()
@@ -221,17 +223,30 @@ def test_reproduce_quick_on_digits(tmp_path):
     again = _run(*args, "--max_models=0", cwd=repo)
     assert again.returncode == 0 and "jr_0.1_s0: worst case by fooling rate added" in again.stdout, again.stderr[-2000:]
     assert records.load_record(str(out), "digits/mlp/jr_0.1_s0")["test"]["worst_case_by_fooling_rate"] == want
-    # A record whose model was trained elsewhere (no workdir here) keeps no test.bound, is listed by --plan,
-    # and is counted as not measured in the claims row.
+    # A workdir lost (a fresh clone) is restored from the stored weights when a step needs it: the bound
+    # measured again on the restored model is the one measured on the trained one.
+    work = repo / "runs" / "reproduce_quick" / "work" / "digits" / "mlp" / "e4"
+    lost = records.load_record(str(out), "digits/mlp/jr_0_s0")
+    bound = lost["test"].pop("bound")
+    records.save_record(str(out), lost)
+    shutil.rmtree(work / "jr_0_s0")
+    again = _run(*args, "--max_models=0", cwd=repo)
+    assert again.returncode == 0 and "digits/mlp/jr_0_s0: workdir restored from the store" in again.stdout, (
+        again.stderr[-2000:])
+    assert records.load_record(str(out), "digits/mlp/jr_0_s0")["test"]["bound"] == bound
+    # A record whose model was trained elsewhere (no workdir here, no weights stored) keeps no test.bound, is
+    # listed by --plan, and is counted as not measured in the claims row.
     moved = records.load_record(str(out), "digits/mlp/jr_0_s1")
     del moved["test"]["bound"]
     records.save_record(str(out), moved)
-    work = repo / "runs" / "reproduce_quick" / "work" / "digits" / "mlp" / "e4"
     os.rename(work / "jr_0_s1", work / "jr_0_s1.elsewhere")
+    weights = out / "digits" / "weights" / "mlp"
+    os.rename(weights / "jr_0_s1.npz", tmp_path / "jr_0_s1.npz")
     plan = _run(*args, "--plan", cwd=repo)
     assert plan.returncode == 0 and "bound (test.bound): 6 measured, 0 to measure, 1 not measured" in plan.stdout
     assert "digits/mlp/jr_0_s1: bound: not measured (workdir missing)" in plan.stdout
     assert "worst case by fooling rate (test.worst_case_by_fooling_rate): 7 recorded, 0 to add" in plan.stdout
+    assert "weights stored: 6 of 7 records" in plan.stdout
     again = _run(*args, "--max_models=0", cwd=repo)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "bound" not in records.load_record(str(out), "digits/mlp/jr_0_s1")["test"]
