@@ -399,6 +399,8 @@ def run_dataset(name: str) -> bool:
         return True
     start = time.time()
     print(f"== {name}: {', '.join(a.name for a in archs)}; methods {', '.join(methods)}", flush=True)
+    if FLAGS.store_weights:  # first, so that a run cut short before its end still stored what it found
+        sweep.store_models(sweep.records())
     try:
         if FLAGS.max_models == 0:
             print(f"{name}: analysis only (--max_models=0)", flush=True)
