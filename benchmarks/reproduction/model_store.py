@@ -99,22 +99,10 @@ def finished_here(workdir: str) -> bool:
 
 
 def _template(config: Dict[str, Any], meta: Dict[str, Any]) -> Any:
-    """The train state a checkpoint of ``config`` and ``meta`` restores into: built as
-    :func:`jacuap.train.checkpoints.restore_model` builds it (only its structure, shapes and dtypes matter)."""
-    import jax
-    import ml_collections
+    """The train state a checkpoint of ``config`` and ``meta`` restores into (the train code's own template)."""
+    from jacuap.train import checkpoints
 
-    from jacuap import models
-    from jacuap.train.state import create_train_state, make_optimizer
-
-    config = ml_collections.ConfigDict(config)
-    spec = meta["model_spec"]
-    model = models.create_model(spec["name"], spec["num_classes"], spec["mean"], spec["std"], spec.get("kwargs"),
-                                spec.get("seed", 0), spec.get("source_root"))
-    tx = make_optimizer(config, meta["steps_per_epoch"])
-    return create_train_state(model, jax.random.PRNGKey(0), tuple(spec["image_shape"]), tx,
-                              config.get("jr_mode", "frobenius"),
-                              spec["num_classes"] if config.get("adv_training") == "cw_uat" else 0)
+    return checkpoints.state_template(config, meta)[1]
 
 
 def _npy_names(value: Any) -> set:
@@ -192,16 +180,7 @@ def store(out: str, record: Dict[str, Any], workdir: str) -> str:
         arrays[f"suite/{name}"] = np.frombuffer(data, np.uint8)
     path = weights_path(out, rid)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    io.atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     return path
 
 

@@ -43,7 +43,7 @@ from jacuap.errors import CheckpointError, one_line
 from jacuap.train.state import create_train_state, make_optimizer
 
 __all__ = ["CheckpointError", "manager", "latest_step", "save", "restore", "restore_meta", "disk_errno",
-           "restore_model", "RestoredModel"]
+           "restore_model", "state_template", "RestoredModel"]
 
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
@@ -316,14 +316,21 @@ def restore_model(workdir: str) -> RestoredModel:
     """
     config = ml_collections.ConfigDict(io.read_workdir_config(workdir))
     _, meta = restore_meta(workdir)
+    model, template = state_template(config, meta)
+    step, state, meta = restore(workdir, template)
+    return RestoredModel(config, model, models.make_apply_fn(model), state.params, step, meta)
+
+
+def state_template(config: Any, meta: Dict[str, Any]) -> Tuple[Any, Any]:
+    """``(model, train state)`` that a checkpoint of ``config`` (a workdir's config.json) and ``meta`` (its
+    checkpoint's meta) restores into.  Only the state's structure, shapes and dtypes matter: a restore
+    overwrites every value."""
+    config = ml_collections.ConfigDict(dict(config))
     spec = meta["model_spec"]
     model = models.create_model(spec["name"], spec["num_classes"], spec["mean"], spec["std"], spec.get("kwargs"),
                                 spec.get("seed", 0), spec.get("source_root"))
     tx = make_optimizer(config, meta["steps_per_epoch"])
-    # Only the template's structure and shapes matter: restore overwrites every value.
     # A config.json written before jr_mode existed is a frobenius run (no jr_vec).
-    template = create_train_state(model, jax.random.PRNGKey(0), tuple(spec["image_shape"]), tx,
-                                  config.get("jr_mode", "frobenius"),
-                                  spec["num_classes"] if config.get("adv_training") == "cw_uat" else 0)
-    step, state, meta = restore(workdir, template)
-    return RestoredModel(config, model, models.make_apply_fn(model), state.params, step, meta)
+    return model, create_train_state(model, jax.random.PRNGKey(0), tuple(spec["image_shape"]), tx,
+                                     config.get("jr_mode", "frobenius"),
+                                     spec["num_classes"] if config.get("adv_training") == "cw_uat" else 0)
