@@ -107,7 +107,10 @@ def _check_train(variant, tmodel, x, y, lam, num_proj):
     assert abs(loss1 - loss0) <= 1e-5 * max(1.0, abs(loss0))
     moved = float((w0 - torch.cat([p.detach().flatten() for p in tmodel.parameters()])).abs().max())
     assert moved > 1e-4  # the steps did something
-    np.testing.assert_allclose(w1.numpy(), w0.numpy(), atol=1e-6)
+    # Adam divides by sqrt(v), so float32 reassociation in a near-zero gradient component moves
+    # that weight's update by a small fraction of lr (2.2e-6 on one of 53,002 weights on a CI CPU);
+    # a wrong gradient moves it by about lr = 1e-3.  1% of lr separates the two.
+    np.testing.assert_allclose(w1.numpy(), w0.numpy(), atol=1e-5)
 
 
 def _check_attacks(variant, tmodel, x, y):
