@@ -87,6 +87,7 @@ def test_every_records_bits_give_its_rates(arch):
 def test_robustness_accuracy_correlation_and_bound_estimates(arch, analysis):
     recs, groups = _load(arch)
     claims = {c["id"]: c for c in analysis["claims"] if c["arch"] == arch}
+    assert analysis["archs"][arch]["reference_eps"]["worst_case"] == REF_EPS  # the budget the claims read
     lam = json.load(open(os.path.join(RESULTS, "fashion_mnist", "selection.json")))["archs"][arch]["jr"]["chosen"]
     base, jr = groups[("jr", 0.0)], groups[("jr", float(lam))]
     # Robustness: base's pooled worst-case UER over lambda*'s, the largest over the budgets.
