@@ -11,12 +11,13 @@ moves by less than 0.3 points), the JR grid (lambda 0, 0.01, 0.05, 0.1, 0.5,
 1; seed 0), lambda* chosen on the validation split (the largest lambda
 within 1 point of lambda 0's accuracy), the claims' extra seeds (lambda 0 and
 lambda*), then the defences' grids, their strengths chosen on the validation
-split, and their extra seeds; last, the transfer matrix between lambda 0
-and every chosen strength, one model each: the lowest claim seed whose model
-is here or in the store (``transfer.json``; it needs the trained models); and
-the bound step, which adds ``test.bound`` (the paper's Jacobian bound beside
-what the worst-case UAPs do: benchmarks/reproduction/bound_records.py) to
-every record whose model is here, from its checkpoint and saved UAPs, without
+split, and their extra seeds.  The transfer matrix between lambda 0 and every
+chosen strength (``transfer.json``), one model each (the lowest claim seed
+whose model is here or in the store), grows as each group's strengths are
+chosen, before that group's extra seeds, and once more at the end.  The
+bound step adds ``test.bound`` (the paper's Jacobian bound beside what the
+worst-case UAPs do: benchmarks/reproduction/bound_records.py) to every
+record whose model is here, from its checkpoint and saved UAPs, without
 training or attacking (also with --max_models=0; --nobounds skips it; --plan
 lists the records it cannot measure here).  Every finished model is a JSON
 record under ``<out>/<dataset>/models/`` (benchmarks/reproduction/records.py) with its
@@ -296,7 +297,8 @@ class Sweep:
         epochs = {a.name: self.schedule(a) for a in archs}
         defences = [m for m in methods if m != "jr"]
         chosen: Dict[str, Dict[str, float]] = {a.name: {} for a in archs}
-        # JR first on every architecture (the paper's claims), then the defences.
+        # JR first on every architecture (the paper's claims), then the defences. A group's transfer rows
+        # need one model of each chosen strength, so they come before its extra seeds rather than after them.
         for group in (["jr"], defences):
             for arch in archs:
                 if not group:
@@ -304,9 +306,10 @@ class Sweep:
                 e = epochs[arch.name]
                 picked = self.select(arch, group, e)
                 chosen[arch.name].update(picked)
+                self.transfer(arch, e, chosen[arch.name])
                 for spec in plans.seed_models(self.plan, arch, e, picked):
                     self.ensure(spec)
-        for arch in archs:
+        for arch in archs:  # the pairs whose models were missing before (restored since, or a lower seed now here)
             self.transfer(arch, epochs[arch.name], chosen[arch.name])
 
     def records(self) -> List[Dict[str, Any]]:

@@ -93,6 +93,38 @@ def test_seed_models_are_the_claims_groups():
                    "d/cnn/jr_0_s2", "d/cnn/jr_0.1_s2", "d/cnn/uat_0.05_s2"]
 
 
+def test_each_groups_transfer_rows_come_before_its_extra_seeds(tmp_path):
+    """The stages' order: JR's grid and choice, its transfer rows, its seeds; then the defences' the same way;
+    a last transfer pass. Only the order is checked here (the stages themselves: the quick run and the store's
+    tests), so the stages are replaced by a log."""
+    from benchmarks import reproduce
+
+    calls = []
+
+    class Logged(reproduce.Sweep):
+        def schedule(self, arch):
+            return 4
+
+        def select(self, arch, methods, epochs):
+            calls.append(("select", tuple(methods)))
+            return {m: self.plan.grid(m)[-1] for m in methods}
+
+        def transfer(self, arch, epochs, chosen):
+            calls.append(("transfer", tuple(sorted(chosen))))
+
+        def ensure(self, spec):
+            calls.append(("ensure", spec.id))
+
+    plan = plans.quick_plan("digits")
+    Logged(plan, str(tmp_path / "out"), str(tmp_path / "work"), "", None).run(list(plan.archs), ["jr", "uat"])
+    assert calls == [
+        ("select", ("jr",)), ("transfer", ("jr",)),
+        ("ensure", "digits/mlp/jr_0_s1"), ("ensure", "digits/mlp/jr_1_s1"),
+        ("select", ("uat",)), ("transfer", ("jr", "uat")),
+        ("ensure", "digits/mlp/jr_0_s1"), ("ensure", "digits/mlp/uat_0.1_s1"),
+        ("transfer", ("jr", "uat")),
+    ]
+
 def test_bits_round_trip_and_reject_bad_lengths(tmp_path):
     rng = np.random.default_rng(0)
     for n in (1, 7, 8, 9, 10000):
