@@ -300,9 +300,9 @@ class Sweep:
         # JR first on every architecture (the paper's claims), then the defences. A group's transfer rows
         # need one model of each chosen strength, so they come before its extra seeds rather than after them.
         for group in (["jr"], defences):
+            if not group:
+                continue
             for arch in archs:
-                if not group:
-                    continue
                 e = epochs[arch.name]
                 picked = self.select(arch, group, e)
                 chosen[arch.name].update(picked)

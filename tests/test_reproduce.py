@@ -125,6 +125,7 @@ def test_each_groups_transfer_rows_come_before_its_extra_seeds(tmp_path):
         ("transfer", ("jr", "uat")),
     ]
 
+
 def test_bits_round_trip_and_reject_bad_lengths(tmp_path):
     rng = np.random.default_rng(0)
     for n in (1, 7, 8, 9, 10000):
