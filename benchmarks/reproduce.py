@@ -1,4 +1,4 @@
-"""Reproduction v2: JR and six other defences against UAPs, trained to convergence, several seeds, intervals.
+"""The reproduction: JR and six other defences against UAPs, trained to convergence, several seeds, intervals.
 
     python benchmarks/reproduce.py                       # the sweep (Fashion-MNIST; MNIST, CIFAR-10 if present)
     python benchmarks/reproduce.py --max_models=4        # at most 4 new models this run, then stop (rerun continues)

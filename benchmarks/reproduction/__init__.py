@@ -1,4 +1,4 @@
-"""Reproduction v2 of Co, Martinez-Rego and Lupu (ICANN 2021): ``benchmarks/reproduce.py``'s parts.
+"""The reproduction of Co, Martinez-Rego and Lupu (ICANN 2021): ``benchmarks/reproduce.py``'s parts.
 
 * :mod:`.records` - one trained and evaluated model as a JSON record (the unit of the sweep);
 * :mod:`.plan` - which models the sweep trains, in what order, and how strengths are chosen;
